@@ -1,0 +1,320 @@
+"""The node's one YAML file: where it listens, what the records look like, what it allows.
+
+Everything here is public metadata the NGO declares: category lists and bounds
+come from this file, never from the data. Validation errors name the file,
+the key and what to do about it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tiaki.budget import AmountError, PrivacyDefinition, parse_amount
+from tiaki.query import QueryKind
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid. The message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _amount(value: Any, what: str) -> Fraction:
+    # YAML reads 0.1 as a float; its shortest repr is the decimal the NGO wrote.
+    text = repr(value) if isinstance(value, float) else str(value)
+    try:
+        return parse_amount(text, what=what)
+    except AmountError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- columns
+
+
+class TextColumn(_Strict):
+    """Free text such as names or addresses: stored, never queryable."""
+
+    type: Literal["text"]
+    required: bool = False
+
+
+class CategoricalColumn(_Strict):
+    type: Literal["categorical"]
+    categories: tuple[str, ...]
+    queryable: bool = True
+
+    @field_validator("categories")
+    @classmethod
+    def _distinct(cls, cats: tuple[str, ...]) -> tuple[str, ...]:
+        if not cats:
+            raise ValueError("list at least one category")
+        if len(set(cats)) != len(cats):
+            raise ValueError("a category is listed twice")
+        if len(cats) > 10_000:
+            raise ValueError("at most 10000 categories per column")
+        return cats
+
+
+class NumericColumn(_Strict):
+    type: Literal["integer", "float"]
+    bounds: tuple[float, float]
+    required: bool = True
+    queryable: bool = True
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(cls, b: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = b
+        if not (abs(lo) < 1e15 and abs(hi) < 1e15):
+            raise ValueError("bounds must be finite numbers below 1e15 in size")
+        if lo >= hi:
+            raise ValueError(f"lower bound {lo} must be below upper bound {hi}")
+        return b
+
+    @model_validator(mode="after")
+    def _integral(self) -> NumericColumn:
+        if self.type == "integer" and not all(float(b).is_integer() for b in self.bounds):
+            raise ValueError("an integer column needs whole-number bounds")
+        return self
+
+
+class DateColumn(_Strict):
+    type: Literal["date"]
+    min: date | None = None
+    max: date | None = None
+    required: bool = True
+    queryable: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateColumn:
+        if self.min and self.max and self.min >= self.max:
+            raise ValueError(f"min {self.min} must be before max {self.max}")
+        return self
+
+
+class DerivedColumn(_Strict):
+    """``a - b`` or ``a + b`` of two numeric columns, or ``a - b`` of two dates (in days)."""
+
+    type: Literal["derived"]
+    expression: str
+    queryable: bool = True
+
+    @field_validator("expression")
+    @classmethod
+    def _shape(cls, expr: str) -> str:
+        if not _EXPRESSION.fullmatch(expr.strip()):
+            raise ValueError(
+                f"expression {expr!r} must be 'column_a - column_b' or 'column_a + column_b'"
+            )
+        return expr.strip()
+
+    @property
+    def operands(self) -> tuple[str, str, str]:
+        match = _EXPRESSION.fullmatch(self.expression)
+        assert match is not None
+        return match["left"], match["op"], match["right"]
+
+
+_EXPRESSION = re.compile(r"(?P<left>[A-Za-z_]\w*)\s*(?P<op>[-+])\s*(?P<right>[A-Za-z_]\w*)")
+
+Column = Annotated[
+    TextColumn | CategoricalColumn | NumericColumn | DateColumn | DerivedColumn,
+    Field(discriminator="type"),
+]
+
+
+class Schema(_Strict):
+    """The shape of the NGO's client records, all of it public metadata."""
+
+    identifier: str
+    recency: str | None = None
+    columns: dict[str, Column]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Schema:
+        if self.identifier in self.columns:
+            raise ValueError(
+                f"identifier {self.identifier!r} is declared by 'identifier' only; "
+                "remove it from 'columns'"
+            )
+        for name in self.columns:
+            if not re.fullmatch(r"[A-Za-z_]\w{0,63}", name):
+                raise ValueError(f"column name {name!r} must be letters, digits and underscores")
+        if self.recency is not None:
+            spec = self.columns.get(self.recency)
+            if not isinstance(spec, DateColumn):
+                raise ValueError(f"recency {self.recency!r} must name a date column")
+        for name, spec in self.columns.items():
+            if isinstance(spec, DerivedColumn):
+                self._check_derived(name, spec)
+        return self
+
+    def _check_derived(self, name: str, spec: DerivedColumn) -> None:
+        left, op, right = spec.operands
+        kinds = []
+        for operand in (left, right):
+            source = self.columns.get(operand)
+            if not isinstance(source, NumericColumn | DateColumn):
+                raise ValueError(
+                    f"derived column {name!r}: {operand!r} must be a declared integer, float or "
+                    "date column"
+                )
+            kinds.append(source.type)
+        if "date" in kinds:
+            if kinds != ["date", "date"] or op != "-":
+                raise ValueError(f"derived column {name!r}: dates can only be subtracted from dates")
+            for operand in (left, right):
+                source = self.columns[operand]
+                assert isinstance(source, DateColumn)
+                if source.min is None or source.max is None:
+                    raise ValueError(
+                        f"derived column {name!r}: date column {operand!r} needs min and max "
+                        "so the difference has public bounds"
+                    )
+
+    # ------------------------------------------------------------ lookups
+
+    def derived_type(self, name: str) -> Literal["integer", "float"]:
+        spec = self.columns[name]
+        assert isinstance(spec, DerivedColumn)
+        left, _, right = spec.operands
+        types = {self.columns[left].type, self.columns[right].type}
+        return "float" if "float" in types else "integer"
+
+    def numeric_bounds(self, name: str) -> tuple[float, float] | None:
+        """Public bounds of a numeric or derived column; None for other types."""
+        spec = self.columns.get(name)
+        if isinstance(spec, NumericColumn):
+            return spec.bounds
+        if isinstance(spec, DerivedColumn):
+            left, op, right = spec.operands
+            lspec, rspec = self.columns[left], self.columns[right]
+            if isinstance(lspec, DateColumn) and isinstance(rspec, DateColumn):
+                assert lspec.min and lspec.max and rspec.min and rspec.max
+                return (
+                    float((lspec.min - rspec.max).days),
+                    float((lspec.max - rspec.min).days),
+                )
+            lb, rb = self.numeric_bounds(left), self.numeric_bounds(right)
+            assert lb is not None and rb is not None
+            if op == "+":
+                return (lb[0] + rb[0], lb[1] + rb[1])
+            return (lb[0] - rb[1], lb[1] - rb[0])
+        return None
+
+    def is_queryable(self, name: str) -> bool:
+        spec = self.columns.get(name)
+        return spec is not None and not isinstance(spec, TextColumn) and spec.queryable
+
+
+# ---------------------------------------------------------------- policy
+
+
+class BudgetPolicy(_Strict):
+    limit: Fraction
+    period: Literal["none", "yearly", "quarterly", "monthly"] = "none"
+    lifetime_limit: Fraction | None = None
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, v: Any) -> Fraction:
+        return _amount(v, "budget limit")
+
+    @field_validator("lifetime_limit", mode="before")
+    @classmethod
+    def _lifetime(cls, v: Any) -> Fraction | None:
+        return None if v is None else _amount(v, "lifetime limit")
+
+
+class Policy(_Strict):
+    """What the NGO allows. The node enforces it whoever asks."""
+
+    privacy_definition: PrivacyDefinition
+    budget: BudgetPolicy
+    per_query_max: Fraction
+    max_records_per_client: int = Field(ge=1, le=1000)
+    allowed_kinds: tuple[QueryKind, ...] = tuple(QueryKind)
+    max_cells: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    @field_validator("per_query_max", mode="before")
+    @classmethod
+    def _pqm(cls, v: Any) -> Fraction:
+        return _amount(v, "per-query maximum")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if self.per_query_max > self.budget.limit:
+            raise ValueError("per_query_max is larger than the budget limit; lower it")
+        return self
+
+
+class ServerSettings(_Strict):
+    address: str = "127.0.0.1:50051"
+    max_workers: int = Field(default=8, ge=1, le=256)
+    grace_seconds: float = Field(default=10.0, ge=0, le=600)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"address {v!r} must be host:port, e.g. 127.0.0.1:50051")
+        return v
+
+
+class NodeConfig(_Strict):
+    version: Literal[1] = 1
+    node_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    data_dir: Path = Path(".")
+    server: ServerSettings = ServerSettings()
+    schema_: Schema = Field(alias="schema")
+    policy: Policy
+
+    @property
+    def schema(self) -> Schema:  # type: ignore[override]
+        return self.schema_
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key; check its spelling against the example config"
+    elif error["type"] == "missing":
+        msg = "required key is missing"
+    elif error["type"] == "union_tag_invalid":
+        msg = "type must be one of: text, categorical, integer, float, date, derived"
+    return f"{loc or '(top level)'}: {msg}"
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate a node config; ``data_dir`` is made absolute relative to the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; create one with 'tiaki-node init'") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys (node_id, schema, policy, ...)")
+    try:
+        config = NodeConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
+        raise ConfigError(f"{path}: invalid config:\n{lines}") from None
+    data_dir = config.data_dir if config.data_dir.is_absolute() else path.parent / config.data_dir
+    return config.model_copy(update={"data_dir": data_dir.resolve()})

@@ -1,0 +1,45 @@
+"""What a node releases: noisy components per cell, and the charge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tiaki.budget import BudgetStatus
+from tiaki.query import PrivacyCost
+
+
+@dataclass(frozen=True)
+class Component:
+    """One noisy quantity released by one OpenDP measurement."""
+
+    name: str
+    value: float
+    distribution: str
+    scale: float
+    accuracy_95: float
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One group (and histogram bin) of an answer."""
+
+    group: tuple[str, ...]
+    bin: str
+    value: float
+    accuracy_95: float
+    components: tuple[Component, ...]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A node's differentially private answer to one query."""
+
+    query_id: str
+    node_id: str
+    canonical_query: str
+    group_by: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    charged: PrivacyCost
+    dataset_version: str
+    replayed: bool
+    budget: BudgetStatus | None

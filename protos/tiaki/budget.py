@@ -1,0 +1,141 @@
+"""Exact privacy amounts.
+
+Budgets and charges are :class:`fractions.Fraction`, never floats. Costs cross
+the wire and sit in files as decimal strings. OpenDP's privacy maps return
+binary floats, which are dyadic rationals, and configured budgets are decimal,
+so every sum or difference tiaki forms has a denominator of the form 2^a·5^b
+and a finite, exact decimal expansion: :func:`format_amount` writes it out in
+full, so nothing is rounded on the way to the ledger or the wire.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from fractions import Fraction
+
+# A sanity ceiling: no meaningful privacy budget is this large, and a cap
+# keeps exact arithmetic cheap for hostile inputs such as "1e999999".
+MAX_AMOUNT = Fraction(10**6)
+MAX_DECIMAL_CHARS = 64
+
+
+class PrivacyDefinition(StrEnum):
+    """How a node accounts: pure ε-DP or ρ-zero-concentrated DP."""
+
+    PURE = "pure"
+    ZCDP = "zcdp"
+
+    @property
+    def symbol(self) -> str:
+        return "epsilon" if self is PrivacyDefinition.PURE else "rho"
+
+
+class AmountError(ValueError):
+    """A privacy amount that is not a positive, finite, exact decimal."""
+
+
+def parse_amount(text: str, *, what: str = "privacy cost", allow_zero: bool = False) -> Fraction:
+    """Parse a decimal string such as ``"0.5"`` into an exact Fraction.
+
+    Rejects NaN, infinities, negatives, zero (unless ``allow_zero``),
+    exponents that would make huge numbers, and anything not decimal.
+    """
+    raw = text.strip()
+    if not raw:
+        raise AmountError(f"{what} is empty; give a positive decimal such as 0.5")
+    if len(raw) > MAX_DECIMAL_CHARS:
+        raise AmountError(f"{what} {raw[:20]!r}... is too long to be a privacy amount")
+    try:
+        dec = Decimal(raw)
+    except InvalidOperation:
+        raise AmountError(f"{what} {raw!r} is not a number; give a decimal such as 0.5") from None
+    if not dec.is_finite():
+        raise AmountError(f"{what} must be finite, not {raw!r}")
+    exponent = dec.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent < -30 or dec.adjusted() > 9:
+        raise AmountError(f"{what} {raw!r} has too many decimal places or is too large")
+    value = Fraction(dec)
+    if value < 0 or (value == 0 and not allow_zero):
+        raise AmountError(f"{what} must be greater than zero, not {raw!r}")
+    if value > MAX_AMOUNT:
+        raise AmountError(f"{what} {raw!r} is implausibly large (at most {MAX_AMOUNT})")
+    return value
+
+
+def format_amount(value: Fraction) -> str:
+    """Exact decimal text for a Fraction whose denominator is 2^a·5^b.
+
+    Anything else (which tiaki never produces) is written as ``p/q`` rather
+    than rounded, so an exact value can always be read back.
+    """
+    num, den = value.numerator, value.denominator
+    twos = fives = 0
+    d = den
+    while d % 2 == 0:
+        d //= 2
+        twos += 1
+    while d % 5 == 0:
+        d //= 5
+        fives += 1
+    if d != 1:
+        return f"{num}/{den}"
+    digits = max(twos, fives)
+    scaled = num * (10**digits // den)
+    sign = "-" if scaled < 0 else ""
+    text = str(abs(scaled)).rjust(digits + 1, "0")
+    if digits == 0:
+        return sign + text
+    whole, frac = text[:-digits], text[-digits:].rstrip("0")
+    return sign + whole + ("." + frac if frac else "")
+
+
+def read_amount(text: str) -> Fraction:
+    """Inverse of :func:`format_amount` (accepts ``p/q`` too). For stored values."""
+    return Fraction(text)
+
+
+def display_amount(value: Fraction, digits: int = 6) -> str:
+    """Rounded text for people; never used for arithmetic or storage."""
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value.numerator)) - math.log10(value.denominator))
+    places = max(0, digits - 1 - magnitude)
+    return f"{float(round(value, places)):.{places}f}".rstrip("0").rstrip(".") or "0"
+
+
+@dataclass(frozen=True)
+class PeriodBudget:
+    """Spending in one budget period (or the whole lifetime)."""
+
+    label: str
+    start: str
+    end: str
+    limit: Fraction
+    spent: Fraction
+
+    @property
+    def remaining(self) -> Fraction:
+        return max(Fraction(0), self.limit - self.spent)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A node's budget as it reports it: the node's ledger is the record."""
+
+    definition: PrivacyDefinition
+    per_query_max: Fraction
+    current: PeriodBudget
+    lifetime_spent: Fraction
+    lifetime_limit: Fraction | None
+    periods: tuple[PeriodBudget, ...]
+
+    @property
+    def available(self) -> Fraction:
+        """What the next query may spend: the tightest of period and lifetime."""
+        left = self.current.remaining
+        if self.lifetime_limit is not None:
+            left = min(left, max(Fraction(0), self.lifetime_limit - self.lifetime_spent))
+        return left
