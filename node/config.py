@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tiaki.budget import AmountError, PrivacyDefinition, parse_amount
 from tiaki.query import QueryKind
 
+
 class ConfigError(Exception):
     """The config file is missing, unreadable or invalid. The message says where and why."""
 
@@ -170,7 +171,9 @@ class Schema(_Strict):
             kinds.append(source.type)
         if "date" in kinds:
             if kinds != ["date", "date"] or op != "-":
-                raise ValueError(f"derived column {name!r}: dates can only be subtracted from dates")
+                raise ValueError(
+                    f"derived column {name!r}: dates can only be subtracted from dates"
+                )
             for operand in (left, right):
                 source = self.columns[operand]
                 assert isinstance(source, DateColumn)
@@ -308,7 +311,9 @@ def load_config(path: Path) -> NodeConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (node_id, schema, policy, ...)")
     try:

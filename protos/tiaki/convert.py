@@ -31,31 +31,31 @@ _KIND_TO_PB = {
     QueryKind.PROPORTION: pb.PROPORTION,
     QueryKind.HISTOGRAM: pb.HISTOGRAM,
 }
-_KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()}
+_KIND_FROM_PB: dict[int, QueryKind] = {int(v): k for k, v in _KIND_TO_PB.items()}
 
 _DEF_TO_PB = {PrivacyDefinition.PURE: pb.PURE_DP, PrivacyDefinition.ZCDP: pb.ZCDP}
-_DEF_FROM_PB = {v: k for k, v in _DEF_TO_PB.items()}
+_DEF_FROM_PB: dict[int, PrivacyDefinition] = {int(v): k for k, v in _DEF_TO_PB.items()}
 
 
-def kind_to_proto(kind: QueryKind) -> pb.QueryKind.ValueType:
+def kind_to_proto(kind: QueryKind) -> pb.QueryKind:
     return _KIND_TO_PB[kind]
 
 
 def kind_from_proto(value: int) -> QueryKind:
     try:
-        return _KIND_FROM_PB[value]  # type: ignore[index]
+        return _KIND_FROM_PB[value]
     except KeyError:
         known = ", ".join(k.value for k in QueryKind)
         raise InvalidQueryError(f"unknown query kind {value}; known kinds: {known}") from None
 
 
-def definition_to_proto(definition: PrivacyDefinition) -> pb.PrivacyDefinition.ValueType:
+def definition_to_proto(definition: PrivacyDefinition) -> pb.PrivacyDefinition:
     return _DEF_TO_PB[definition]
 
 
 def definition_from_proto(value: int) -> PrivacyDefinition:
     try:
-        return _DEF_FROM_PB[value]  # type: ignore[index]
+        return _DEF_FROM_PB[value]
     except KeyError:
         raise InvalidQueryError(f"unknown privacy definition {value}") from None
 
@@ -266,4 +266,3 @@ def answer_from_proto(msg: pb.QueryResponse) -> Answer:
         replayed=msg.replayed,
         budget=budget_from_proto(msg.budget) if msg.HasField("budget") else None,
     )
-

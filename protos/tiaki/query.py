@@ -9,6 +9,7 @@ decimal. Every check depends only on the query.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -80,7 +81,9 @@ class InSet:
         if not self.values:
             raise InvalidQueryError(f"filter on {self.column!r} lists no values")
         if len(self.values) > MAX_SET_VALUES:
-            raise InvalidQueryError(f"filter on {self.column!r} lists more than {MAX_SET_VALUES} values")
+            raise InvalidQueryError(
+                f"filter on {self.column!r} lists more than {MAX_SET_VALUES} values"
+            )
         for value in self.values:
             if len(value) > MAX_VALUE_CHARS:
                 raise InvalidQueryError(f"a value in the filter on {self.column!r} is too long")
@@ -223,7 +226,7 @@ class Query:
             raise InvalidQueryError(f"a histogram takes at most {MAX_BIN_EDGES} bin edges")
         if not all(math.isfinite(e) for e in edges):
             raise InvalidQueryError("histogram bin edges must be finite")
-        if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(edges)):
             raise InvalidQueryError("histogram bin edges must be strictly increasing")
 
     def canonical(self) -> str:
@@ -249,6 +252,4 @@ class Query:
 def check_query_id(query_id: str) -> None:
     """Query ids are printable, non-empty and short; they are stored verbatim."""
     if not query_id or len(query_id) > MAX_ID_CHARS or not query_id.isprintable():
-        raise InvalidQueryError(
-            f"query id must be 1 to {MAX_ID_CHARS} printable characters"
-        )
+        raise InvalidQueryError(f"query id must be 1 to {MAX_ID_CHARS} printable characters")

@@ -1,0 +1,87 @@
+"""A typed client for one node: contract types in, contract types out."""
+
+from __future__ import annotations
+
+import uuid
+from types import TracebackType
+
+import grpc
+
+from tiaki.answer import Answer
+from tiaki.budget import BudgetStatus
+from tiaki.convert import answer_from_proto, budget_from_proto, query_to_proto
+from tiaki.errors import from_rpc_error
+from tiaki.query import Query
+from tiaki.v1 import node_pb2 as pb
+from tiaki.v1 import node_pb2_grpc
+
+IDENTITY_METADATA_KEY = "tiaki-coordinator"
+
+
+def new_query_id() -> str:
+    """One id per question, reused on every retry of it."""
+    return uuid.uuid4().hex
+
+
+class NodeClient:
+    """Talks to one node. Errors arrive as :class:`tiaki.errors.RemoteError`."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        identity: str = "coordinator",
+        timeout: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._metadata = ((IDENTITY_METADATA_KEY, identity),)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address)
+        else:
+            self._channel = grpc.secure_channel(address, credentials)
+        self._stub = node_pb2_grpc.NodeStub(self._channel)
+
+    def info(self) -> pb.NodeInfo:
+        try:
+            info: pb.NodeInfo = self._stub.GetInfo(
+                pb.GetInfoRequest(), timeout=self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return info
+
+    def budget(self) -> BudgetStatus:
+        try:
+            report = self._stub.GetBudget(
+                pb.GetBudgetRequest(), timeout=self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return budget_from_proto(report)
+
+    def query(self, query: Query, *, query_id: str, analyst: str) -> Answer:
+        request = query_to_proto(query, query_id=query_id, analyst=analyst)
+        return self.query_raw(request)
+
+    def query_raw(self, request: pb.QueryRequest) -> Answer:
+        try:
+            response = self._stub.Query(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return answer_from_proto(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

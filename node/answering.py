@@ -1,0 +1,107 @@
+"""Turns exact aggregates into a released answer: noise, post-processing, charge.
+
+The budget of a query is split evenly between its components (a mean
+releases a shifted sum and a count; a proportion a numerator and a
+denominator). Everything after the OpenDP release is post-processing and
+costs nothing: ratios, clamping into public bounds, approximate accuracies.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+from node.engine import ExactAggregate, QueryPlan
+from node.mechanisms import NoisyVector, release
+from tiaki.answer import Cell, Component
+from tiaki.budget import PrivacyDefinition
+from tiaki.query import QueryKind
+
+
+def _release_all(
+    aggregates: tuple[ExactAggregate, ...], budget: Fraction, definition: PrivacyDefinition
+) -> tuple[list[NoisyVector], Fraction]:
+    share = budget / len(aggregates)
+    noisy = [
+        release(
+            agg.values,
+            agg.l1 if definition is PrivacyDefinition.PURE else agg.l2,
+            share,
+            definition,
+        )
+        for agg in aggregates
+    ]
+    return noisy, sum((n.charge for n in noisy), Fraction(0))
+
+
+def release_cells(
+    plan: QueryPlan, aggregates: tuple[ExactAggregate, ...], definition: PrivacyDefinition
+) -> tuple[tuple[Cell, ...], Fraction]:
+    """Release every component with OpenDP and build the cells; returns (cells, exact charge)."""
+    noisy, charge = _release_all(aggregates, plan.query.cost.amount, definition)
+    kind = plan.query.kind
+    spec = plan.numeric
+    # Sums live on a fixed-point grid (factor 1 for integer columns); the
+    # shifted sum of a mean is doubled as well. Scale back to column units.
+    unit = {
+        "sum": spec.factor if spec else 1.0,
+        "shifted_sum": 2.0 * spec.factor if spec else 1.0,
+    }
+    columns = []
+    for agg, nv in zip(aggregates, noisy, strict=True):
+        divisor = unit.get(agg.name, 1.0)
+        columns.append(
+            (
+                agg.name,
+                nv.values.astype(np.float64) / divisor,
+                nv.distribution,
+                nv.scale / divisor,
+                nv.accuracy_95 / divisor,
+            )
+        )
+
+    n_bins = len(plan.bin_labels)
+    cells = []
+    for i in range(plan.n_cells):
+        components = tuple(
+            Component(name, float(values[i]), dist, scale, acc)
+            for name, values, dist, scale, acc in columns
+        )
+        value, accuracy = _estimate(kind, components, plan)
+        cells.append(
+            Cell(
+                group=plan.group_labels[i // n_bins],
+                bin=plan.bin_labels[i % n_bins],
+                value=value,
+                accuracy_95=accuracy,
+                components=components,
+            )
+        )
+    return tuple(cells), charge
+
+
+def _estimate(
+    kind: QueryKind, parts: tuple[Component, ...], plan: QueryPlan
+) -> tuple[float, float]:
+    """The cell's estimate from its noisy components, and an approximate 95% half-width."""
+    if kind is QueryKind.MEAN:
+        assert plan.numeric is not None
+        spec = plan.numeric
+        lower, upper = spec.lower, spec.upper
+        midpoint = (spec.lower_int + spec.upper_int) / (2.0 * spec.factor)
+        shifted, count = parts
+        n = max(count.value, 1.0)
+        offset = shifted.value / n
+        mean = min(upper, max(lower, midpoint + offset))
+        # First-order error of a ratio; honest about being approximate.
+        accuracy = (shifted.accuracy_95 + abs(offset) * count.accuracy_95) / n
+        return mean, min(accuracy, upper - lower)
+    if kind is QueryKind.PROPORTION:
+        numerator, denominator = parts
+        d = max(denominator.value, 1.0)
+        p = min(1.0, max(0.0, numerator.value / d))
+        accuracy = (numerator.accuracy_95 + p * denominator.accuracy_95) / d
+        return p, min(accuracy, 1.0)
+    (only,) = parts
+    return only.value, only.accuracy_95

@@ -1,0 +1,1 @@
+"""``tiaki-node``: the NGO's command line. One module per command."""

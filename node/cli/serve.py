@@ -1,0 +1,104 @@
+"""``tiaki-node serve``: run the node's gRPC server until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from node.cli.errors import CommandError
+from node.config import NodeConfig, load_config
+from node.ledger import PrivacyLedger
+from node.server import create_server
+from node.service import DatasetHolder, NodeService, data_paths
+
+log = logging.getLogger("tiaki.node")
+RELOAD_CHECK_SECONDS = 2.0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="answer DP queries over gRPC",
+        description="Serve the node's records over gRPC. Stops gracefully on SIGTERM or Ctrl-C "
+        "(in-flight queries finish; nothing is charged that is not answered). A re-import is "
+        "picked up automatically; SIGHUP makes the node check at once.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="the node's node.yaml")
+    p.add_argument("--address", help="host:port to bind (default: server.address in the config)")
+    p.add_argument("--verbose", action="store_true", help="log every query (never record values)")
+    p.set_defaults(run=run)
+
+
+def open_node(config: NodeConfig) -> NodeService:
+    """Open the ledger and load the records; raises the store's errors if there are none."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger(
+        data_paths(config)["ledger"],
+        config.policy.privacy_definition,
+        config.policy.budget,
+        config.policy.per_query_max,
+    )
+    datasets = DatasetHolder(config)
+    datasets.load()
+    return NodeService(config, ledger, datasets)
+
+
+def check_bind_address(address: str) -> None:
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        log.warning(
+            "binding %s, which is reachable from other hosts, without TLS; "
+            "keep it behind a firewall until mutual TLS is configured",
+            address,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    address = args.address or config.server.address
+    service = open_node(config)
+    check_bind_address(address)
+    try:
+        node = create_server(service, address)
+    except (OSError, RuntimeError) as exc:
+        raise CommandError(f"cannot listen on {address}: {exc}") from None
+    dataset = service.datasets.current
+    print(
+        f"node {config.node_id} serving on {address.rpartition(':')[0]}:{node.port} "
+        f"({dataset.n_records} records, {dataset.n_clients} clients, version {dataset.version})",
+        flush=True,
+    )
+
+    stopping = threading.Event()
+    check_now = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+        check_now.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        check_now.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    while not stopping.is_set():
+        check_now.wait(RELOAD_CHECK_SECONDS)
+        check_now.clear()
+        if not stopping.is_set() and service.datasets.reload_if_changed():
+            print(f"records reloaded: version {service.datasets.current.version}", flush=True)
+    print("stopping: letting in-flight queries finish", flush=True)
+    node.stop()
+    service.ledger.close()
+    print("stopped", flush=True)
+    return 0

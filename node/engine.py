@@ -1,0 +1,433 @@
+"""Plans queries against the schema and policy, and computes exact aggregates.
+
+Two halves, kept apart on purpose:
+
+- :func:`plan` looks only at the query, the schema and the policy. Every
+  refusal a node can give comes from here (or from the ledger), so no error
+  ever depends on the records.
+- :func:`evaluate` runs a plan over the columnar :class:`Dataset`: a few
+  vectorised numpy passes that produce exact integer vectors, each with the
+  sensitivity that OpenDP must be told. Nothing here adds noise.
+
+Sensitivities are under the privacy unit: neighbouring datasets differ by one
+client *with all of their records*, and per-client bounding has already left
+each client with at most ``k = max_records_per_client`` records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import numpy.typing as npt
+
+from node.config import (
+    CategoricalColumn,
+    DateColumn,
+    DerivedColumn,
+    NumericColumn,
+    Policy,
+    Schema,
+)
+from node.dataset import MISSING_DATE, Dataset
+from tiaki.budget import format_amount
+from tiaki.errors import InvalidQueryError, PolicyViolationError
+from tiaki.query import DateRange, Filter, InSet, NumericRange, Query, QueryKind
+
+_EPOCH = date(1970, 1, 1)
+# Float columns are summed as integers on a dyadic grid so sums are exact and
+# their sensitivity is exact; 2**31 keeps every per-record term within int32.
+_FIXED_POINT_RANGE = 2.0**31
+_MAX_FIXED_POINT_SCALE = 2.0**20
+
+
+class PerQueryLimitError(PolicyViolationError):
+    """The request asks for more than the node's per-query maximum."""
+
+    def __init__(self, requested: str, maximum: str) -> None:
+        self.requested = requested
+        self.maximum = maximum
+        super().__init__(
+            f"requested privacy cost {requested} exceeds this node's per-query maximum of "
+            f"{maximum}; ask for less. Nothing was spent"
+        )
+
+
+@dataclass(frozen=True)
+class NumericSpec:
+    """How a numeric column is clamped and turned into integers for exact sums."""
+
+    column: str
+    lower: float
+    upper: float
+    factor: float  # value * factor, rounded, is the integer that is summed
+    lower_int: int
+    upper_int: int
+
+    @property
+    def max_abs_int(self) -> int:
+        return max(abs(self.lower_int), abs(self.upper_int))
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """A validated query with everything needed to run it, decided without data."""
+
+    query: Query
+    group_columns: tuple[str, ...]
+    group_labels: tuple[tuple[str, ...], ...]  # one per group cell, in cell order
+    bin_labels: tuple[str, ...]  # histogram bins, or ("",)
+    components: tuple[str, ...]  # names of the exact vectors released
+    numeric: NumericSpec | None
+    k: int
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.group_labels)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.group_labels) * len(self.bin_labels)
+
+
+@dataclass(frozen=True)
+class ExactAggregate:
+    """An exact vector (one entry per cell) and its sensitivity under the privacy unit."""
+
+    name: str
+    values: npt.NDArray[np.int64]
+    l1: int
+    l2: float
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _column_spec(schema: Schema, name: str, role: str) -> object:
+    if name == schema.identifier:
+        raise PolicyViolationError(
+            f"{role} {name!r} is the client identifier, which is never queryable"
+        )
+    spec = schema.columns.get(name)
+    if spec is None:
+        queryable = ", ".join(n for n in schema.columns if schema.is_queryable(n))
+        raise InvalidQueryError(f"unknown {role} {name!r}; queryable columns are: {queryable}")
+    if not schema.is_queryable(name):
+        raise PolicyViolationError(f"{role} {name!r} is marked never-queryable by this node")
+    return spec
+
+
+def _check_filter(schema: Schema, flt: Filter, role: str) -> None:
+    spec = _column_spec(schema, flt.column, role)
+    if isinstance(flt, InSet):
+        if not isinstance(spec, CategoricalColumn):
+            raise InvalidQueryError(
+                f"{role} on {flt.column!r}: equality and sets apply to categorical columns; "
+                "use a range for numbers and dates"
+            )
+        unknown = [v for v in flt.values if v not in spec.categories]
+        if unknown:
+            raise InvalidQueryError(
+                f"{role} on {flt.column!r}: {unknown[0][:40]!r} is not a category; "
+                f"categories are: {', '.join(spec.categories[:30])}"
+            )
+    elif isinstance(flt, NumericRange):
+        if not isinstance(spec, NumericColumn | DerivedColumn) or (
+            isinstance(spec, DerivedColumn) and schema.numeric_bounds(flt.column) is None
+        ):
+            raise InvalidQueryError(
+                f"{role} on {flt.column!r}: a numeric range needs a number column"
+            )
+    elif not isinstance(spec, DateColumn):
+        raise InvalidQueryError(f"{role} on {flt.column!r}: a date range needs a date column")
+
+
+def _numeric_spec(schema: Schema, query: Query) -> NumericSpec:
+    assert query.column is not None
+    spec = _column_spec(schema, query.column, "column")
+    bounds = schema.numeric_bounds(query.column)
+    if not isinstance(spec, NumericColumn | DerivedColumn) or bounds is None:
+        raise InvalidQueryError(
+            f"column {query.column!r} is not numeric; {query.kind} needs a number"
+        )
+    lower, upper = bounds
+    if query.bounds is not None:
+        if query.bounds.lower < lower or query.bounds.upper > upper:
+            raise InvalidQueryError(
+                f"bounds [{query.bounds.lower}, {query.bounds.upper}] reach outside the declared "
+                f"bounds of {query.column!r}, [{lower}, {upper}]; bounds may only narrow them"
+            )
+        lower, upper = query.bounds.lower, query.bounds.upper
+    integer = (
+        spec.type == "integer"
+        if isinstance(spec, NumericColumn)
+        else schema.derived_type(query.column) == "integer"
+    )
+    if integer:
+        if not (float(lower).is_integer() and float(upper).is_integer()):
+            raise InvalidQueryError(
+                f"{query.column!r} holds whole numbers; give whole-number bounds"
+            )
+        factor = 1.0
+    else:
+        magnitude = max(abs(lower), abs(upper), 2.0**-20)
+        factor = min(
+            _MAX_FIXED_POINT_SCALE, 2.0 ** math.floor(math.log2(_FIXED_POINT_RANGE / magnitude))
+        )
+    return NumericSpec(
+        column=query.column,
+        lower=lower,
+        upper=upper,
+        factor=factor,
+        lower_int=math.ceil(lower * factor),
+        upper_int=math.floor(upper * factor),
+    )
+
+
+def _bin_label(lo: float, hi: float, last: bool) -> str:
+    return f"[{lo:g}, {hi:g}{']' if last else ')'}"
+
+
+def plan(query: Query, schema: Schema, policy: Policy) -> QueryPlan:
+    """Check a query against the schema and the policy; decide its cells and components.
+
+    Raises InvalidQueryError or PolicyViolationError. Looks at no record.
+    """
+    if query.kind not in policy.allowed_kinds:
+        allowed = ", ".join(k.value for k in policy.allowed_kinds)
+        raise PolicyViolationError(
+            f"this node does not answer {query.kind} queries; it allows: {allowed}"
+        )
+    if query.cost.definition is not policy.privacy_definition:
+        want = policy.privacy_definition.symbol
+        raise InvalidQueryError(
+            f"this node accounts in {policy.privacy_definition} privacy; give the cost as {want}"
+        )
+    if query.cost.amount > policy.per_query_max:
+        raise PerQueryLimitError(
+            format_amount(query.cost.amount), format_amount(policy.per_query_max)
+        )
+    for flt in query.filters:
+        _check_filter(schema, flt, "filter")
+    for flt in query.condition:
+        _check_filter(schema, flt, "condition")
+
+    labels: list[tuple[str, ...]] = [()]
+    for name in query.group_by:
+        spec = _column_spec(schema, name, "group-by column")
+        if not isinstance(spec, CategoricalColumn):
+            raise InvalidQueryError(f"group-by column {name!r} is not categorical")
+        if len(labels) * len(spec.categories) > policy.max_cells:
+            raise InvalidQueryError(
+                f"grouping by {', '.join(query.group_by)} gives more than {policy.max_cells} "
+                "cells, the most this node computes"
+            )
+        labels = [(*prefix, cat) for prefix in labels for cat in spec.categories]
+
+    numeric = None
+    bins: tuple[str, ...] = ("",)
+    if query.kind in (QueryKind.SUM, QueryKind.MEAN, QueryKind.HISTOGRAM):
+        numeric = _numeric_spec(schema, query)
+    if query.kind is QueryKind.HISTOGRAM:
+        edges = query.bin_edges
+        bins = tuple(
+            _bin_label(lo, hi, i == len(edges) - 2)
+            for i, (lo, hi) in enumerate(itertools.pairwise(edges))
+        )
+    if len(labels) * len(bins) > policy.max_cells:
+        raise InvalidQueryError(
+            f"the answer would have {len(labels) * len(bins)} cells; this node computes at most "
+            f"{policy.max_cells}"
+        )
+    components = {
+        QueryKind.COUNT: ("count",),
+        QueryKind.COUNT_CLIENTS: ("clients",),
+        QueryKind.SUM: ("sum",),
+        QueryKind.MEAN: ("shifted_sum", "count"),
+        QueryKind.PROPORTION: ("numerator", "denominator"),
+        QueryKind.HISTOGRAM: ("count",),
+    }[query.kind]
+    return QueryPlan(
+        query=query,
+        group_columns=query.group_by,
+        group_labels=tuple(labels),
+        bin_labels=bins,
+        components=components,
+        numeric=numeric,
+        k=policy.max_records_per_client,
+    )
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _day(value: date) -> int:
+    return (value - _EPOCH).days
+
+
+def _filter_mask(ds: Dataset, flt: Filter, schema: Schema) -> npt.NDArray[np.bool_]:
+    if isinstance(flt, InSet):
+        spec = schema.columns[flt.column]
+        assert isinstance(spec, CategoricalColumn)
+        table = np.zeros(len(spec.categories), dtype=np.bool_)
+        table[[spec.categories.index(v) for v in flt.values]] = True
+        selected: npt.NDArray[np.bool_] = table[ds.categorical[flt.column]]
+        return selected
+    if isinstance(flt, NumericRange):
+        x = ds.numeric[flt.column]
+        mask = ~np.isnan(x)
+        if flt.min is not None:
+            mask &= x >= flt.min
+        if flt.max is not None:
+            mask &= x <= flt.max
+        return mask
+    assert isinstance(flt, DateRange)
+    d = ds.dates[flt.column]
+    mask = d != MISSING_DATE
+    if flt.start is not None:
+        mask &= d >= _day(flt.start)
+    if flt.end is not None:
+        mask &= d <= _day(flt.end)
+    return np.asarray(mask, dtype=np.bool_)
+
+
+def _all_of(ds: Dataset, filters: tuple[Filter, ...], schema: Schema) -> npt.NDArray[np.bool_]:
+    mask = np.ones(ds.n_records, dtype=np.bool_)
+    for flt in filters:
+        mask &= _filter_mask(ds, flt, schema)
+    return mask
+
+
+def _group_index(ds: Dataset, plan_: QueryPlan, schema: Schema) -> npt.NDArray[np.int64]:
+    index = np.zeros(ds.n_records, dtype=np.int64)
+    for name in plan_.group_columns:
+        spec = schema.columns[name]
+        assert isinstance(spec, CategoricalColumn)
+        index *= len(spec.categories)
+        index += ds.categorical[name]
+    return index
+
+
+def _count_per_cell(cells: npt.NDArray[np.int64], n_cells: int) -> npt.NDArray[np.int64]:
+    return np.bincount(cells, minlength=n_cells).astype(np.int64)
+
+
+def _first_per_client_and_cell(
+    client: npt.NDArray[np.int64], cells: npt.NDArray[np.int64], k: int
+) -> npt.NDArray[np.bool_]:
+    """True at the first of each (client, cell) pair among selected records.
+
+    Records are sorted by client and each client has at most ``k`` of them,
+    so an earlier record of the same client lies at most ``k - 1`` places back.
+    """
+    first = np.ones(client.shape[0], dtype=np.bool_)
+    for back in range(1, min(k, client.shape[0])):
+        same = (client[back:] == client[:-back]) & (cells[back:] == cells[:-back])
+        first[back:] &= ~same
+    return first
+
+
+def _distinct_clients(
+    ds: Dataset, selected: npt.NDArray[np.bool_], cells: npt.NDArray[np.int64], n_cells: int, k: int
+) -> npt.NDArray[np.int64]:
+    rows = np.flatnonzero(selected)
+    client, cell = ds.client[rows], cells[rows]
+    first = _first_per_client_and_cell(client, cell, k)
+    return _count_per_cell(cell[first], n_cells)
+
+
+def _exact_int_sum(
+    cells: npt.NDArray[np.int64], values: npt.NDArray[np.int64], n_cells: int
+) -> npt.NDArray[np.int64]:
+    """Per-cell sums of int64 values below 2**31 in size, exactly.
+
+    bincount accumulates in float64, exact only below 2**53; splitting each
+    value into 16-bit halves keeps every partial sum exact up to 2**37 records.
+    """
+    low = values & 0xFFFF
+    high = values >> 16
+    low_sum = np.bincount(cells, weights=low, minlength=n_cells).astype(np.int64)
+    high_sum = np.bincount(cells, weights=high, minlength=n_cells).astype(np.int64)
+    return (high_sum << 16) + low_sum
+
+
+def _as_fixed_point(
+    ds: Dataset, spec: NumericSpec, rows: npt.NDArray[np.intp]
+) -> npt.NDArray[np.int64]:
+    x = ds.numeric[spec.column][rows]
+    scaled = np.rint(np.clip(x, spec.lower, spec.upper) * spec.factor)
+    return np.clip(scaled, spec.lower_int, spec.upper_int).astype(np.int64)
+
+
+def evaluate(plan_: QueryPlan, ds: Dataset, schema: Schema) -> tuple[ExactAggregate, ...]:
+    """Exact aggregate vectors (cell order: group-major, then bin) and their sensitivities."""
+    query, k = plan_.query, plan_.k
+    n_groups, n_cells = plan_.n_groups, plan_.n_cells
+    scope = _all_of(ds, query.filters, schema)
+    groups = _group_index(ds, plan_, schema)
+
+    if query.kind is QueryKind.COUNT:
+        # One client adds or removes at most k records, each in one cell:
+        # L1 <= k, and L2 <= k (all k records in the same cell).
+        counts = _count_per_cell(groups[scope], n_cells)
+        return (ExactAggregate("count", counts, l1=k, l2=float(k)),)
+
+    if query.kind is QueryKind.COUNT_CLIENTS:
+        # One client is counted once in each cell they touch, and touches at
+        # most min(k, cells) cells: L1 = m, L2 = sqrt(m) with m = min(k, cells).
+        m = min(k, n_cells)
+        clients = _distinct_clients(ds, scope, groups, n_cells, k)
+        return (ExactAggregate("clients", clients, l1=m, l2=math.sqrt(m)),)
+
+    if query.kind is QueryKind.PROPORTION:
+        # Numerator and denominator are each distinct-client counts, with the
+        # sensitivity of COUNT_CLIENTS; each is released with half the budget.
+        m = min(k, n_cells)
+        meets = scope & _all_of(ds, query.condition, schema)
+        numerator = _distinct_clients(ds, meets, groups, n_cells, k)
+        denominator = _distinct_clients(ds, scope, groups, n_cells, k)
+        return (
+            ExactAggregate("numerator", numerator, l1=m, l2=math.sqrt(m)),
+            ExactAggregate("denominator", denominator, l1=m, l2=math.sqrt(m)),
+        )
+
+    spec = plan_.numeric
+    assert spec is not None
+    present = scope & ~np.isnan(ds.numeric[spec.column])
+    rows = np.flatnonzero(present)
+    cells = groups[rows]
+
+    if query.kind is QueryKind.HISTOGRAM:
+        edges = np.asarray(query.bin_edges, dtype=np.float64)
+        x = ds.numeric[spec.column][rows]
+        inside = (x >= edges[0]) & (x <= edges[-1])
+        bins = np.clip(np.searchsorted(edges, x[inside], side="right") - 1, 0, len(edges) - 2)
+        n_bins = len(edges) - 1
+        counts = _count_per_cell(cells[inside] * n_bins + bins, n_groups * n_bins)
+        # Each record lands in at most one (group, bin) cell: as for COUNT.
+        return (ExactAggregate("count", counts, l1=k, l2=float(k)),)
+
+    values = _as_fixed_point(ds, spec, rows)
+    if query.kind is QueryKind.SUM:
+        # Each record adds a value in [L, U] to one cell; one client's k
+        # records change the vector by at most k * max(|L|, |U|) in L1, and in
+        # L2 too when all k land in one cell.
+        sums = _exact_int_sum(cells, values, n_cells)
+        bound = k * spec.max_abs_int
+        return (ExactAggregate("sum", sums, l1=bound, l2=float(bound)),)
+
+    # MEAN: release T = sum(2x - (L + U)) and N = count. Shifting by the
+    # midpoint halves the range each term can take: 2x - (L+U) lies in
+    # [-(U-L), U-L], so one client moves T by at most k * (U - L) and N by k.
+    # Doubling keeps the midpoint an integer on the fixed-point grid.
+    shifted = 2 * values - (spec.lower_int + spec.upper_int)
+    width = spec.upper_int - spec.lower_int
+    t = _exact_int_sum(cells, shifted, n_cells)
+    n = _count_per_cell(cells, n_cells)
+    return (
+        ExactAggregate("shifted_sum", t, l1=k * width, l2=float(k * width)),
+        ExactAggregate("count", n, l1=k, l2=float(k)),
+    )

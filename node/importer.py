@@ -1,0 +1,696 @@
+"""Import the NGO's records from a CSV file or a SQLite table into the node's store.
+
+Every row is checked against the schema; nothing half-checked ever reaches the
+store. Rules (all values are first trimmed of surrounding whitespace):
+
+- the identifier must be non-empty;
+- a categorical value must exactly match a declared category (case matters);
+- integer columns take whole numbers such as ``3`` or ``3.0``, float columns
+  finite decimals such as ``2.5`` or ``1e3``; values outside the declared
+  bounds are bad rows;
+- dates are ISO ``YYYY-MM-DD``, inside ``min``/``max`` if declared;
+- an empty value is allowed only where the column has ``required: false``
+  (text columns are optional by default; categorical columns always required);
+- derived columns are computed at load and must not appear in the source;
+  source columns unknown to the schema are ignored and listed in the report;
+  optional columns may be absent (all their values are then missing).
+
+Problems with the file as a whole (unreadable, not UTF-8, NUL bytes, a header
+that lacks required columns or repeats one, a value over 1 MiB) raise
+:class:`ImportFailed`. Problems with rows are reported as :class:`BadRow`
+(line number and a reason naming the column). The report quotes raw values, so
+it is as confidential as the records themselves.
+
+If any row is bad the store is left untouched unless ``allow_bad_rows`` is
+given, in which case the good rows are imported. The new store is built in a
+temporary file beside the old one, fsynced and then swapped in with
+``os.replace``: a reader or a crash sees either the old store or the new one,
+never a mixture, and a failed import leaves the old store byte-for-byte intact.
+
+Per-client bounding is prepared here. Each record gets a rank within its own
+client: most recent first by the schema's ``recency`` date (missing dates
+last), ties broken by a keyed hash of the record (HMAC-SHA256 with the node's
+secret salt), or by the keyed hash alone without a recency column. A rank thus
+depends only on that client's own records and the salt, never on other
+clients, so adding or removing one client cannot change which records anybody
+else contributes. Identical duplicate records tie exactly, but then it does not
+matter which copy is kept. Clients are numbered 0..C-1 in the order of a keyed
+hash of their identifier, which reveals nothing about the identifiers or the
+order of the source.
+
+The dataset version is the first 20 hex digits (80 bits) of a sha256 over the
+schema fingerprint and the sorted keyed hashes of all imported records: it
+changes exactly when the content changes, does not depend on row order, and,
+being keyed, cannot be used by anyone without the salt to confirm a guess
+about the records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import hashlib
+import hmac
+import math
+import os
+import re
+import sqlite3
+import tempfile
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import BinaryIO
+from urllib.request import pathname2url
+
+import numpy as np
+import numpy.typing as npt
+
+from node.config import (
+    CategoricalColumn,
+    DateColumn,
+    DerivedColumn,
+    NodeConfig,
+    NumericColumn,
+    Schema,
+    TextColumn,
+)
+from node.dataset import MISSING_DATE
+from node.store import (
+    CLIENT_KEY,
+    RANK_KEY,
+    STORE_FORMAT,
+    StoreError,
+    code_dtype,
+    column_key,
+    encode_array,
+    fsync_dir,
+    load_or_create_salt,
+    schema_fingerprint,
+    store_path,
+)
+
+MAX_FIELD = 1 << 20  # 1 MiB: a larger value is not a plausible record field
+MAX_LINE = 4 << 20  # physical line cap, so a file without newlines cannot exhaust memory
+MAX_BAD_ROWS_REPORTED = 1000
+_BATCH = 10_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+_INTEGER = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """``line``: the row's first line in a CSV (header = line 1); for SQLite, 1 + row position."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did. ``bad_rows`` holds the first 1000 in detail; ``bad_row_count`` all.
+
+    ``rows_imported``, ``clients`` and ``dataset_version`` describe the new
+    store and are 0/None when nothing was committed.
+    """
+
+    source: str
+    rows_read: int
+    rows_imported: int
+    bad_rows: tuple[BadRow, ...]
+    bad_row_count: int
+    clients: int
+    dataset_version: str | None
+    replaced_previous: bool
+    committed: bool
+    ignored_columns: tuple[str, ...]
+
+
+class ImportFailed(Exception):
+    """The source as a whole cannot be imported; the message says what and how to fix it."""
+
+
+class _Bad(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- values
+
+
+def _show(raw: str) -> str:
+    return repr(raw) if len(raw) <= 40 else repr(raw[:40]) + "..."
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+# A parser takes a trimmed non-empty value and returns (value for the records
+# table, value for the columnar cache), or raises _Bad with the problem.
+_Parser = Callable[[str], tuple[object, float | int]]
+
+
+def _categorical(spec: CategoricalColumn) -> _Parser:
+    codes = {c: i for i, c in enumerate(spec.categories)}
+    folded = {c.casefold(): c for c in spec.categories}
+
+    def parse(s: str) -> tuple[object, int]:
+        code = codes.get(s)
+        if code is None:
+            hint = folded.get(s.casefold())
+            extra = f" (did you mean {hint!r}?)" if hint else ""
+            raise _Bad(f"{_show(s)} is not a declared category{extra}")
+        return s, code
+
+    return parse
+
+
+def _numeric(spec: NumericColumn) -> _Parser:
+    lo, hi = spec.bounds
+    integer = spec.type == "integer"
+
+    def parse(s: str) -> tuple[object, float]:
+        value: int | float
+        if integer:
+            if not _INTEGER.fullmatch(s):
+                raise _Bad(f"{_show(s)} is not a whole number")
+            try:
+                value = int(s.split(".", 1)[0])
+            except ValueError:  # more digits than Python converts
+                raise _Bad(f"{_show(s)} is far outside the bounds") from None
+        else:
+            if not _FLOAT.fullmatch(s):
+                raise _Bad(f"{_show(s)} is not a number")
+            value = float(s) + 0.0  # + 0.0 turns -0.0 into 0.0
+            if not math.isfinite(value):
+                raise _Bad(f"{_show(s)} is not a finite number")
+        if not lo <= value <= hi:
+            raise _Bad(f"{_show(s)} is outside the bounds [{_fmt(lo)}, {_fmt(hi)}]")
+        return value, float(value)
+
+    return parse
+
+
+def _date(spec: DateColumn) -> _Parser:
+    def parse(s: str) -> tuple[object, int]:
+        try:
+            if not _DATE.fullmatch(s):
+                raise ValueError
+            day = date.fromisoformat(s)
+        except ValueError:
+            raise _Bad(f"{_show(s)} is not a date (YYYY-MM-DD)") from None
+        if spec.min is not None and day < spec.min:
+            raise _Bad(f"{s} is before {spec.min}, the earliest allowed date")
+        if spec.max is not None and day > spec.max:
+            raise _Bad(f"{s} is after {spec.max}, the latest allowed date")
+        return s, day.toordinal() - _EPOCH_ORDINAL
+
+    return parse
+
+
+def _text(s: str) -> tuple[object, int]:
+    return s, 0
+
+
+@dataclass
+class _Col:
+    """One stored column: where it is in the source and how its values are checked."""
+
+    name: str
+    index: int | None  # None: optional column absent from the source
+    required: bool
+    parse: _Parser
+    sql_type: str
+    cache: array[int] | array[float] | None  # None for text and the identifier
+    missing: float | int
+
+
+def _columns(schema: Schema, positions: dict[str, int]) -> list[_Col]:
+    cols = [_Col(schema.identifier, positions[schema.identifier], True, _text, "TEXT", None, 0)]
+    for name, spec in schema.columns.items():
+        pos = positions.get(name)
+        if isinstance(spec, TextColumn):
+            cols.append(_Col(name, pos, spec.required, _text, "TEXT", None, 0))
+        elif isinstance(spec, CategoricalColumn):
+            typecode = "h" if code_dtype(spec) is np.int16 else "i"
+            cols.append(_Col(name, pos, True, _categorical(spec), "TEXT", array(typecode), 0))
+        elif isinstance(spec, NumericColumn):
+            sql = "INTEGER" if spec.type == "integer" else "REAL"
+            cols.append(_Col(name, pos, spec.required, _numeric(spec), sql, array("d"), math.nan))
+        elif isinstance(spec, DateColumn):
+            cols.append(
+                _Col(name, pos, spec.required, _date(spec), "TEXT", array("i"), MISSING_DATE)
+            )
+    return cols
+
+
+def _plan(schema: Schema, header: list[str], source: str) -> tuple[dict[str, int], list[str]]:
+    """Map schema columns to source positions; refuse headers that cannot be imported."""
+    positions: dict[str, int] = {}
+    ignored: list[str] = []
+    for i, raw in enumerate(header):
+        name = raw.strip()
+        if not name:
+            ignored.append(f"(unnamed column {i + 1})")
+            continue
+        if name in positions:
+            raise ImportFailed(
+                f"{source}: column {name!r} appears twice in the header (columns "
+                f"{positions[name] + 1} and {i + 1}); remove or rename one"
+            )
+        positions[name] = i
+    for name in positions:
+        spec = schema.columns.get(name)
+        if isinstance(spec, DerivedColumn):
+            raise ImportFailed(
+                f"{source}: column {name!r} is derived ({spec.expression}) and computed by the "
+                "node at load; remove it from the source"
+            )
+        if spec is None and name != schema.identifier:
+            ignored.append(name)
+    required = [schema.identifier] + [
+        name
+        for name, spec in schema.columns.items()
+        if isinstance(spec, CategoricalColumn)
+        or (isinstance(spec, NumericColumn | DateColumn) and spec.required)
+    ]
+    missing = [name for name in required if name not in positions]
+    if missing:
+        folded = {n.casefold(): n for n in positions}
+        parts = []
+        for name in missing:
+            near = folded.get(name.casefold())
+            parts.append(f"{name!r} (the source has {near!r})" if near else repr(name))
+        raise ImportFailed(
+            f"{source}: required column(s) missing from the header: {', '.join(parts)}. "
+            "Add them or fix their names (names are case-sensitive); the header has: "
+            + ", ".join(repr(h) for h in header[:50])
+        )
+    return positions, ignored
+
+
+# ---------------------------------------------------------------- ranks
+
+
+def record_ranks(
+    client: npt.NDArray[np.int64],
+    recency: npt.NDArray[np.int32] | None,
+    tiebreak: npt.NDArray[np.uint64],
+) -> npt.NDArray[np.int32]:
+    """Each record's 0-based rank within its client: latest recency first, missing last.
+
+    ``tiebreak`` is an (n, 2) array of keyed-hash words. The sort looks only at
+    a record's own client code, recency and keyed hash, so a client's ranks
+    cannot depend on any other client's records.
+    """
+    n = client.shape[0]
+    keys: list[npt.NDArray[np.generic]] = [tiebreak[:, 1], tiebreak[:, 0]]
+    if recency is not None:
+        days = recency.astype(np.int64)
+        keys.append(np.where(recency == MISSING_DATE, np.iinfo(np.int64).max, -days))
+    keys.append(client)
+    order = np.lexsort(keys)
+    sorted_client = client[order]
+    starts = np.flatnonzero(np.r_[True, sorted_client[1:] != sorted_client[:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    ranks = np.empty(n, dtype=np.int32)
+    ranks[order] = np.arange(n) - group_start
+    return ranks
+
+
+def _words(buf: bytearray) -> npt.NDArray[np.uint64]:
+    return np.frombuffer(bytes(buf), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+
+
+# ---------------------------------------------------------------- ingest
+
+
+Row = tuple[int, list[str] | str]  # (line, fields) or (line, reason the row is unusable)
+
+
+def _ingest(
+    config: NodeConfig,
+    source: str,
+    header: list[str],
+    rows: Iterator[Row],
+    allow_bad_rows: bool,
+) -> ImportReport:
+    schema = config.schema
+    positions, ignored = _plan(schema, header, source)
+    cols = _columns(schema, positions)
+    lowered = [c.name.lower() for c in cols]
+    if len(set(lowered)) != len(lowered):
+        raise ImportFailed(
+            f"{source}: schema column names must differ by more than letter case for the store"
+        )
+    width = len(header)
+    data_dir = config.data_dir
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        salt = load_or_create_salt(data_dir)
+    except (OSError, StoreError) as exc:
+        raise ImportFailed(f"cannot prepare data directory {data_dir}: {exc}") from None
+    rank_key, client_key = b"tiaki-rank\x00", b"tiaki-client\x00"
+
+    with _import_lock(data_dir), _temp_store(data_dir) as (tmp, conn):
+        quoted = ", ".join(f"{_quote(c.name)} {c.sql_type}" for c in cols)
+        conn.execute(f"CREATE TABLE records ({quoted})")
+        conn.execute("CREATE TABLE columns (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        insert = f"INSERT INTO records VALUES ({', '.join('?' * len(cols))})"
+
+        bad: list[BadRow] = []
+        bad_count = rows_read = 0
+        ids: list[str] = []
+        digests = bytearray()
+        batch: list[tuple[object, ...]] = []
+        for line, fields in rows:
+            rows_read += 1
+            problems: list[str] = []
+            if isinstance(fields, str):
+                problems.append(fields)
+            elif len(fields) != width:
+                problems.append(f"row has {len(fields)} values, the header has {width} columns")
+            else:
+                values: list[object] = []
+                cached: list[float | int] = []
+                for col in cols:
+                    s = fields[col.index].strip() if col.index is not None else ""
+                    if not s:
+                        if col.required:
+                            problems.append(f"{col.name} is missing")
+                        values.append(None)
+                        cached.append(col.missing)
+                        continue
+                    try:
+                        value, cache = col.parse(s)
+                    except _Bad as exc:
+                        problems.append(f"{col.name}: {exc}")
+                        continue
+                    values.append(value)
+                    cached.append(cache)
+            if problems:
+                bad_count += 1
+                if len(bad) < MAX_BAD_ROWS_REPORTED:
+                    bad.append(BadRow(line, "; ".join(problems)))
+                continue
+            if bad_count and not allow_bad_rows:
+                continue  # nothing will be committed; just keep counting bad rows
+            record = tuple(values)
+            canonical = repr(record).encode("utf-8", "surrogatepass")
+            digests += hmac.digest(salt, rank_key + canonical, "sha256")[:16]
+            ids.append(str(record[0]))
+            for col, cache in zip(cols, cached, strict=True):
+                if col.cache is not None:
+                    col.cache.append(cache)  # type: ignore[arg-type]
+            batch.append(record)
+            if len(batch) >= _BATCH:
+                conn.executemany(insert, batch)
+                batch.clear()
+
+        good = len(ids)
+        failed = (bad_count and not allow_bad_rows) or good == 0
+
+        def report(version: str | None, clients: int, replaced: bool) -> ImportReport:
+            return ImportReport(
+                source=source,
+                rows_read=rows_read,
+                rows_imported=0 if version is None else good,
+                bad_rows=tuple(bad),
+                bad_row_count=bad_count,
+                clients=clients,
+                dataset_version=version,
+                replaced_previous=replaced,
+                committed=version is not None,
+                ignored_columns=tuple(ignored),
+            )
+
+        if failed:
+            return report(None, 0, False)
+        if batch:
+            conn.executemany(insert, batch)
+
+        # Client codes: order distinct identifiers by a keyed hash of the identifier.
+        first_seen: dict[str, int] = {}
+        provisional = np.fromiter(
+            (first_seen.setdefault(i, len(first_seen)) for i in ids), dtype=np.int64, count=good
+        )
+        id_hashes = bytearray()
+        for ident in first_seen:
+            id_hashes += hmac.digest(salt, client_key + ident.encode("utf-8"), "sha256")[:16]
+        id_words = _words(id_hashes)
+        code_of = np.empty(len(first_seen), dtype=np.int64)
+        code_of[np.lexsort((id_words[:, 1], id_words[:, 0]))] = np.arange(len(first_seen))
+        client = code_of[provisional]
+
+        tiebreak = _words(digests)
+        recency = None
+        if schema.recency is not None:
+            recency_col = next(c for c in cols if c.name == schema.recency)
+            assert recency_col.cache is not None
+            recency = np.frombuffer(recency_col.cache, dtype=np.int32)
+        rank = record_ranks(client, recency, tiebreak)
+
+        fingerprint = schema_fingerprint(schema)
+        ordered = tiebreak[np.lexsort((tiebreak[:, 1], tiebreak[:, 0]))].astype(">u8")
+        content = hashlib.sha256(b"tiaki-version-1\x00" + fingerprint.encode("ascii"))
+        content.update(ordered.tobytes())
+        version = content.hexdigest()[:20]
+
+        # Columnar cache, sorted by (client, rank) so loading is a single mask.
+        order = np.lexsort((rank, client))
+        arrays: list[tuple[str, npt.NDArray[np.generic]]] = [
+            (CLIENT_KEY, client[order]),
+            (RANK_KEY, rank[order]),
+        ]
+        for col in cols:
+            if col.cache is not None:
+                dtype = {"h": np.int16, "i": np.int32, "d": np.float64}[col.cache.typecode]
+                arrays.append((column_key(col.name), np.frombuffer(col.cache, dtype=dtype)[order]))
+        conn.executemany(
+            "INSERT INTO columns VALUES (?, ?)", ((k, encode_array(a)) for k, a in arrays)
+        )
+        meta = {
+            "format": STORE_FORMAT,
+            "dataset_version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": source,
+            "rows": str(good),
+            "clients": str(len(first_seen)),
+            "schema_fingerprint": fingerprint,
+        }
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        conn.commit()
+        conn.close()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        target = store_path(config)
+        replaced = target.exists()
+        os.replace(tmp, target)
+        fsync_dir(data_dir)
+        return report(version, len(first_seen), replaced)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+@contextlib.contextmanager
+def _import_lock(data_dir: Path) -> Iterator[None]:
+    """One import at a time per data directory; stale temp files from crashes are removed."""
+    with open(data_dir / ".import.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            for stale in data_dir.glob(".records-*.tmp"):
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _temp_store(data_dir: Path) -> Iterator[tuple[Path, sqlite3.Connection]]:
+    """A private (0600) temporary SQLite file, deleted unless it was swapped into place."""
+    fd, name = tempfile.mkstemp(dir=data_dir, prefix=".records-", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(tmp)
+        # Safe to skip the journal: on any failure this file is thrown away.
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        yield tmp, conn
+    except (OSError, sqlite3.Error) as exc:
+        raise ImportFailed(f"cannot write the new store in {data_dir}: {exc}") from None
+    finally:
+        if conn is not None:
+            conn.close()
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def import_csv(config: NodeConfig, source: Path, *, allow_bad_rows: bool = False) -> ImportReport:
+    """Validate a UTF-8 CSV file (header on line 1) and, if it passes, make it the node's store."""
+    name = str(source)
+    try:
+        fh = open(source, "rb")  # noqa: SIM115 - closed in the finally below
+    except OSError as exc:
+        raise ImportFailed(f"{name}: cannot open: {exc.strerror or exc}") from None
+    previous_limit = csv.field_size_limit(MAX_FIELD)
+    try:
+        reader = csv.reader(_csv_lines(fh, name), strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ImportFailed(f"{name}: the file is empty; line 1 must be the header") from None
+        except csv.Error as exc:
+            raise ImportFailed(_csv_problem(name, reader.line_num, exc)) from None
+        if not any(h.strip() for h in header):
+            raise ImportFailed(f"{name}: line 1 must be the header, but it is blank")
+
+        def rows() -> Iterator[Row]:
+            while True:
+                start = reader.line_num + 1
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    raise ImportFailed(_csv_problem(name, reader.line_num, exc)) from None
+                if fields:  # blank lines are skipped
+                    yield start, fields
+
+        return _ingest(config, name, header, rows(), allow_bad_rows)
+    except OSError as exc:
+        raise ImportFailed(f"{name}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        csv.field_size_limit(previous_limit)
+        fh.close()
+
+
+def _csv_problem(name: str, line: int, exc: csv.Error) -> str:
+    if "field larger than field limit" in str(exc):
+        return f"{name}: line {line}: a value is longer than 1 MiB; this is not a record export"
+    return f"{name}: line {line}: not valid CSV ({exc}); check quoting around this line"
+
+
+def _csv_lines(fh: BinaryIO, name: str) -> Iterator[str]:
+    """Decode physical lines strictly as UTF-8 (a UTF-8 BOM is allowed), refusing hostile bytes."""
+    number = 0
+    while True:
+        try:
+            raw = fh.readline(MAX_LINE + 1)
+        except OSError as exc:
+            raise ImportFailed(f"{name}: cannot read: {exc.strerror or exc}") from None
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE:
+            raise ImportFailed(f"{name}: line {number} is longer than 4 MiB; is this a CSV file?")
+        if number == 1:
+            if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                raise ImportFailed(f"{name}: the file is UTF-16 encoded; {_SAVE_AS}")
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        if b"\x00" in raw:
+            raise ImportFailed(
+                f"{name}: line {number} contains NUL bytes (a UTF-16 or binary file?); {_SAVE_AS}"
+            )
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ImportFailed(
+                f"{name}: line {number} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                f"position {exc.start + 1}; perhaps Latin-1 or Windows-1252); {_SAVE_AS}"
+            ) from None
+
+
+_SAVE_AS = "save it as UTF-8 CSV (in Excel: 'CSV UTF-8 (Comma delimited)') and import again"
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+def import_sqlite(
+    config: NodeConfig, source: Path, table: str, *, allow_bad_rows: bool = False
+) -> ImportReport:
+    """Import a table or view of another SQLite file, with the same checks as a CSV.
+
+    The source is opened read-only with ``trusted_schema`` off, so a hostile
+    view cannot call functions with side effects. The table name must match an
+    entry of ``sqlite_master`` exactly before it is (quoted and) used.
+    """
+    name = f"{source} table {table!r}"
+    if not source.is_file():
+        raise ImportFailed(f"{source}: no such file")
+    try:
+        conn = sqlite3.connect(f"file:{pathname2url(str(source))}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ImportFailed(f"{source}: cannot open as SQLite: {exc}") from None
+    try:
+        conn.execute("PRAGMA trusted_schema=OFF")
+        conn.execute("PRAGMA query_only=ON")
+        found = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?",
+            (table,),
+        ).fetchone()
+        if found is None:
+            available = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                    "AND name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 20"
+                )
+            ]
+            raise ImportFailed(
+                f"{source}: no table or view named {table!r}; it has: "
+                + (", ".join(repr(a) for a in available) or "(none)")
+            )
+        cursor = conn.execute(f"SELECT * FROM {_quote(found[0])}")
+        header = [d[0] for d in cursor.description]
+
+        def rows() -> Iterator[Row]:
+            line = 1
+            while True:
+                try:
+                    chunk = cursor.fetchmany(_BATCH)
+                except sqlite3.Error as exc:
+                    raise ImportFailed(f"{source}: cannot read {table!r}: {exc}") from None
+                if not chunk:
+                    return
+                for row in chunk:
+                    line += 1
+                    yield line, _sqlite_fields(header, row)
+
+        return _ingest(config, name, header, rows(), allow_bad_rows)
+    except sqlite3.Error as exc:
+        raise ImportFailed(f"{source}: cannot read {table!r}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _sqlite_fields(header: list[str], row: tuple[object, ...]) -> list[str] | str:
+    fields: list[str] = []
+    for column, value in zip(header, row, strict=True):
+        if value is None:
+            fields.append("")
+        elif isinstance(value, str):
+            if len(value) > MAX_FIELD:
+                return f"{column}: value is longer than 1 MiB"
+            if "\x00" in value:
+                return f"{column}: value contains a NUL character"
+            fields.append(value)
+        elif isinstance(value, bool | int):
+            fields.append(str(int(value)))
+        elif isinstance(value, float):
+            fields.append(repr(value))
+        else:
+            return f"{column}: binary (BLOB) values cannot be imported"
+    return fields

@@ -1,0 +1,504 @@
+"""The privacy ledger: the node's durable, authoritative record of privacy spent.
+
+One SQLite file (WAL journal, ``synchronous=FULL``) holds every charged query
+with its stored answer, and a running total per budget period kept in the same
+transaction. Amounts are exact: Fractions written as exact decimal text with
+:func:`tiaki.budget.format_amount`, read back with
+:func:`tiaki.budget.read_amount`, and only ever added or compared as Fractions.
+
+What is spent, and when it is durable: :meth:`PrivacyLedger.charge` spends the
+``charge`` it is given (the cost OpenDP's privacy map reported, at most the
+requested cost) in the calendar period, in UTC, current at commit time. It
+checks and spends in one ``BEGIN IMMEDIATE`` transaction and returns only after
+the commit has been synced to disk, so an answer that leaves the node has
+always been paid for, and a crash before the commit spends nothing and leaks
+nothing. Refusals and replays spend nothing. Entries are only ever appended.
+
+Concurrency: one connection per ledger object, serialised by a lock, so any
+number of threads may share one object; other processes may open the same file
+(``BEGIN IMMEDIATE`` plus a busy timeout serialises writers across processes).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from node.config import BudgetPolicy, Policy
+from tiaki.budget import (
+    BudgetStatus,
+    PeriodBudget,
+    PrivacyDefinition,
+    format_amount,
+    read_amount,
+)
+from tiaki.errors import InsufficientBudgetError, QueryIdConflictError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+LIFETIME = "lifetime"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    query_id        TEXT NOT NULL,
+    identity        TEXT NOT NULL,
+    analyst         TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    canonical_query TEXT NOT NULL,
+    requested       TEXT NOT NULL,
+    charge          TEXT NOT NULL,
+    period          TEXT NOT NULL,
+    dataset_version TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    response        BLOB NOT NULL,
+    prev_hash       TEXT,  -- reserved for the audit hash chain
+    entry_hash      TEXT,
+    UNIQUE (identity, query_id)
+);
+CREATE TABLE IF NOT EXISTS spending (
+    period TEXT PRIMARY KEY,
+    spent  TEXT NOT NULL
+);
+"""
+
+
+class LedgerError(Exception):
+    """The ledger file cannot be used as configured (wrong definition, newer schema, damaged)."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One charged query. ``period`` is the budget period its charge counts in."""
+
+    seq: int
+    query_id: str
+    identity: str
+    analyst: str
+    kind: str
+    canonical_query: str
+    charge: Fraction
+    period: str
+    dataset_version: str
+    created_at: str
+    requested: Fraction
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """The answer as committed: replaying its query id returns exactly these bytes."""
+
+    canonical_query: str
+    response: bytes
+    charge: Fraction
+    seq: int  # the ledger entry that paid for it
+
+
+# ---------------------------------------------------------------- periods
+
+
+def period_label(kind: str, when: datetime) -> str:
+    """The budget period containing ``when`` (UTC): "2026", "2026-Q4", "2026-11" or "lifetime"."""
+    day = _utc(when)
+    if kind == "yearly":
+        return f"{day.year}"
+    if kind == "quarterly":
+        return f"{day.year}-Q{(day.month - 1) // 3 + 1}"
+    if kind == "monthly":
+        return f"{day.year}-{day.month:02d}"
+    return LIFETIME
+
+
+def period_bounds(label: str) -> tuple[str, str]:
+    """ISO start and (exclusive) end dates of a period label; ("", "") for "lifetime"."""
+    if label == LIFETIME:
+        return "", ""
+    year, _, rest = label.partition("-")
+    y = int(year)
+    if not rest:
+        start, end = date(y, 1, 1), date(y + 1, 1, 1)
+    else:
+        first = (int(rest[1:]) - 1) * 3 + 1 if rest.startswith("Q") else int(rest)
+        months = 3 if rest.startswith("Q") else 1
+        start = date(y, first, 1)
+        nxt = first - 1 + months
+        end = date(y + nxt // 12, nxt % 12 + 1, 1)
+    return start.isoformat(), end.isoformat()
+
+
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _timestamp(when: datetime) -> str:
+    return _utc(when).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------- ledger
+
+
+class PrivacyLedger:
+    """Check-and-spend accounting for one node, durable in a SQLite file.
+
+    ``budget.limit`` caps each period (or the lifetime when ``period`` is
+    "none"); ``budget.lifetime_limit``, if set, caps the total across periods.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        definition: PrivacyDefinition,
+        budget: BudgetPolicy,
+        per_query_max: Fraction,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.path = Path(path)
+        self.definition = PrivacyDefinition(definition)
+        self.budget = budget
+        self.per_query_max = per_query_max
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: cannot open the privacy ledger: {exc}") from None
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    @classmethod
+    def open(
+        cls, path: Path, policy: Policy, clock: Callable[[], datetime] = utc_now
+    ) -> PrivacyLedger:
+        """Open (creating if missing) the ledger for a node policy."""
+        return cls(path, policy.privacy_definition, policy.budget, policy.per_query_max, clock)
+
+    def _setup(self) -> None:
+        conn = self._db
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            if mode != "wal":
+                raise LedgerError(f"{self.path}: cannot use WAL journal mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            with self._tx(immediate=True):
+                if not self._has_meta():
+                    if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                        raise LedgerError(f"{self.path}: an SQLite file, but not a tiaki ledger")
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                if not meta:
+                    self._init_meta()
+                    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                self._check_meta(meta)
+                if meta["period"] != self.budget.period:
+                    self._rebuild_spending()
+                self._created = str(meta["created_at"])
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: not a usable privacy ledger: {exc}") from None
+
+    def _has_meta(self) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        return row is not None
+
+    def _init_meta(self) -> None:
+        now = _timestamp(self._clock())
+        self._db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [
+                ("schema_version", str(SCHEMA_VERSION)),
+                ("definition", self.definition.value),
+                ("period", self.budget.period),
+                ("created_at", now),
+            ],
+        )
+
+    def _check_meta(self, meta: dict[str, str]) -> None:
+        version = int(meta.get("schema_version", "0"))
+        if version != SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path}: ledger schema version {version}, this tiaki reads version "
+                f"{SCHEMA_VERSION}; use the tiaki release that wrote it"
+            )
+        stored = meta.get("definition")
+        if stored != self.definition.value:
+            raise LedgerError(
+                f"{self.path}: the ledger accounts in {stored!r} but the config says "
+                f"privacy_definition {self.definition.value!r}; changing the definition under "
+                "existing spending would corrupt the accounting. Restore the config's "
+                "privacy_definition, or start a new ledger file (and a new budget) deliberately"
+            )
+
+    def _rebuild_spending(self) -> None:
+        """Regroup every entry's charge under the configured period kind (the period changed).
+
+        Each entry is placed by its commit time, so spending stays exact; the
+        entries' own ``period`` column keeps the label they were charged under.
+        """
+        self._db.execute("DELETE FROM spending")
+        self._db.executemany(
+            "INSERT INTO spending (period, spent) VALUES (?, ?)",
+            [(label, format_amount(spent)) for label, spent in self._entry_totals().items()],
+        )
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'period'", (self.budget.period,))
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise LedgerError(f"{self.path}: the privacy ledger is closed")
+        return self._conn
+
+    @contextmanager
+    def _tx(self, *, immediate: bool) -> Iterator[sqlite3.Connection]:
+        conn = self._db
+        try:
+            conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: privacy ledger database error: {exc}") from exc
+
+    def _spending(self) -> dict[str, Fraction]:
+        rows = self._db.execute("SELECT period, spent FROM spending").fetchall()
+        return {str(label): read_amount(spent) for label, spent in rows}
+
+    def _entry_totals(self) -> dict[str, Fraction]:
+        """Each period's spending summed exactly from the entries, by commit time."""
+        totals: dict[str, Fraction] = {}
+        for created, charge in self._db.execute("SELECT created_at, charge FROM entries"):
+            label = period_label(self.budget.period, datetime.fromisoformat(created))
+            totals[label] = totals.get(label, Fraction(0)) + read_amount(charge)
+        return totals
+
+    def _stored(self, identity: str, query_id: str) -> StoredAnswer | None:
+        row = self._db.execute(
+            "SELECT canonical_query, response, charge, seq FROM entries "
+            "WHERE identity = ? AND query_id = ?",
+            (identity, query_id),
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredAnswer(str(row[0]), bytes(row[1]), read_amount(row[2]), int(row[3]))
+
+    def _available(self, spending: dict[str, Fraction], label: str) -> tuple[Fraction, str]:
+        """What may still be spent in ``label`` and the name of the binding limit."""
+        left = max(Fraction(0), self.budget.limit - spending.get(label, Fraction(0)))
+        name = (
+            "remaining lifetime budget"
+            if label == LIFETIME
+            else f"remaining budget for period {label}"
+        )
+        if self.budget.lifetime_limit is not None:
+            total = sum(spending.values(), Fraction(0))
+            life = max(Fraction(0), self.budget.lifetime_limit - total)
+            if life < left:
+                left, name = life, "remaining lifetime budget"
+        return left, name
+
+    def _screen(
+        self, identity: str, query_id: str, canonical_query: str, requested: Fraction, label: str
+    ) -> StoredAnswer | None:
+        """Every check, against the state the current transaction sees."""
+        stored = self._stored(identity, query_id)
+        if stored is not None:
+            if stored.canonical_query != canonical_query:
+                raise QueryIdConflictError(query_id)
+            return stored
+        if requested <= 0:
+            raise ValueError(f"requested privacy cost must be positive, not {requested}")
+        if requested > self.per_query_max:
+            raise InsufficientBudgetError(requested, self.per_query_max, "per-query maximum")
+        available, limit = self._available(self._spending(), label)
+        if requested > available:
+            raise InsufficientBudgetError(requested, available, limit)
+        return None
+
+    # ------------------------------------------------------------ API
+
+    def check(
+        self, identity: str, query_id: str, canonical_query: str, requested: Fraction
+    ) -> StoredAnswer | None:
+        """Cheap pre-check before computing anything; spends nothing.
+
+        Returns this identity's stored answer if ``query_id`` was already
+        answered for the same canonical query, else None if the request would
+        fit now. Raises :class:`QueryIdConflictError` or
+        :class:`InsufficientBudgetError`. Only :meth:`charge` is authoritative.
+        """
+        with self._lock, self._tx(immediate=False):
+            label = period_label(self.budget.period, self._clock())
+            return self._screen(identity, query_id, canonical_query, requested, label)
+
+    def charge(
+        self,
+        *,
+        identity: str,
+        query_id: str,
+        analyst: str,
+        kind: str,
+        canonical_query: str,
+        requested: Fraction,
+        charge: Fraction,
+        dataset_version: str,
+        response: bytes,
+    ) -> tuple[StoredAnswer, bool]:
+        """Check and spend in one transaction; durable on disk before it returns.
+
+        Spends ``charge`` (0 < charge <= requested) in the period current at
+        commit time and stores ``response`` under (identity, query_id).
+        Returns ``(stored, replayed)``: if the id was already answered for the
+        same canonical query, ``replayed`` is True, nothing is spent and the
+        stored answer (not ``response``) is returned. Refusals raise
+        :class:`QueryIdConflictError` or :class:`InsufficientBudgetError`, and
+        store and spend nothing.
+        """
+        if not 0 < charge <= requested:
+            raise ValueError(
+                f"charge {format_amount(charge)} must be positive and at most the requested "
+                f"{format_amount(requested)}"
+            )
+        if not identity or not query_id:
+            raise ValueError("identity and query_id must be non-empty")
+        with self._lock, self._tx(immediate=True) as conn:
+            now = self._clock()
+            label = period_label(self.budget.period, now)
+            stored = self._screen(identity, query_id, canonical_query, requested, label)
+            if stored is not None:
+                return stored, True
+            cursor = conn.execute(
+                "INSERT INTO entries (query_id, identity, analyst, kind, canonical_query, "
+                "requested, charge, period, dataset_version, created_at, response) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    query_id,
+                    identity,
+                    analyst,
+                    kind,
+                    canonical_query,
+                    format_amount(requested),
+                    format_amount(charge),
+                    label,
+                    dataset_version,
+                    _timestamp(now),
+                    response,
+                ),
+            )
+            row = conn.execute("SELECT spent FROM spending WHERE period = ?", (label,)).fetchone()
+            spent = (Fraction(0) if row is None else read_amount(row[0])) + charge
+            conn.execute(
+                "INSERT INTO spending (period, spent) VALUES (?, ?) "
+                "ON CONFLICT (period) DO UPDATE SET spent = excluded.spent",
+                (label, format_amount(spent)),
+            )
+            seq = cursor.lastrowid
+        assert seq is not None
+        return StoredAnswer(canonical_query, bytes(response), charge, seq), False
+
+    def status(self) -> BudgetStatus:
+        """Spending as committed: current period, lifetime, and every period with spending."""
+        with self._lock, self._tx(immediate=False):
+            label = period_label(self.budget.period, self._clock())
+            spending = self._spending()
+
+        def period(name: str) -> PeriodBudget:
+            start, end = period_bounds(name)
+            if name == LIFETIME:
+                start = self._created[:10]
+            return PeriodBudget(
+                name, start, end, self.budget.limit, spending.get(name, Fraction(0))
+            )
+
+        return BudgetStatus(
+            definition=self.definition,
+            per_query_max=self.per_query_max,
+            current=period(label),
+            lifetime_spent=sum(spending.values(), Fraction(0)),
+            lifetime_limit=self.budget.lifetime_limit,
+            periods=tuple(period(name) for name in sorted(spending)),
+        )
+
+    def entries(self) -> list[LedgerEntry]:
+        """Every charged query, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, query_id, identity, analyst, kind, canonical_query, charge, period, "
+                "dataset_version, created_at, requested FROM entries ORDER BY seq"
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def verify(self) -> None:
+        """Recompute every period total from the entries; raise :class:`LedgerError` on mismatch."""
+        with self._lock, self._tx(immediate=False):
+            totals = self._entry_totals()
+            spending = self._spending()
+        if totals != {k: v for k, v in spending.items() if v}:
+            raise LedgerError(f"{self.path}: period totals do not match the entries")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> PrivacyLedger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _entry(row: Any) -> LedgerEntry:
+    seq, query_id, identity, analyst, kind, canonical, charge, period, version, created, req = row
+    return LedgerEntry(
+        seq=int(seq),
+        query_id=str(query_id),
+        identity=str(identity),
+        analyst=str(analyst),
+        kind=str(kind),
+        canonical_query=str(canonical),
+        charge=read_amount(charge),
+        period=str(period),
+        dataset_version=str(version),
+        created_at=str(created),
+        requested=read_amount(req),
+    )

@@ -1,0 +1,180 @@
+"""The gRPC face of a node: a thin servicer, the server factory, health and shutdown.
+
+The servicer decodes nothing itself: it hands requests to :class:`NodeService`
+and maps typed errors to status codes in exactly one place (``_answering``).
+An unexpected error is logged in full here and reported to the caller only as
+INTERNAL with a reference, so no stack trace or path leaves the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from node.service import MAX_REQUEST_BYTES, NodeService
+from tiaki.convert import answer_to_proto, budget_to_proto
+from tiaki.errors import TiakiError
+from tiaki.v1 import node_pb2 as pb
+from tiaki.v1 import node_pb2_grpc
+
+log = logging.getLogger("tiaki.node")
+
+SERVICE_NAME = "tiaki.v1.Node"
+# Until mutual TLS identifies the caller, the coordinator names itself here.
+IDENTITY_METADATA_KEY = "tiaki-coordinator"
+ANONYMOUS = "anonymous"
+
+T = TypeVar("T")
+
+
+def caller_identity(context: grpc.ServicerContext) -> str:
+    """Who is asking: the verified certificate identity if TLS gives one, else the claim."""
+    auth = context.auth_context()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        values = auth.get(key)
+        if values:
+            return str(values[0].decode("utf-8", "replace"))
+    for key, value in context.invocation_metadata():
+        if key == IDENTITY_METADATA_KEY and isinstance(value, str):
+            claim = value.strip()
+            if 0 < len(claim) <= 128 and claim.isprintable():
+                return claim
+    return ANONYMOUS
+
+
+@contextmanager
+def _answering(context: grpc.ServicerContext, what: str) -> Iterator[None]:
+    """Map errors to status codes: the single place this happens on the node."""
+    try:
+        yield
+    except TiakiError as exc:
+        context.abort(exc.status_code, exc.message)
+    except Exception:
+        reference = secrets.token_hex(4)
+        log.exception("%s failed (reference %s)", what, reference)
+        context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error in the node (reference {reference}); its operator can look it up",
+        )
+
+
+class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
+    def __init__(self, service: NodeService) -> None:
+        self._service = service
+
+    def _call(self, context: grpc.ServicerContext, what: str, fn: Callable[[], T]) -> T:
+        with _answering(context, what):
+            return fn()
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
+        return self._call(context, "GetInfo", self._service.info)
+
+    def GetBudget(
+        self, request: pb.GetBudgetRequest, context: grpc.ServicerContext
+    ) -> pb.BudgetReport:
+        return self._call(context, "GetBudget", lambda: budget_to_proto(self._service.budget()))
+
+    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
+        identity = caller_identity(context)
+
+        def run() -> pb.QueryResponse:
+            answer = self._service.query(identity, request)
+            log.info(
+                "query %s from %s: %s charged %s%s",
+                answer.query_id,
+                identity,
+                answer.canonical_query[:200],
+                answer.charged,
+                " (replayed)" if answer.replayed else "",
+            )
+            return answer_to_proto(answer)
+
+        return self._call(context, "Query", run)
+
+
+@dataclass
+class RunningNode:
+    """A started node server: its port, its service, and how to stop it."""
+
+    server: grpc.Server
+    port: int
+    service: NodeService
+    health: health.HealthServicer
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight queries finish (they charge before replying)."""
+        self.set_serving(False)
+        wait = self.server.stop(
+            self.service.config.server.grace_seconds if grace is None else grace
+        )
+        wait.wait()
+
+
+def server_options() -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def create_server(
+    service: NodeService,
+    address: str | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> RunningNode:
+    """Bind ``address`` (the config's by default; port 0 picks a free port) and start.
+
+    Health reports SERVING only if the dataset is loaded; ledger and records
+    must be opened before calling this.
+    """
+    bind = address or service.config.server.address
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=service.config.server.max_workers, thread_name_prefix="tiaki-rpc"
+        ),
+        options=server_options(),
+        maximum_concurrent_rpcs=service.config.server.max_workers * 8,
+    )
+    node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(service), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if credentials is None:
+        port = server.add_insecure_port(bind)
+    else:
+        port = server.add_secure_port(bind, credentials)
+    if port == 0:
+        raise OSError(f"could not bind {bind}")
+    running = RunningNode(server=server, port=port, service=service, health=health_servicer)
+    running.set_serving(False)
+    server.start()
+    try:
+        service.datasets.current  # noqa: B018  (raises if nothing is loaded)
+        running.set_serving(True)
+    except TiakiError:
+        pass
+    return running
+
+
+__all__ = ["MAX_REQUEST_BYTES", "RunningNode", "caller_identity", "create_server"]

@@ -1,0 +1,201 @@
+"""The node's behaviour as plain functions over plain objects; gRPC lives in ``server``.
+
+Order of work for a query, and why:
+
+1. decode and plan: checks that depend only on the query, schema and policy;
+2. ledger pre-check: a repeated id gets its stored answer, an over-budget
+   request is refused, before any record is touched;
+3. evaluate and release: exact aggregates, then OpenDP noise;
+4. ledger charge: one durable transaction re-checks and spends; only after it
+   commits does the answer leave. If another request spent the budget in the
+   meantime, the fresh release is dropped unseen and the request is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from node import answering, engine
+from node.config import NodeConfig
+from node.dataset import Dataset
+from node.ledger import PrivacyLedger
+from node.store import load_dataset, store_path
+from tiaki import __version__
+from tiaki.answer import Answer
+from tiaki.budget import BudgetStatus, format_amount
+from tiaki.convert import (
+    answer_from_proto,
+    answer_to_proto,
+    definition_to_proto,
+    kind_to_proto,
+    query_from_proto,
+)
+from tiaki.errors import InvalidQueryError, NotReadyError
+from tiaki.query import PrivacyCost
+from tiaki.v1 import node_pb2 as pb
+
+log = logging.getLogger("tiaki.node")
+
+# Requests above this are refused before decoding their contents; real
+# queries are a few hundred bytes.
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+class DatasetHolder:
+    """The current in-memory dataset, swapped whole when the store file changes."""
+
+    def __init__(self, config: NodeConfig, loader: Callable[[NodeConfig], Dataset] = load_dataset):
+        self._config = config
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._dataset: Dataset | None = None
+        self._stamp: tuple[int, int] | None = None
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = store_path(self._config).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def load(self) -> Dataset:
+        """Load the store now (raises the store's errors if there is none)."""
+        with self._lock:
+            stamp = self._file_stamp()
+            dataset = self._loader(self._config)
+            self._dataset, self._stamp = dataset, stamp
+            return dataset
+
+    def reload_if_changed(self) -> bool:
+        """Reload after a re-import; keeps serving the old dataset if the new one fails."""
+        if self._file_stamp() == self._stamp:
+            return False
+        try:
+            dataset = self.load()
+        except Exception:
+            log.exception("reloading the record store failed; still serving the previous dataset")
+            return False
+        log.info("dataset reloaded: version %s, %d records", dataset.version, dataset.n_records)
+        return True
+
+    @property
+    def current(self) -> Dataset:
+        dataset = self._dataset
+        if dataset is None:
+            raise NotReadyError("this node has no records loaded yet")
+        return dataset
+
+
+class NodeService:
+    """Answers queries for one node: its config, its records, its ledger."""
+
+    def __init__(self, config: NodeConfig, ledger: PrivacyLedger, datasets: DatasetHolder) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.datasets = datasets
+
+    # ------------------------------------------------------------ info
+
+    def info(self) -> pb.NodeInfo:
+        schema, policy = self.config.schema, self.config.policy
+        columns = []
+        for name, spec in schema.columns.items():
+            if not schema.is_queryable(name):
+                continue
+            col = pb.ColumnInfo(name=name, type=spec.type)
+            categories = getattr(spec, "categories", None)
+            if categories is not None:
+                col.categories.extend(categories)
+            bounds = schema.numeric_bounds(name)
+            if bounds is not None:
+                col.bounds.CopyFrom(pb.Bounds(lower=bounds[0], upper=bounds[1]))
+            if spec.type == "date":
+                col.date_min = str(getattr(spec, "min", None) or "")
+                col.date_max = str(getattr(spec, "max", None) or "")
+            if spec.type == "derived":
+                col.expression = getattr(spec, "expression", "")
+            columns.append(col)
+        try:
+            version = self.datasets.current.version
+        except NotReadyError:
+            version = ""
+        return pb.NodeInfo(
+            node_id=self.config.node_id,
+            version=__version__,
+            definition=definition_to_proto(policy.privacy_definition),
+            identifier_column=schema.identifier,
+            columns=columns,
+            allowed_kinds=[kind_to_proto(k) for k in policy.allowed_kinds],
+            max_records_per_client=policy.max_records_per_client,
+            per_query_max=format_amount(policy.per_query_max),
+            budget_period=policy.budget.period,
+            max_group_by=3,
+            max_cells=policy.max_cells,
+            dataset_version=version,
+        )
+
+    def budget(self) -> BudgetStatus:
+        return self.ledger.status()
+
+    # ------------------------------------------------------------ queries
+
+    def query(self, identity: str, request: pb.QueryRequest) -> Answer:
+        """Answer one query for ``identity``, charging the ledger before returning."""
+        if request.ByteSize() > MAX_REQUEST_BYTES:
+            raise InvalidQueryError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+        query_id, analyst, query = query_from_proto(request)
+        plan = engine.plan(query, self.config.schema, self.config.policy)
+        canonical = query.canonical()
+        stored = self.ledger.check(identity, query_id, canonical, query.cost.amount)
+        if stored is not None:
+            return self._replay(stored.response)
+
+        dataset = self.datasets.current
+        aggregates = engine.evaluate(plan, dataset, self.config.schema)
+        definition = self.config.policy.privacy_definition
+        cells, charge = answering.release_cells(plan, aggregates, definition)
+        fresh = Answer(
+            query_id=query_id,
+            node_id=self.config.node_id,
+            canonical_query=canonical,
+            group_by=query.group_by,
+            cells=cells,
+            charged=PrivacyCost(definition, charge),
+            dataset_version=dataset.version,
+            replayed=False,
+            budget=None,
+        )
+        stored_answer, replayed = self.ledger.charge(
+            identity=identity,
+            query_id=query_id,
+            analyst=analyst,
+            kind=query.kind.value,
+            canonical_query=canonical,
+            requested=query.cost.amount,
+            charge=charge,
+            dataset_version=dataset.version,
+            response=answer_to_proto(fresh).SerializeToString(),
+        )
+        if replayed:
+            return self._replay(stored_answer.response)
+        return _with_budget(fresh, self.ledger.status(), replayed=False)
+
+    def _replay(self, response: bytes) -> Answer:
+        stored = answer_from_proto(pb.QueryResponse.FromString(response))
+        return _with_budget(stored, self.ledger.status(), replayed=True)
+
+
+def _with_budget(answer: Answer, status: BudgetStatus, *, replayed: bool) -> Answer:
+    return replace(answer, budget=status, replayed=replayed)
+
+
+def data_paths(config: NodeConfig) -> dict[str, Path]:
+    """Where this node keeps its files."""
+    return {
+        "records": store_path(config),
+        "ledger": config.data_dir / "ledger.sqlite",
+    }
