@@ -15,7 +15,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m node.demo
+	$(BIN)/python deploy/demo.py
 
 test: $(STAMP)
 	$(BIN)/ruff check .

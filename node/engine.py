@@ -39,8 +39,9 @@ from tiaki.query import DateRange, Filter, InSet, NumericRange, Query, QueryKind
 
 _EPOCH = date(1970, 1, 1)
 # Float columns are summed as integers on a dyadic grid so sums are exact and
-# their sensitivity is exact; 2**31 keeps every per-record term within int32.
-_FIXED_POINT_RANGE = 2.0**31
+# their sensitivity is exact. 2**24 steps across the bounds is finer than any
+# released noise, and keeps every per-record term far inside int32.
+_FIXED_POINT_RANGE = 2.0**24
 _MAX_FIXED_POINT_SCALE = 2.0**20
 
 

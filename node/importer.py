@@ -58,7 +58,7 @@ import re
 import sqlite3
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -177,12 +177,15 @@ def _numeric(spec: NumericColumn) -> _Parser:
     def parse(s: str) -> tuple[object, float]:
         value: int | float
         if integer:
-            if not _INTEGER.fullmatch(s):
-                raise _Bad(f"{_show(s)} is not a whole number")
+            digits = s
+            if not (s.isascii() and s.isdigit()):  # the common case needs no regex
+                if not _INTEGER.fullmatch(s):
+                    raise _Bad(f"{_show(s)} is not a whole number")
+                digits = s.split(".", 1)[0]
             try:
-                value = int(s.split(".", 1)[0])
+                value = int(digits)
             except ValueError:  # more digits than Python converts
-                raise _Bad(f"{_show(s)} is far outside the bounds") from None
+                raise _Bad(f"{_show(s)[:20]}... has too many digits") from None
         else:
             if not _FLOAT.fullmatch(s):
                 raise _Bad(f"{_show(s)} is not a number")
@@ -258,6 +261,8 @@ def _plan(schema: Schema, header: list[str], source: str) -> tuple[dict[str, int
         if not name:
             ignored.append(f"(unnamed column {i + 1})")
             continue
+        if name not in schema.columns and name != schema.identifier:
+            ignored.append(name)
         if name in positions:
             raise ImportFailed(
                 f"{source}: column {name!r} appears twice in the header (columns "
@@ -271,8 +276,6 @@ def _plan(schema: Schema, header: list[str], source: str) -> tuple[dict[str, int
                 f"{source}: column {name!r} is derived ({spec.expression}) and computed by the "
                 "node at load; remove it from the source"
             )
-        if spec is None and name != schema.identifier:
-            ignored.append(name)
     required = [schema.identifier] + [
         name
         for name, spec in schema.columns.items()
@@ -330,7 +333,9 @@ def _words(buf: bytearray) -> npt.NDArray[np.uint64]:
 # ---------------------------------------------------------------- ingest
 
 
-Row = tuple[int, list[str] | str]  # (line, fields) or (line, reason the row is unusable)
+# (line, values): str values from CSV; SQLite values may also be None, int, float,
+# bytes or an _Unusable marker, converted (or refused) by _as_text.
+Row = tuple[int, Sequence[object]]
 
 
 def _ingest(
@@ -372,15 +377,21 @@ def _ingest(
         for line, fields in rows:
             rows_read += 1
             problems: list[str] = []
-            if isinstance(fields, str):
-                problems.append(fields)
-            elif len(fields) != width:
+            if len(fields) != width:
                 problems.append(f"row has {len(fields)} values, the header has {width} columns")
             else:
                 values: list[object] = []
                 cached: list[float | int] = []
                 for col in cols:
-                    s = fields[col.index].strip() if col.index is not None else ""
+                    raw = fields[col.index] if col.index is not None else ""
+                    if isinstance(raw, str):
+                        s = raw.strip()
+                    else:
+                        try:
+                            s = _as_text(raw)
+                        except _Bad as exc:
+                            problems.append(f"{col.name}: {exc}")
+                            continue
                     if not s:
                         if col.required:
                             problems.append(f"{col.name} is missing")
@@ -667,7 +678,7 @@ def import_sqlite(
                     return
                 for row in chunk:
                     line += 1
-                    yield line, _sqlite_fields(header, row)
+                    yield line, _sqlite_values(row)
 
         return _ingest(config, name, header, rows(), allow_bad_rows)
     except sqlite3.Error as exc:
@@ -676,21 +687,34 @@ def import_sqlite(
         conn.close()
 
 
-def _sqlite_fields(header: list[str], row: tuple[object, ...]) -> list[str] | str:
-    fields: list[str] = []
-    for column, value in zip(header, row, strict=True):
-        if value is None:
-            fields.append("")
-        elif isinstance(value, str):
-            if len(value) > MAX_FIELD:
-                return f"{column}: value is longer than 1 MiB"
-            if "\x00" in value:
-                return f"{column}: value contains a NUL character"
-            fields.append(value)
-        elif isinstance(value, bool | int):
-            fields.append(str(int(value)))
-        elif isinstance(value, float):
-            fields.append(repr(value))
-        else:
-            return f"{column}: binary (BLOB) values cannot be imported"
-    return fields
+class _Unusable:
+    """A SQLite value refused before validation; the reason names the problem."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _sqlite_values(row: tuple[object, ...]) -> list[object]:
+    return [
+        _Unusable("value is longer than 1 MiB")
+        if isinstance(v, str) and len(v) > MAX_FIELD
+        else _Unusable("value contains a NUL character")
+        if isinstance(v, str) and "\x00" in v
+        else v
+        for v in row
+    ]
+
+
+def _as_text(value: object) -> str:
+    """The text form of a non-string SQLite value, as a CSV export would write it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool | int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, _Unusable):
+        raise _Bad(value.reason)
+    if isinstance(value, bytes):
+        raise _Bad("binary (BLOB) values cannot be imported")
+    raise _Bad(f"unsupported value of type {type(value).__name__}")

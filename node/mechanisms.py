@@ -34,6 +34,7 @@ for _feature in ENABLED_FEATURES:
 
 ALPHA_95 = 0.05
 _MAX_SCALE_STEPS = 64
+_EXACT_GAUSSIAN_ACCURACY_MAX_SCALE = 1000.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ def accuracy_95(definition: PrivacyDefinition, scale: float) -> float:
     """Half-width that covers one cell's noise with probability 0.95 (OpenDP's accuracy)."""
     if definition is PrivacyDefinition.PURE:
         return float(dp.discrete_laplacian_scale_to_accuracy(scale=scale, alpha=ALPHA_95))
+    if scale > _EXACT_GAUSSIAN_ACCURACY_MAX_SCALE:
+        # OpenDP sums the discrete Gaussian's mass term by term, which takes
+        # seconds at large scales; there the continuous Gaussian's accuracy,
+        # rounded up and widened by one, matches or exceeds the discrete one.
+        return float(math.ceil(dp.gaussian_scale_to_accuracy(scale=scale, alpha=ALPHA_95)) + 1)
     return float(dp.discrete_gaussian_scale_to_accuracy(scale=scale, alpha=ALPHA_95))
 
 

@@ -199,3 +199,16 @@ def data_paths(config: NodeConfig) -> dict[str, Path]:
         "records": store_path(config),
         "ledger": config.data_dir / "ledger.sqlite",
     }
+
+
+def open_service(config: NodeConfig) -> NodeService:
+    """Open the ledger and load the records; raises the store's errors if there are none."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger.open(data_paths(config)["ledger"], config.policy)
+    datasets = DatasetHolder(config)
+    try:
+        datasets.load()
+    except BaseException:
+        ledger.close()
+        raise
+    return NodeService(config, ledger, datasets)

@@ -31,6 +31,7 @@ import secrets
 import sqlite3
 import tempfile
 from pathlib import Path
+from typing import TypeVar, cast
 from urllib.request import pathname2url
 
 import numpy as np
@@ -55,6 +56,9 @@ STORE_FORMAT = "tiaki-store-1"
 # colon cannot occur in a schema column name, so internal arrays never clash.
 CLIENT_KEY = ":client"
 RANK_KEY = ":rank"
+
+
+_T = TypeVar("_T", bound=np.generic)
 
 
 def column_key(name: str) -> str:
@@ -157,8 +161,8 @@ def encode_array(array: npt.NDArray[np.generic]) -> bytes:
 
 
 def _decode_array(
-    blobs: dict[str, bytes], key: str, dtype: npt.DTypeLike, n: int, path: Path
-) -> npt.NDArray[np.generic]:
+    blobs: dict[str, bytes], key: str, dtype: type[_T], n: int, path: Path
+) -> npt.NDArray[_T]:
     blob = blobs.get(key)
     if blob is None:
         raise StoreError(f"{path}: column {key!r} is missing from the store; {_REIMPORT}")
@@ -171,7 +175,7 @@ def _decode_array(
             f"{path}: column {key!r} has dtype {array.dtype} and shape {array.shape}, "
             f"expected {np.dtype(dtype)} and ({n},); {_REIMPORT}"
         )
-    return array
+    return cast("npt.NDArray[_T]", array)
 
 
 _REIMPORT = "re-run 'tiaki-node import' to rebuild it"

@@ -28,7 +28,8 @@ What the data models:
   different sizes of effect and different mixes, as a real federation has.
 
 Same (clients, seed) gives a byte-identical CSV. Columns are generated with
-numpy and turned into text a chunk of clients at a time.
+numpy in blocks of BLOCK clients (each block its own random stream, so memory
+stays flat) and turned into text a block at a time.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from __future__ import annotations
 import csv
 import math
 import pathlib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np  # synthetic data only: numpy.random is not a privacy mechanism here
 import numpy.typing as npt
@@ -49,6 +52,7 @@ COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 MAX_CLIENTS = 5_000_000
 MAX_EPISODES = 12
+BLOCK = 100_000  # clients per random stream; changing it changes every output
 
 AGE_BANDS = ("0-17", "18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 GENDERS = ("female", "male", "another_gender")
@@ -170,6 +174,19 @@ class Profile:
     frequent_share: float  # share of clients with many episodes
     effectiveness: float  # multiplies every service's mean improvement
 
+    def __post_init__(self) -> None:
+        if not self.tag.isascii() or not self.tag.isalnum():
+            raise ValueError(f"profile tag must be ASCII letters or digits, got {self.tag!r}")
+        mix = self.service_mix
+        if len(mix) != len(SERVICES) or min(mix) < 0 or sum(mix) <= 0:
+            raise ValueError(f"service_mix needs {len(SERVICES)} shares >= 0, not all zero")
+        if self.home_region not in REGIONS:
+            raise ValueError(f"home_region must be one of {', '.join(REGIONS)}")
+        if not (0 <= self.regional_focus <= 1 and 0 <= self.frequent_share <= 1):
+            raise ValueError("regional_focus and frequent_share must be between 0 and 1")
+        if not 0 <= self.effectiveness <= 3:
+            raise ValueError("effectiveness must be between 0 and 3")
+
 
 def _tag(seed: int) -> str:
     """Distinct seeds give distinct tags: base 26 in letters, at least two of them."""
@@ -218,9 +235,12 @@ class Records:
     Rows are grouped by client (``starts[c]`` is the first row of client ``c``),
     episodes in start order. Per-client arrays index the lists above; dates are
     days since FIRST_DAY (-1 for an open end); missing post scores are 0.
+    Client ``c`` here is client number ``first_client + c + 1`` of the NGO.
     """
 
     profile: Profile
+    first_client: int
+    id_width: int  # digits in the client number
     starts: I64  # n_clients + 1 row offsets
     first_name: I64
     surname: I64
@@ -252,8 +272,8 @@ class Records:
         stop = self.n_clients if stop is None else stop
         lo, hi = int(self.starts[first]), int(self.starts[stop])
         counts = np.diff(self.starts[first : stop + 1])
-        width = max(6, len(str(self.n_clients)))
-        ids = np.array([f"{self.profile.tag}-C{c + 1:0{width}d}" for c in range(first, stop)])
+        base, tag, width = self.first_client + 1, self.profile.tag, self.id_width
+        ids = np.array([f"{tag}-C{base + c:0{width}d}" for c in range(first, stop)])
         names = _FIRST[self.first_name[first:stop]] + " " + _SURNAME[self.surname[first:stop]]
 
         def per_client(values: npt.NDArray[np.object_]) -> list[str]:
@@ -322,23 +342,54 @@ def _pick_by(rng: np.random.Generator, table: F64, given: I64) -> I64:
     cdf[:, -1] = 1.0
     flat = (cdf + np.arange(len(table))[:, None]).ravel()
     hits: I64 = np.searchsorted(flat, given + rng.random(len(given)), side="right") - given * k
-    return np.minimum(hits, k - 1)
+    out: I64 = np.minimum(hits, k - 1)
+    return out
 
 
 def _uniform_index(rng: np.random.Generator, offset: I64, size: I64) -> I64:
     return offset + (rng.random(len(offset)) * size).astype(np.int64)
 
 
-def generate(clients: int, seed: int, profile: Profile | None = None) -> Records:
-    """Generate ``clients`` synthetic clients (all their episodes) for the NGO of ``seed``."""
+def _blocks(clients: int, seed: int, profile: Profile | None) -> Iterator[Records]:
+    """The records in blocks of BLOCK clients, each from its own random stream.
+
+    Blocks keep memory flat for millions of clients; the output depends only on
+    (clients, seed, profile) because BLOCK is fixed.
+    """
     if isinstance(clients, bool) or not isinstance(clients, int):
         raise ValueError(f"clients must be a whole number, got {clients!r}")
     if not 1 <= clients <= MAX_CLIENTS:
         raise ValueError(f"clients must be between 1 and {MAX_CLIENTS:,}, got {clients:,}")
     _check_seed(seed)
     prof = profile if profile is not None else profile_for(seed)
-    rng = np.random.default_rng([seed, 2])
-    n = clients
+    width = max(6, len(str(clients)))
+    for block, first in enumerate(range(0, clients, BLOCK)):
+        rng = np.random.default_rng([seed, 2, block])
+        yield _block(prof, rng, first, min(BLOCK, clients - first), width)
+
+
+def generate(clients: int, seed: int, profile: Profile | None = None) -> Records:
+    """All episodes of ``clients`` synthetic clients of the NGO ``seed`` stands for.
+
+    ``profile`` overrides the NGO that :func:`profile_for` picks from the seed.
+    """
+    parts = list(_blocks(clients, seed, profile))
+    if len(parts) == 1:
+        return parts[0]
+    joined: dict[str, Any] = {"profile": parts[0].profile, "first_client": 0}
+    joined["id_width"] = parts[0].id_width
+    offsets = np.cumsum([0] + [p.n_rows for p in parts[:-1]])
+    joined["starts"] = np.concatenate(
+        [p.starts[:-1] + off for p, off in zip(parts, offsets, strict=True)]
+        + [np.array([offsets[-1] + parts[-1].n_rows])]
+    )
+    for name in (f.name for f in fields(Records) if f.name not in joined):
+        joined[name] = np.concatenate([getattr(p, name) for p in parts])
+    return Records(**joined)
+
+
+def _block(prof: Profile, rng: np.random.Generator, first: int, n: int, width: int) -> Records:
+    """Clients ``first .. first + n - 1`` with all their episodes, drawn from ``rng``."""
 
     # Clients: main service, region, then demographics conditioned on them.
     main = _pick(rng, np.array(prof.service_mix), n)
@@ -428,7 +479,8 @@ def generate(clients: int, seed: int, profile: Profile | None = None) -> Records
         return np.where(is_open, 0, np.clip(pre + np.rint(change), 1, 5)).astype(np.int64)
 
     return Records(
-        profile=prof, starts=starts, first_name=first_name, surname=surname, address=address,
+        profile=prof, first_client=first, id_width=width, starts=starts,
+        first_name=first_name, surname=surname, address=address,
         age_band=age, gender=gender, ethnicity=ethnicity, region=region, service=service,
         referral_source=referral, episode_start=start, episode_end=end, sessions=sessions,
         circumstances_pre=c_pre, circumstances_post=post(c_pre, _EFFECT_CIRC),
@@ -437,13 +489,16 @@ def generate(clients: int, seed: int, profile: Profile | None = None) -> Records
 
 
 def write_csv(path: pathlib.Path, clients: int, seed: int, profile: Profile | None = None) -> int:
-    """Write the records as UTF-8 CSV with a header row; return the number of records."""
-    records = generate(clients, seed, profile)
-    chunk = 50_000
+    """Write the records as UTF-8 CSV with a header row; return the number of records.
+
+    Streams block by block, so memory stays flat whatever ``clients`` is.
+    """
+    rows = 0
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(COLUMNS)
-        for first in range(0, records.n_clients, chunk):
-            cols = records.text_columns(first, min(first + chunk, records.n_clients))
+        for records in _blocks(clients, seed, profile):
+            cols = records.text_columns()
             writer.writerows(zip(*(cols[c] for c in COLUMNS), strict=True))
-    return records.n_rows
+            rows += records.n_rows
+    return rows

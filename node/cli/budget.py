@@ -60,12 +60,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     ledger_path = data_paths(config)["ledger"]
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    ledger = PrivacyLedger(
-        ledger_path,
-        config.policy.privacy_definition,
-        config.policy.budget,
-        config.policy.per_query_max,
-    )
+    ledger = PrivacyLedger.open(ledger_path, config.policy)
     try:
         status = ledger.status()
     finally:

@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.store import ImportFailed, import_csv, import_sqlite
+    from node.importer import ImportFailed, import_csv, import_sqlite
 
     config = load_config(args.config)
     try:
@@ -45,13 +45,13 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"source:        {report.source}")
     print(f"rows read:     {report.rows_read}")
-    print(f"bad rows:      {len(report.bad_rows)}")
+    print(f"bad rows:      {report.bad_row_count}")
     if report.ignored_columns:
         print(f"ignored columns (not in the schema): {', '.join(report.ignored_columns)}")
     for bad in report.bad_rows[:SHOWN_BAD_ROWS]:
         print(f"  line {bad.line}: {bad.reason}")
-    if len(report.bad_rows) > SHOWN_BAD_ROWS:
-        print(f"  ... and {len(report.bad_rows) - SHOWN_BAD_ROWS} more")
+    if report.bad_row_count > SHOWN_BAD_ROWS:
+        print(f"  ... and {report.bad_row_count - SHOWN_BAD_ROWS} more")
     if not report.committed:
         print("nothing imported: the previous records are unchanged.")
         if report.bad_rows:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from node.config import load_config
 from node.store import load_or_create_salt
 
 CONFIG_NAME = "node.yaml"
+TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "node.yaml"
 
 
 def register(sub: Any) -> None:
@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
 
 
 def template_text() -> str:
-    return resources.files("node").joinpath("templates/node.yaml").read_text(encoding="utf-8")
+    return TEMPLATE.read_text(encoding="utf-8")
 
 
 def render(node_id: str, address: str) -> str:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         load_config(tmp)  # never leave a config the node would refuse
         tmp.replace(target)
     except OSError as exc:
-        raise CommandError(f"cannot write {target}: {exc.strerror}") from None
+        raise CommandError(f"cannot write {target}: {exc.strerror or exc}") from None
     config = load_config(target)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     load_or_create_salt(config.data_dir)

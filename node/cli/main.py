@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from node.cli import budget, import_records, init, serve, synth
 from node.cli.errors import EXIT_CODES_HELP, CommandError, ExitCode, fail
 from node.config import ConfigError
+from node.ledger import LedgerError
 from node.store import StoreError, StoreMissing
 from tiaki import __version__
 from tiaki.errors import TiakiError
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreMissing as exc:
         fail(str(exc))
         return int(ExitCode.NOT_READY)
-    except StoreError as exc:
+    except (StoreError, LedgerError) as exc:
         fail(str(exc))
         return int(ExitCode.USAGE)
     except TiakiError as exc:

@@ -12,10 +12,9 @@ from types import FrameType
 from typing import Any
 
 from node.cli.errors import CommandError
-from node.config import NodeConfig, load_config
-from node.ledger import PrivacyLedger
+from node.config import load_config
 from node.server import create_server
-from node.service import DatasetHolder, NodeService, data_paths
+from node.service import open_service
 
 log = logging.getLogger("tiaki.node")
 RELOAD_CHECK_SECONDS = 2.0
@@ -35,20 +34,6 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def open_node(config: NodeConfig) -> NodeService:
-    """Open the ledger and load the records; raises the store's errors if there are none."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    ledger = PrivacyLedger(
-        data_paths(config)["ledger"],
-        config.policy.privacy_definition,
-        config.policy.budget,
-        config.policy.per_query_max,
-    )
-    datasets = DatasetHolder(config)
-    datasets.load()
-    return NodeService(config, ledger, datasets)
-
-
 def check_bind_address(address: str) -> None:
     host = address.rpartition(":")[0].strip("[]")
     try:
@@ -66,7 +51,7 @@ def check_bind_address(address: str) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     address = args.address or config.server.address
-    service = open_node(config)
+    service = open_service(config)
     check_bind_address(address)
     try:
         node = create_server(service, address)

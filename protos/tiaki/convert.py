@@ -122,6 +122,13 @@ def cost_from_proto(msg: pb.PrivacyCost) -> PrivacyCost:
     raise InvalidQueryError("the query names no privacy cost; give epsilon or rho")
 
 
+def charged_from_proto(msg: pb.PrivacyCost) -> PrivacyCost:
+    """A charge reported by a node: exact, possibly with many decimal places."""
+    if msg.epsilon:
+        return PrivacyCost(PrivacyDefinition.PURE, read_amount(msg.epsilon))
+    return PrivacyCost(PrivacyDefinition.ZCDP, read_amount(msg.rho))
+
+
 def query_to_proto(query: Query, *, query_id: str, analyst: str) -> pb.QueryRequest:
     msg = pb.QueryRequest(
         query_id=query_id,
@@ -261,7 +268,7 @@ def answer_from_proto(msg: pb.QueryResponse) -> Answer:
             )
             for c in msg.cells
         ),
-        charged=cost_from_proto(msg.charged),
+        charged=charged_from_proto(msg.charged),
         dataset_version=msg.dataset_version,
         replayed=msg.replayed,
         budget=budget_from_proto(msg.budget) if msg.HasField("budget") else None,
