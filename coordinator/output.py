@@ -11,9 +11,11 @@ from tiaki.answer import Answer
 from tiaki.budget import display_amount, format_amount
 
 
-def _round(value: float, digits: int = 4) -> float:
+def _round(value: float, digits: int = 4) -> float | int:
     if not math.isfinite(value) or value == 0:
         return value
+    if value.is_integer() and abs(value) < 1e15:
+        return int(value)
     return round(value, max(0, digits - 1 - math.floor(math.log10(abs(value)))))
 
 

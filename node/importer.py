@@ -96,6 +96,7 @@ MAX_FIELD = 1 << 20  # 1 MiB: a larger value is not a plausible record field
 MAX_LINE = 4 << 20  # physical line cap, so a file without newlines cannot exhaust memory
 MAX_BAD_ROWS_REPORTED = 1000
 _BATCH = 10_000
+_MAX_IGNORED_LISTED = 100
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 _INTEGER = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
@@ -294,6 +295,9 @@ def _plan(schema: Schema, header: list[str], source: str) -> tuple[dict[str, int
             "Add them or fix their names (names are case-sensitive); the header has: "
             + ", ".join(repr(h) for h in header[:50])
         )
+    if len(ignored) > _MAX_IGNORED_LISTED:
+        more = len(ignored) - _MAX_IGNORED_LISTED
+        ignored = [*ignored[:_MAX_IGNORED_LISTED], f"(and {more} more)"]
     return positions, ignored
 
 
@@ -514,7 +518,11 @@ def _quote(identifier: str) -> str:
 @contextlib.contextmanager
 def _import_lock(data_dir: Path) -> Iterator[None]:
     """One import at a time per data directory; stale temp files from crashes are removed."""
-    with open(data_dir / ".import.lock", "a+b") as fh:
+    try:
+        fh = open(data_dir / ".import.lock", "a+b")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ImportFailed(f"cannot write in data directory {data_dir}: {exc}") from None
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             for stale in data_dir.glob(".records-*.tmp"):
@@ -527,7 +535,10 @@ def _import_lock(data_dir: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _temp_store(data_dir: Path) -> Iterator[tuple[Path, sqlite3.Connection]]:
     """A private (0600) temporary SQLite file, deleted unless it was swapped into place."""
-    fd, name = tempfile.mkstemp(dir=data_dir, prefix=".records-", suffix=".tmp")
+    try:
+        fd, name = tempfile.mkstemp(dir=data_dir, prefix=".records-", suffix=".tmp")
+    except OSError as exc:
+        raise ImportFailed(f"cannot write the new store in {data_dir}: {exc}") from None
     os.close(fd)
     tmp = Path(name)
     conn: sqlite3.Connection | None = None

@@ -1,0 +1,167 @@
+"""The node as an NGO runs it: real commands, real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from coordinator.client import NodeClient, new_query_id
+from tests.conftest import write_node_config
+from tiaki.budget import PrivacyDefinition
+from tiaki.errors import RemoteError
+from tiaki.query import PrivacyCost, Query, QueryKind
+
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+
+
+def cli(
+    *args: str, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} exited {done.returncode}: {done.stderr}")
+    return done
+
+
+class NodeProcess:
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"serving on (\S+)", line)
+        if not match:
+            self.proc.kill()
+            raise AssertionError(f"node did not start: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
+        self.address = match.group(1)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+def test_ngo_workflow_end_to_end(tmp_path: Path) -> None:
+    csv_a = tmp_path / "a.csv"
+    csv_b = tmp_path / "b.csv"
+    assert (
+        "wrote"
+        in cli("tiaki-node", "synth", "--clients", "800", "--seed", "3", "--out", str(csv_a)).stdout
+    )
+    cli("tiaki-node", "synth", "--clients", "500", "--seed", "4", "--out", str(csv_b))
+    created = cli("tiaki-node", "init", str(tmp_path / "ngo"), "--address", "127.0.0.1:0")
+    assert "next:" in created.stdout
+    again = cli("tiaki-node", "init", str(tmp_path / "ngo"), check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    config = tmp_path / "ngo" / "node.yaml"
+
+    not_yet = cli("tiaki-node", "serve", "--config", str(config), check=False)
+    assert not_yet.returncode == 4 and "import" in not_yet.stderr
+    imported = cli("tiaki-node", "import", "--config", str(config), str(csv_a))
+    assert "imported:" in imported.stdout
+
+    node = NodeProcess([str(BIN / "tiaki-node"), "serve", "--config", str(config)])
+    try:
+        asked = cli(
+            "tiaki",
+            "query",
+            "--node",
+            node.address,
+            "count_clients",
+            "--by",
+            "service",
+            "--epsilon",
+            "0.5",
+            "--format",
+            "json",
+        )
+        answer = json.loads(asked.stdout)
+        assert len(answer["cells"]) == 5
+        assert answer["charged"] == {"epsilon": "0.5"}
+        refused = cli(
+            "tiaki",
+            "query",
+            "--node",
+            node.address,
+            "count",
+            "--by",
+            "client_name",
+            "--epsilon",
+            "0.1",
+            check=False,
+        )
+        assert refused.returncode == 3 and "never-queryable" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+        with NodeClient(node.address) as client:
+            version_a = client.info().dataset_version
+        cli("tiaki-node", "import", "--config", str(config), str(csv_b))
+        node.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        with NodeClient(node.address) as client:
+            while client.info().dataset_version == version_a:
+                assert time.monotonic() < deadline, "re-import was not picked up"
+                time.sleep(0.2)
+    finally:
+        assert node.stop() == 0
+
+    budget = json.loads(
+        cli("tiaki-node", "budget", "--config", str(config), "--format", "json").stdout
+    )
+    assert budget["lifetime_spent"] == "0.5"
+    table = cli("tiaki-node", "budget", "--config", str(config)).stdout
+    assert "current" in table and "0.5" in table
+
+
+def test_bad_config_and_bad_csv_give_clear_errors(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("node_id: x\nschema: {}\n")
+    done = cli("tiaki-node", "import", "--config", str(config), "nothing.csv", check=False)
+    assert done.returncode == 2 and str(config) in done.stderr and "Traceback" not in done.stderr
+
+    good = write_node_config(tmp_path / "ngo")
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("client_id,region\nc1,auckland\n")
+    done = cli("tiaki-node", "import", "--config", str(good), str(bad_csv), check=False)
+    assert done.returncode == 3 and "Traceback" not in done.stderr + done.stdout
+    assert done.stderr or done.stdout
+
+
+def test_crash_between_charge_and_reply_keeps_the_charge(tmp_path: Path, synth_csv: Path) -> None:
+    config = write_node_config(tmp_path / "ngo")
+    cli("tiaki-node", "import", "--config", str(config), str(synth_csv))
+    query = Query(QueryKind.COUNT, PrivacyCost.parse(PrivacyDefinition.PURE, "0.25"))
+    qid = new_query_id()
+
+    crashing = NodeProcess(
+        [sys.executable, str(HERE / "crashing_node.py"), "serve", "--config", str(config)]
+    )
+    with NodeClient(crashing.address, timeout=20) as client, pytest.raises(RemoteError) as info:
+        client.query(query, query_id=qid, analyst="ana")
+    assert info.value.status_code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+    assert crashing.proc.wait(timeout=10) == -signal.SIGKILL
+
+    budget = json.loads(
+        cli("tiaki-node", "budget", "--config", str(config), "--format", "json").stdout
+    )
+    assert budget["lifetime_spent"] == "0.25", "the charge committed before the crash was lost"
+
+    node = NodeProcess([str(BIN / "tiaki-node"), "serve", "--config", str(config)])
+    try:
+        with NodeClient(node.address) as client:
+            retried = client.query(query, query_id=qid, analyst="ana")
+            assert retried.replayed
+            assert client.budget().lifetime_spent == retried.charged.amount
+    finally:
+        assert node.stop() == 0
