@@ -20,6 +20,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from datetime import date
+from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
@@ -178,13 +179,19 @@ def _numeric_spec(schema: Schema, query: Query) -> NumericSpec:
         factor = min(
             _MAX_FIXED_POINT_SCALE, 2.0 ** math.floor(math.log2(_FIXED_POINT_RANGE / magnitude))
         )
+    lower_int, upper_int = math.ceil(lower * factor), math.floor(upper * factor)
+    if lower_int >= upper_int:
+        raise InvalidQueryError(
+            f"bounds [{lower}, {upper}] are narrower than the resolution of {query.column!r} "
+            f"({1 / factor:g}); widen them"
+        )
     return NumericSpec(
         column=query.column,
         lower=lower,
         upper=upper,
         factor=factor,
-        lower_int=math.ceil(lower * factor),
-        upper_int=math.floor(upper * factor),
+        lower_int=lower_int,
+        upper_int=upper_int,
     )
 
 
@@ -263,6 +270,14 @@ def plan(query: Query, schema: Schema, policy: Policy) -> QueryPlan:
 
 
 # ---------------------------------------------------------------- evaluation
+
+
+def sqrt_up(m: int) -> float:
+    """The float nearest above √m: an L2 bound must never be rounded down."""
+    root = math.sqrt(m)
+    if Fraction(root) ** 2 < m:
+        root = math.nextafter(root, math.inf)
+    return root
 
 
 def _day(value: date) -> int:
@@ -381,7 +396,7 @@ def evaluate(plan_: QueryPlan, ds: Dataset, schema: Schema) -> tuple[ExactAggreg
         # most min(k, cells) cells: L1 = m, L2 = sqrt(m) with m = min(k, cells).
         m = min(k, n_cells)
         clients = _distinct_clients(ds, scope, groups, n_cells, k)
-        return (ExactAggregate("clients", clients, l1=m, l2=math.sqrt(m)),)
+        return (ExactAggregate("clients", clients, l1=m, l2=sqrt_up(m)),)
 
     if query.kind is QueryKind.PROPORTION:
         # Numerator and denominator are each distinct-client counts, with the
@@ -391,8 +406,8 @@ def evaluate(plan_: QueryPlan, ds: Dataset, schema: Schema) -> tuple[ExactAggreg
         numerator = _distinct_clients(ds, meets, groups, n_cells, k)
         denominator = _distinct_clients(ds, scope, groups, n_cells, k)
         return (
-            ExactAggregate("numerator", numerator, l1=m, l2=math.sqrt(m)),
-            ExactAggregate("denominator", denominator, l1=m, l2=math.sqrt(m)),
+            ExactAggregate("numerator", numerator, l1=m, l2=sqrt_up(m)),
+            ExactAggregate("denominator", denominator, l1=m, l2=sqrt_up(m)),
         )
 
     spec = plan_.numeric

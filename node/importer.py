@@ -27,40 +27,21 @@ temporary file beside the old one, fsynced and then swapped in with
 ``os.replace``: a reader or a crash sees either the old store or the new one,
 never a mixture, and a failed import leaves the old store byte-for-byte intact.
 
-Per-client bounding is prepared here. Each record gets a rank within its own
-client: most recent first by the schema's ``recency`` date (missing dates
-last), ties broken by a keyed hash of the record (HMAC-SHA256 with the node's
-secret salt), or by the keyed hash alone without a recency column. A rank thus
-depends only on that client's own records and the salt, never on other
-clients, so adding or removing one client cannot change which records anybody
-else contributes. Identical duplicate records tie exactly, but then it does not
-matter which copy is kept. Clients are numbered 0..C-1 in the order of a keyed
-hash of their identifier, which reveals nothing about the identifiers or the
-order of the source.
-
-The dataset version is the first 20 hex digits (80 bits) of a sha256 over the
-schema fingerprint and the sorted keyed hashes of all imported records: it
-changes exactly when the content changes, does not depend on row order, and,
-being keyed, cannot be used by anyone without the salt to confirm a guess
-about the records.
+Per-client bounding is prepared at import: every record gets its rank within
+its own client and every client a code; the dataset version is a keyed content
+hash. :mod:`node.store` says how, and why each is keyed with the node's salt.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
-import hashlib
-import hmac
 import math
-import os
 import re
 import sqlite3
-import tempfile
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import BinaryIO
 from urllib.request import pathname2url
@@ -79,15 +60,17 @@ from node.config import (
 )
 from node.dataset import MISSING_DATE
 from node.store import (
-    CLIENT_KEY,
-    RANK_KEY,
-    STORE_FORMAT,
+    StoreBuilder,
     StoreError,
+    build_store,
+    client_codes,
     code_dtype,
-    column_key,
-    encode_array,
-    fsync_dir,
+    content_version,
+    keyed_words,
     load_or_create_salt,
+    quote_identifier,
+    record_digest,
+    record_ranks,
     schema_fingerprint,
     store_path,
 )
@@ -137,7 +120,11 @@ class ImportFailed(Exception):
 
 
 class _Bad(Exception):
-    pass
+    """A value that breaks the schema; the message says how."""
+
+
+class _Missing(Exception):
+    """A required value is empty."""
 
 
 # ---------------------------------------------------------------- values
@@ -145,6 +132,12 @@ class _Bad(Exception):
 
 def _show(raw: str) -> str:
     return repr(raw) if len(raw) <= 40 else repr(raw[:40]) + "..."
+
+
+def _label(name: str) -> str:
+    """A source column name safe to print: shortened, and quoted if it holds control characters."""
+    short = name if len(name) <= 100 else name[:100] + "..."
+    return short if short.isprintable() else repr(short)
 
 
 def _fmt(x: float) -> str:
@@ -233,6 +226,11 @@ class _Col:
     cache: array[int] | array[float] | None  # None for text and the identifier
     missing: float | int
 
+    def array(self) -> npt.NDArray[np.generic]:
+        assert self.cache is not None
+        dtype = {"h": np.int16, "i": np.int32, "d": np.float64}[self.cache.typecode]
+        return np.frombuffer(self.cache, dtype=dtype)
+
 
 def _columns(schema: Schema, positions: dict[str, int]) -> list[_Col]:
     cols = [_Col(schema.identifier, positions[schema.identifier], True, _text, "TEXT", None, 0)]
@@ -263,10 +261,10 @@ def _plan(schema: Schema, header: list[str], source: str) -> tuple[dict[str, int
             ignored.append(f"(unnamed column {i + 1})")
             continue
         if name not in schema.columns and name != schema.identifier:
-            ignored.append(name)
+            ignored.append(_label(name))
         if name in positions:
             raise ImportFailed(
-                f"{source}: column {name!r} appears twice in the header (columns "
+                f"{source}: column {_show(name)} appears twice in the header (columns "
                 f"{positions[name] + 1} and {i + 1}); remove or rename one"
             )
         positions[name] = i
@@ -293,45 +291,13 @@ def _plan(schema: Schema, header: list[str], source: str) -> tuple[dict[str, int
         raise ImportFailed(
             f"{source}: required column(s) missing from the header: {', '.join(parts)}. "
             "Add them or fix their names (names are case-sensitive); the header has: "
-            + ", ".join(repr(h) for h in header[:50])
+            + ", ".join(_show(h) for h in header[:50])
+            + (", ..." if len(header) > 50 else "")
         )
     if len(ignored) > _MAX_IGNORED_LISTED:
         more = len(ignored) - _MAX_IGNORED_LISTED
         ignored = [*ignored[:_MAX_IGNORED_LISTED], f"(and {more} more)"]
     return positions, ignored
-
-
-# ---------------------------------------------------------------- ranks
-
-
-def record_ranks(
-    client: npt.NDArray[np.int64],
-    recency: npt.NDArray[np.int32] | None,
-    tiebreak: npt.NDArray[np.uint64],
-) -> npt.NDArray[np.int32]:
-    """Each record's 0-based rank within its client: latest recency first, missing last.
-
-    ``tiebreak`` is an (n, 2) array of keyed-hash words. The sort looks only at
-    a record's own client code, recency and keyed hash, so a client's ranks
-    cannot depend on any other client's records.
-    """
-    n = client.shape[0]
-    keys: list[npt.NDArray[np.generic]] = [tiebreak[:, 1], tiebreak[:, 0]]
-    if recency is not None:
-        days = recency.astype(np.int64)
-        keys.append(np.where(recency == MISSING_DATE, np.iinfo(np.int64).max, -days))
-    keys.append(client)
-    order = np.lexsort(keys)
-    sorted_client = client[order]
-    starts = np.flatnonzero(np.r_[True, sorted_client[1:] != sorted_client[:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
-    ranks = np.empty(n, dtype=np.int32)
-    ranks[order] = np.arange(n) - group_start
-    return ranks
-
-
-def _words(buf: bytearray) -> npt.NDArray[np.uint64]:
-    return np.frombuffer(bytes(buf), dtype=">u8").reshape(-1, 2).astype(np.uint64)
 
 
 # ---------------------------------------------------------------- ingest
@@ -340,6 +306,80 @@ def _words(buf: bytearray) -> npt.NDArray[np.uint64]:
 # (line, values): str values from CSV; SQLite values may also be None, int, float,
 # bytes or an _Unusable marker, converted (or refused) by _as_text.
 Row = tuple[int, Sequence[object]]
+
+
+@dataclass
+class _Tally:
+    rows_read: int = 0
+    bad_count: int = 0
+    bad: list[BadRow] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # identifier of each good record
+    digests: bytearray = field(default_factory=bytearray)  # keyed digest of each good record
+
+
+def _validate(
+    cols: list[_Col],
+    width: int,
+    rows: Iterator[Row],
+    salt: bytes,
+    allow_bad_rows: bool,
+    builder: StoreBuilder,
+) -> _Tally:
+    """Check every row; stream good ones to ``builder`` and the columnar caches in ``cols``.
+
+    After the first bad row without ``allow_bad_rows`` nothing will be
+    committed, so later good rows are only counted, not kept.
+    """
+    tally = _Tally()
+    batch: list[tuple[object, ...]] = []
+    for line, fields in rows:
+        tally.rows_read += 1
+        problems: list[str] = []
+        values: list[object] = []
+        cached: list[float | int] = []
+        if len(fields) != width:
+            problems.append(f"row has {len(fields)} values, the header has {width} columns")
+        else:
+            for col in cols:
+                raw = fields[col.index] if col.index is not None else ""
+                try:
+                    s = raw.strip() if isinstance(raw, str) else _as_text(raw)
+                    if s:
+                        value, cache = col.parse(s)
+                    elif col.required:
+                        raise _Missing
+                    else:
+                        value, cache = None, col.missing
+                except _Bad as exc:
+                    problems.append(f"{col.name}: {exc}")
+                    continue
+                except _Missing:
+                    problems.append(f"{col.name} is missing")
+                    continue
+                values.append(value)
+                cached.append(cache)
+        if problems:
+            tally.bad_count += 1
+            if len(tally.bad) < MAX_BAD_ROWS_REPORTED:
+                tally.bad.append(BadRow(line, "; ".join(problems)))
+            continue
+        if tally.bad_count and not allow_bad_rows:
+            continue
+        record = tuple(values)
+        # repr of normalised values (int, float, str, None) is canonical: the same
+        # record from a CSV or a SQLite source gives the same bytes.
+        tally.digests += record_digest(salt, repr(record).encode("utf-8", "surrogatepass"))
+        tally.ids.append(str(record[0]))
+        for col, cache in zip(cols, cached, strict=True):
+            if col.cache is not None:
+                col.cache.append(cache)  # type: ignore[arg-type]
+        batch.append(record)
+        if len(batch) >= _BATCH:
+            builder.add_records(batch)
+            batch.clear()
+    if batch and not (tally.bad_count and not allow_bad_rows):
+        builder.add_records(batch)
+    return tally
 
 
 def _ingest(
@@ -357,203 +397,49 @@ def _ingest(
         raise ImportFailed(
             f"{source}: schema column names must differ by more than letter case for the store"
         )
-    width = len(header)
-    data_dir = config.data_dir
+    tally = _Tally()
+    version: str | None = None
+    clients = 0
+    replaced = False
     try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        salt = load_or_create_salt(data_dir)
-    except (OSError, StoreError) as exc:
-        raise ImportFailed(f"cannot prepare data directory {data_dir}: {exc}") from None
-    rank_key, client_key = b"tiaki-rank\x00", b"tiaki-client\x00"
-
-    with _import_lock(data_dir), _temp_store(data_dir) as (tmp, conn):
-        quoted = ", ".join(f"{_quote(c.name)} {c.sql_type}" for c in cols)
-        conn.execute(f"CREATE TABLE records ({quoted})")
-        conn.execute("CREATE TABLE columns (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        insert = f"INSERT INTO records VALUES ({', '.join('?' * len(cols))})"
-
-        bad: list[BadRow] = []
-        bad_count = rows_read = 0
-        ids: list[str] = []
-        digests = bytearray()
-        batch: list[tuple[object, ...]] = []
-        for line, fields in rows:
-            rows_read += 1
-            problems: list[str] = []
-            if len(fields) != width:
-                problems.append(f"row has {len(fields)} values, the header has {width} columns")
-            else:
-                values: list[object] = []
-                cached: list[float | int] = []
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        salt = load_or_create_salt(config.data_dir)
+        layout = [(c.name, c.sql_type) for c in cols]
+        with build_store(store_path(config), layout) as builder:
+            tally = _validate(cols, len(header), rows, salt, allow_bad_rows, builder)
+            if tally.ids and (allow_bad_rows or not tally.bad_count):
+                client, clients = client_codes(tally.ids, salt)
+                tiebreak = keyed_words(bytes(tally.digests))
+                recency = None
                 for col in cols:
-                    raw = fields[col.index] if col.index is not None else ""
-                    if isinstance(raw, str):
-                        s = raw.strip()
-                    else:
-                        try:
-                            s = _as_text(raw)
-                        except _Bad as exc:
-                            problems.append(f"{col.name}: {exc}")
-                            continue
-                    if not s:
-                        if col.required:
-                            problems.append(f"{col.name} is missing")
-                        values.append(None)
-                        cached.append(col.missing)
-                        continue
-                    try:
-                        value, cache = col.parse(s)
-                    except _Bad as exc:
-                        problems.append(f"{col.name}: {exc}")
-                        continue
-                    values.append(value)
-                    cached.append(cache)
-            if problems:
-                bad_count += 1
-                if len(bad) < MAX_BAD_ROWS_REPORTED:
-                    bad.append(BadRow(line, "; ".join(problems)))
-                continue
-            if bad_count and not allow_bad_rows:
-                continue  # nothing will be committed; just keep counting bad rows
-            record = tuple(values)
-            canonical = repr(record).encode("utf-8", "surrogatepass")
-            digests += hmac.digest(salt, rank_key + canonical, "sha256")[:16]
-            ids.append(str(record[0]))
-            for col, cache in zip(cols, cached, strict=True):
-                if col.cache is not None:
-                    col.cache.append(cache)  # type: ignore[arg-type]
-            batch.append(record)
-            if len(batch) >= _BATCH:
-                conn.executemany(insert, batch)
-                batch.clear()
-
-        good = len(ids)
-        failed = (bad_count and not allow_bad_rows) or good == 0
-
-        def report(version: str | None, clients: int, replaced: bool) -> ImportReport:
-            return ImportReport(
-                source=source,
-                rows_read=rows_read,
-                rows_imported=0 if version is None else good,
-                bad_rows=tuple(bad),
-                bad_row_count=bad_count,
-                clients=clients,
-                dataset_version=version,
-                replaced_previous=replaced,
-                committed=version is not None,
-                ignored_columns=tuple(ignored),
-            )
-
-        if failed:
-            return report(None, 0, False)
-        if batch:
-            conn.executemany(insert, batch)
-
-        # Client codes: order distinct identifiers by a keyed hash of the identifier.
-        first_seen: dict[str, int] = {}
-        provisional = np.fromiter(
-            (first_seen.setdefault(i, len(first_seen)) for i in ids), dtype=np.int64, count=good
-        )
-        id_hashes = bytearray()
-        for ident in first_seen:
-            id_hashes += hmac.digest(salt, client_key + ident.encode("utf-8"), "sha256")[:16]
-        id_words = _words(id_hashes)
-        code_of = np.empty(len(first_seen), dtype=np.int64)
-        code_of[np.lexsort((id_words[:, 1], id_words[:, 0]))] = np.arange(len(first_seen))
-        client = code_of[provisional]
-
-        tiebreak = _words(digests)
-        recency = None
-        if schema.recency is not None:
-            recency_col = next(c for c in cols if c.name == schema.recency)
-            assert recency_col.cache is not None
-            recency = np.frombuffer(recency_col.cache, dtype=np.int32)
-        rank = record_ranks(client, recency, tiebreak)
-
-        fingerprint = schema_fingerprint(schema)
-        ordered = tiebreak[np.lexsort((tiebreak[:, 1], tiebreak[:, 0]))].astype(">u8")
-        content = hashlib.sha256(b"tiaki-version-1\x00" + fingerprint.encode("ascii"))
-        content.update(ordered.tobytes())
-        version = content.hexdigest()[:20]
-
-        # Columnar cache, sorted by (client, rank) so loading is a single mask.
-        order = np.lexsort((rank, client))
-        arrays: list[tuple[str, npt.NDArray[np.generic]]] = [
-            (CLIENT_KEY, client[order]),
-            (RANK_KEY, rank[order]),
-        ]
-        for col in cols:
-            if col.cache is not None:
-                dtype = {"h": np.int16, "i": np.int32, "d": np.float64}[col.cache.typecode]
-                arrays.append((column_key(col.name), np.frombuffer(col.cache, dtype=dtype)[order]))
-        conn.executemany(
-            "INSERT INTO columns VALUES (?, ?)", ((k, encode_array(a)) for k, a in arrays)
-        )
-        meta = {
-            "format": STORE_FORMAT,
-            "dataset_version": version,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "source": source,
-            "rows": str(good),
-            "clients": str(len(first_seen)),
-            "schema_fingerprint": fingerprint,
-        }
-        conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        conn.commit()
-        conn.close()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        target = store_path(config)
-        replaced = target.exists()
-        os.replace(tmp, target)
-        fsync_dir(data_dir)
-        return report(version, len(first_seen), replaced)
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-@contextlib.contextmanager
-def _import_lock(data_dir: Path) -> Iterator[None]:
-    """One import at a time per data directory; stale temp files from crashes are removed."""
-    try:
-        fh = open(data_dir / ".import.lock", "a+b")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise ImportFailed(f"cannot write in data directory {data_dir}: {exc}") from None
-    with fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            for stale in data_dir.glob(".records-*.tmp"):
-                stale.unlink(missing_ok=True)
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _temp_store(data_dir: Path) -> Iterator[tuple[Path, sqlite3.Connection]]:
-    """A private (0600) temporary SQLite file, deleted unless it was swapped into place."""
-    try:
-        fd, name = tempfile.mkstemp(dir=data_dir, prefix=".records-", suffix=".tmp")
-    except OSError as exc:
-        raise ImportFailed(f"cannot write the new store in {data_dir}: {exc}") from None
-    os.close(fd)
-    tmp = Path(name)
-    conn: sqlite3.Connection | None = None
-    try:
-        conn = sqlite3.connect(tmp)
-        # Safe to skip the journal: on any failure this file is thrown away.
-        conn.execute("PRAGMA journal_mode=OFF")
-        conn.execute("PRAGMA synchronous=OFF")
-        yield tmp, conn
-    except (OSError, sqlite3.Error) as exc:
-        raise ImportFailed(f"cannot write the new store in {data_dir}: {exc}") from None
-    finally:
-        if conn is not None:
-            conn.close()
-        tmp.unlink(missing_ok=True)
+                    if col.name == schema.recency and col.cache is not None:
+                        recency = np.frombuffer(col.cache, dtype=np.int32)
+                fingerprint = schema_fingerprint(schema)
+                version = content_version(fingerprint, tiebreak)
+                replaced = builder.commit(
+                    client=client,
+                    rank=record_ranks(client, recency, tiebreak),
+                    arrays={c.name: c.array() for c in cols if c.cache is not None},
+                    meta={
+                        "dataset_version": version,
+                        "source": source,
+                        "schema_fingerprint": fingerprint,
+                    },
+                )
+    except (OSError, StoreError) as exc:
+        raise ImportFailed(f"{source}: cannot write the store: {exc}") from None
+    return ImportReport(
+        source=source,
+        rows_read=tally.rows_read,
+        rows_imported=len(tally.ids) if version else 0,
+        bad_rows=tuple(tally.bad),
+        bad_row_count=tally.bad_count,
+        clients=clients,
+        dataset_version=version,
+        replaced_previous=replaced,
+        committed=version is not None,
+        ignored_columns=tuple(ignored),
+    )
 
 
 # ---------------------------------------------------------------- CSV
@@ -675,7 +561,7 @@ def import_sqlite(
                 f"{source}: no table or view named {table!r}; it has: "
                 + (", ".join(repr(a) for a in available) or "(none)")
             )
-        cursor = conn.execute(f"SELECT * FROM {_quote(found[0])}")
+        cursor = conn.execute(f"SELECT * FROM {quote_identifier(found[0])}")
         header = [d[0] for d in cursor.description]
 
         def rows() -> Iterator[Row]:

@@ -1,35 +1,57 @@
-"""The node's local record store: where it lives, its secret salt, and loading it.
+"""The node's local record store: its layout, its secret salt, writing it and loading it.
 
-The store is one SQLite file, ``data_dir/records.sqlite``, written only by
-:mod:`node.importer` (build a temporary file, then swap it in atomically) and
-read here. It holds:
+The store is one SQLite file, ``data_dir/records.sqlite``, written through
+:func:`build_store` once :mod:`node.importer` has validated the records, and
+read by :func:`load_dataset`. It holds:
 
 - ``records``: the validated raw values, one row per imported record, so the
   NGO can inspect exactly what the node holds (text columns live only here);
 - ``columns(name, data)``: a columnar cache, one ``np.save``-serialised array
-  per queryable column plus each record's client code (``:client``) and rank
+  per categorical, numeric and date column, plus each record's client code (``:client``) and rank
   within its client (``:rank``), already sorted by client then rank, so that
   loading a million records is a few blob reads and one boolean mask;
 - ``meta(key, value)``: format, dataset version, creation time, source, row and
   client counts, and the fingerprint of the schema the store was built for.
 
-Loading applies per-client bounding: a record is kept when its rank is below
-``max_records_per_client``. Ranks were computed at import from each client's
-own records and the node's secret salt only (see :mod:`node.importer`), so
-which records a client contributes never depends on anybody else's data, which
-is what makes the engine's sensitivity bounds hold for the one-client privacy
-unit.
+Per-client bounding is prepared when the store is written and applied at load.
+Each record's rank within its own client orders it most recent first by the
+schema's ``recency`` date (missing dates last), ties broken by a keyed hash of
+the record (HMAC-SHA256 with the node's secret salt), or by the keyed hash
+alone without a recency column. A rank thus depends only on that client's own
+records and the salt, so adding or removing one client cannot change which
+records anybody else contributes; that is what makes the engine's sensitivity
+bounds hold for the one-client privacy unit. Identical duplicate records tie
+exactly, but then it does not matter which copy is kept. Loading keeps records
+whose rank is below ``max_records_per_client``.
+
+Clients are numbered 0..C-1 in the order of a keyed hash of their identifier,
+which reveals nothing about the identifiers or the order of the source. The
+dataset version is the first 20 hex digits (80 bits) of a sha256 over the
+schema fingerprint and the sorted keyed record hashes: it changes exactly when
+the content changes (text columns included), does not depend on row order,
+and, being keyed, cannot be used by anyone without the salt to confirm a guess
+about the records, although coordinators see it.
+
+A new store is built in a private temporary file beside the old one, fsynced
+and swapped in with ``os.replace``: readers and crashes see the old store or
+the new one, never a mixture, and a failed import leaves the old store
+byte-for-byte intact.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import hmac
 import io
 import json
 import os
 import secrets
 import sqlite3
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar, cast
 from urllib.request import pathname2url
@@ -179,6 +201,198 @@ def _decode_array(
 
 
 _REIMPORT = "re-run 'tiaki-node import' to rebuild it"
+
+
+# ---------------------------------------------------------------- writing
+# The importer validates; this section turns validated records into the layout
+# that load_dataset reads, so both sides of the format live in one module.
+
+_RANK_DOMAIN = b"tiaki-rank\x00"
+_CLIENT_DOMAIN = b"tiaki-client\x00"
+_VERSION_DOMAIN = b"tiaki-version-1\x00"
+
+
+def record_digest(salt: bytes, canonical: bytes) -> bytes:
+    """A record's 128-bit keyed hash: its tie-break within its client and its share of the version.
+
+    Keyed with the node's secret salt, so nobody outside the node can predict
+    or steer which of a client's equally recent records are kept.
+    """
+    return hmac.digest(salt, _RANK_DOMAIN + canonical, "sha256")[:16]
+
+
+def keyed_words(digests: bytes) -> npt.NDArray[np.uint64]:
+    """Concatenated 16-byte digests as an (n, 2) array of big-endian words, for sorting."""
+    return np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+
+
+def client_codes(ids: Sequence[str], salt: bytes) -> tuple[npt.NDArray[np.int64], int]:
+    """Each record's client code, 0..C-1, and C.
+
+    Clients are numbered in the order of a keyed hash of their identifier, so
+    the codes (and the order of the loaded arrays) reveal nothing about the
+    identifiers or the order of the source file.
+    """
+    first_seen: dict[str, int] = {}
+    provisional = np.fromiter(
+        (first_seen.setdefault(i, len(first_seen)) for i in ids), dtype=np.int64, count=len(ids)
+    )
+    hashes = b"".join(
+        hmac.digest(salt, _CLIENT_DOMAIN + ident.encode("utf-8", "surrogatepass"), "sha256")[:16]
+        for ident in first_seen
+    )
+    words = keyed_words(hashes)
+    code_of = np.empty(len(first_seen), dtype=np.int64)
+    code_of[np.lexsort((words[:, 1], words[:, 0]))] = np.arange(len(first_seen))
+    return code_of[provisional], len(first_seen)
+
+
+def record_ranks(
+    client: npt.NDArray[np.int64],
+    recency: npt.NDArray[np.int32] | None,
+    tiebreak: npt.NDArray[np.uint64],
+) -> npt.NDArray[np.int32]:
+    """Each record's 0-based rank within its client: latest recency first, missing last.
+
+    ``tiebreak`` is the (n, 2) array of keyed record digests, which decides
+    between equally recent records (and alone, without a recency column). The
+    sort looks only at a record's own client code, recency and digest, so a
+    client's ranks cannot depend on any other client's records: the records a
+    client contributes are chosen without looking at anyone else's data, as the
+    one-client privacy unit requires.
+    """
+    n = client.shape[0]
+    keys: list[npt.NDArray[np.generic]] = [tiebreak[:, 1], tiebreak[:, 0]]
+    if recency is not None:
+        days = recency.astype(np.int64)
+        keys.append(np.where(recency == MISSING_DATE, np.iinfo(np.int64).max, -days))
+    keys.append(client)
+    order = np.lexsort(keys)
+    sorted_client = client[order]
+    starts = np.flatnonzero(np.r_[True, sorted_client[1:] != sorted_client[:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    ranks = np.empty(n, dtype=np.int32)
+    ranks[order] = np.arange(n) - group_start
+    return ranks
+
+
+def content_version(fingerprint: str, tiebreak: npt.NDArray[np.uint64]) -> str:
+    """20 hex digits (80 bits) over the schema fingerprint and the sorted record digests.
+
+    Sorting makes the version independent of source row order; duplicates
+    count. Because the digests are keyed, the version (which the node shows to
+    coordinators) cannot be used to confirm a guess about the records.
+    """
+    ordered = tiebreak[np.lexsort((tiebreak[:, 1], tiebreak[:, 0]))].astype(">u8")
+    content = hashlib.sha256(_VERSION_DOMAIN + fingerprint.encode("ascii"))
+    content.update(ordered.tobytes())
+    return content.hexdigest()[:20]
+
+
+def quote_identifier(identifier: str) -> str:
+    """An SQL identifier in double quotes; only for names already checked or from the schema."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class StoreBuilder:
+    """A new store under construction in a private temporary file; see :func:`build_store`."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, tmp: Path, target: Path, columns: Sequence[tuple[str, str]]
+    ) -> None:
+        self._conn, self._tmp, self._target = conn, tmp, target
+        declared = ", ".join(f"{quote_identifier(name)} {sql_type}" for name, sql_type in columns)
+        conn.execute(f"CREATE TABLE records ({declared})")
+        conn.execute("CREATE TABLE columns (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._insert = f"INSERT INTO records VALUES ({', '.join('?' * len(columns))})"
+
+    def add_records(self, records: Sequence[tuple[object, ...]]) -> None:
+        """Append validated raw values, in the column order given to :func:`build_store`."""
+        self._conn.executemany(self._insert, records)
+
+    def commit(
+        self,
+        *,
+        client: npt.NDArray[np.int64],
+        rank: npt.NDArray[np.int32],
+        arrays: Mapping[str, npt.NDArray[np.generic]],
+        meta: Mapping[str, str],
+    ) -> bool:
+        """Write the columnar cache sorted by (client, rank), then swap the file in.
+
+        Returns whether a previous store was replaced. The file is fsynced
+        before ``os.replace`` and the directory after, so after a crash the
+        store is either wholly the old one or wholly the new one.
+        """
+        order = np.lexsort((rank, client))
+        blobs: list[tuple[str, npt.NDArray[np.generic]]] = [
+            (CLIENT_KEY, client[order]),
+            (RANK_KEY, rank[order]),
+        ]
+        blobs += [(column_key(name), array[order]) for name, array in arrays.items()]
+        self._conn.executemany(
+            "INSERT INTO columns VALUES (?, ?)", ((k, encode_array(a)) for k, a in blobs)
+        )
+        full_meta = {
+            **meta,
+            "format": STORE_FORMAT,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "rows": str(client.shape[0]),
+            "clients": str(int(client.max()) + 1 if client.size else 0),
+        }
+        self._conn.executemany("INSERT INTO meta VALUES (?, ?)", full_meta.items())
+        self._conn.commit()
+        self._conn.close()
+        with open(self._tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        replaced = self._target.exists()
+        os.replace(self._tmp, self._target)
+        fsync_dir(self._target.parent)
+        return replaced
+
+
+@contextlib.contextmanager
+def build_store(target: Path, columns: Sequence[tuple[str, str]]) -> Iterator[StoreBuilder]:
+    """Build a replacement for the store at ``target``; nothing changes unless ``commit`` runs.
+
+    ``columns`` are the (name, SQL type) of the ``records`` table. One build at
+    a time per directory (an advisory lock), temporary files from crashed
+    builds are removed, and the temporary file is private (mode 0600) because
+    it holds raw client records. Any exception, including one from the
+    caller's own code inside the ``with`` block, deletes the temporary file and
+    leaves the previous store byte-for-byte as it was. Write failures surface
+    as :class:`StoreError`.
+    """
+    data_dir = target.parent
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = open(data_dir / ".import.lock", "a+b")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise StoreError(f"cannot write in data directory {data_dir}: {exc}") from None
+    with lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        tmp: Path | None = None
+        conn: sqlite3.Connection | None = None
+        try:
+            for stale in data_dir.glob(".records-*.tmp"):
+                stale.unlink(missing_ok=True)
+            fd, name = tempfile.mkstemp(dir=data_dir, prefix=".records-", suffix=".tmp")
+            os.close(fd)
+            tmp = Path(name)
+            conn = sqlite3.connect(tmp)
+            # Safe to skip the journal: on any failure this file is thrown away.
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+            yield StoreBuilder(conn, tmp, target, columns)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot write the new store in {data_dir}: {exc}") from None
+        finally:
+            if conn is not None:
+                conn.close()
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- reading

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             report = import_csv(config, args.source, allow_bad_rows=args.allow_bad_rows)
     except ImportFailed as exc:
-        raise CommandError(f"{args.source}: {exc}", ExitCode.REJECTED) from None
+        raise CommandError(str(exc), ExitCode.REJECTED) from None
 
     print(f"source:        {report.source}")
     print(f"rows read:     {report.rows_read}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,15 +31,15 @@ def write(tmp_path: Path, mutate: object) -> Path:
 
 
 def _set(path: str, value: object) -> object:
-    def mutate(raw: dict[str, object]) -> None:
+    def mutate(raw: dict[str, Any]) -> None:
         *parents, last = path.split(".")
         node = raw
         for key in parents:
-            node = node[key]  # type: ignore[assignment]
+            node = node[key]
         if value is DELETE:
-            del node[last]  # type: ignore[attr-defined]
+            del node[last]
         else:
-            node[last] = value  # type: ignore[index]
+            node[last] = value
 
     return mutate
 

@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 
 from node.config import NodeConfig
 from node.dataset import MISSING_DATE
-from node.importer import import_csv, record_ranks
+from node.importer import import_csv
 from node.store import (
     SALT_BYTES,
     StoreError,
     StoreMissing,
     load_dataset,
     load_or_create_salt,
+    record_ranks,
     store_path,
     store_version,
 )
