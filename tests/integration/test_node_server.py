@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 from collections import Counter, defaultdict
-from datetime import date
 from collections.abc import Callable, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
