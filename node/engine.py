@@ -66,6 +66,7 @@ class NumericSpec:
     lower: float
     upper: float
     factor: float  # value * factor, rounded, is the integer that is summed
+    integer: bool  # the column holds whole numbers (factor is then 1)
     lower_int: int
     upper_int: int
 
@@ -190,6 +191,7 @@ def _numeric_spec(schema: Schema, query: Query) -> NumericSpec:
         lower=lower,
         upper=upper,
         factor=factor,
+        integer=integer,
         lower_int=lower_int,
         upper_int=upper_int,
     )
@@ -288,9 +290,16 @@ def _filter_mask(ds: Dataset, flt: Filter, schema: Schema) -> npt.NDArray[np.boo
     if isinstance(flt, InSet):
         spec = schema.columns[flt.column]
         assert isinstance(spec, CategoricalColumn)
+        codes = ds.categorical[flt.column]
+        wanted = sorted({spec.categories.index(v) for v in flt.values})
+        if len(wanted) <= 4:  # a few comparisons beat a gather through a lookup table
+            mask = codes == wanted[0]
+            for code in wanted[1:]:
+                mask |= codes == code
+            return np.asarray(mask, dtype=np.bool_)
         table = np.zeros(len(spec.categories), dtype=np.bool_)
-        table[[spec.categories.index(v) for v in flt.values]] = True
-        selected: npt.NDArray[np.bool_] = table[ds.categorical[flt.column]]
+        table[wanted] = True
+        selected: npt.NDArray[np.bool_] = table.take(codes)
         return selected
     if isinstance(flt, NumericRange):
         x = ds.numeric[flt.column]
@@ -318,8 +327,11 @@ def _all_of(ds: Dataset, filters: tuple[Filter, ...], schema: Schema) -> npt.NDA
 
 
 def _group_index(ds: Dataset, plan_: QueryPlan, schema: Schema) -> npt.NDArray[np.int64]:
-    index = np.zeros(ds.n_records, dtype=np.int64)
-    for name in plan_.group_columns:
+    if not plan_.group_columns:
+        return np.zeros(ds.n_records, dtype=np.int64)
+    first, *rest = plan_.group_columns
+    index = ds.categorical[first].astype(np.int64)
+    for name in rest:
         spec = schema.columns[name]
         assert isinstance(spec, CategoricalColumn)
         index *= len(spec.categories)
@@ -328,6 +340,8 @@ def _group_index(ds: Dataset, plan_: QueryPlan, schema: Schema) -> npt.NDArray[n
 
 
 def _count_per_cell(cells: npt.NDArray[np.int64], n_cells: int) -> npt.NDArray[np.int64]:
+    if n_cells == 1:
+        return np.array([cells.shape[0]], dtype=np.int64)
     return np.bincount(cells, minlength=n_cells).astype(np.int64)
 
 
@@ -363,6 +377,8 @@ def _exact_int_sum(
     bincount accumulates in float64, exact only below 2**53; splitting each
     value into 16-bit halves keeps every partial sum exact up to 2**37 records.
     """
+    if n_cells == 1:
+        return np.array([values.sum(dtype=np.int64)], dtype=np.int64)
     low = values & 0xFFFF
     high = values >> 16
     low_sum = np.bincount(cells, weights=low, minlength=n_cells).astype(np.int64)
@@ -374,6 +390,8 @@ def _as_fixed_point(
     ds: Dataset, spec: NumericSpec, rows: npt.NDArray[np.intp]
 ) -> npt.NDArray[np.int64]:
     x = ds.numeric[spec.column][rows]
+    if spec.integer:  # whole numbers already: clipping is all there is to do
+        return np.clip(x, spec.lower_int, spec.upper_int).astype(np.int64)
     scaled = np.rint(np.clip(x, spec.lower, spec.upper) * spec.factor)
     return np.clip(scaled, spec.lower_int, spec.upper_int).astype(np.int64)
 
