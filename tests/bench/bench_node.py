@@ -534,7 +534,7 @@ def _reason(exc: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--clients", type=int, default=300_000)
+    parser.add_argument("--clients", type=int, default=330_000)  # about 1,000,000 records
     parser.add_argument("--seed", type=int, default=2, help="NGO profile (2: ~3 records/client)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per node level")
     parser.add_argument("--peer-runs", type=int, default=5, help="timed runs for the peer")
