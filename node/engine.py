@@ -43,6 +43,9 @@ _EPOCH = date(1970, 1, 1)
 # their sensitivity is exact. 2**24 steps across the bounds is finer than any
 # released noise, and keeps every per-record term far inside int32.
 _FIXED_POINT_RANGE = 2.0**24
+# Integer columns are summed as they are while every term stays below 2**31:
+# int64 sums then cannot overflow below 2**32 records.
+_INTEGER_RANGE = 2.0**31
 _MAX_FIXED_POINT_SCALE = 2.0**20
 
 
@@ -169,17 +172,17 @@ def _numeric_spec(schema: Schema, query: Query) -> NumericSpec:
         if isinstance(spec, NumericColumn)
         else schema.derived_type(query.column) == "integer"
     )
-    if integer:
-        if not (float(lower).is_integer() and float(upper).is_integer()):
-            raise InvalidQueryError(
-                f"{query.column!r} holds whole numbers; give whole-number bounds"
-            )
+    if integer and not (float(lower).is_integer() and float(upper).is_integer()):
+        raise InvalidQueryError(f"{query.column!r} holds whole numbers; give whole-number bounds")
+    magnitude = max(abs(lower), abs(upper), 2.0**-20)
+    if integer and magnitude <= _INTEGER_RANGE:
         factor = 1.0
     else:
-        magnitude = max(abs(lower), abs(upper), 2.0**-20)
-        factor = min(
-            _MAX_FIXED_POINT_SCALE, 2.0 ** math.floor(math.log2(_FIXED_POINT_RANGE / magnitude))
-        )
+        # Floats, and integers too large to sum safely in int64, go on a
+        # dyadic grid chosen from the public bounds alone.
+        exponent = math.floor(math.log2(_FIXED_POINT_RANGE / magnitude))
+        factor = min(_MAX_FIXED_POINT_SCALE, 2.0**exponent)
+        integer = False
     lower_int, upper_int = math.ceil(lower * factor), math.floor(upper * factor)
     if lower_int >= upper_int:
         raise InvalidQueryError(
