@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -165,3 +166,47 @@ def test_crash_between_charge_and_reply_keeps_the_charge(tmp_path: Path, synth_c
             assert client.budget().lifetime_spent == retried.charged.amount
     finally:
         assert node.stop() == 0
+
+
+def test_sigterm_mid_burst_charges_exactly_the_answered_queries(
+    tmp_path: Path, synth_csv: Path
+) -> None:
+    from node.config import load_config
+    from node.ledger import PrivacyLedger
+
+    policy = {"budget": {"limit": "100", "period": "none"}, "per_query_max": "1"}
+    config = write_node_config(tmp_path / "ngo", policy=policy)
+    cli("tiaki-node", "import", "--config", str(config), str(synth_csv))
+    node = NodeProcess([str(BIN / "tiaki-node"), "serve", "--config", str(config)])
+    query = Query(QueryKind.COUNT, PrivacyCost.parse(PrivacyDefinition.PURE, "0.01"))
+    answered: list[str] = []
+    started = threading.Event()
+
+    def burst(worker: int) -> None:
+        with NodeClient(node.address, timeout=10) as client:
+            for i in range(400):
+                try:
+                    answer = client.query(query, query_id=f"w{worker}-{i}", analyst="burst")
+                except RemoteError:
+                    return
+                answered.append(answer.query_id)
+                started.set()
+
+    threads = [threading.Thread(target=burst, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    assert started.wait(20)
+    time.sleep(0.3)
+    assert node.stop() == 0
+    for thread in threads:
+        thread.join(30)
+
+    ledger = PrivacyLedger.open(
+        load_config(config).data_dir / "ledger.sqlite", load_config(config).policy
+    )
+    try:
+        charged = [entry.query_id for entry in ledger.entries()]
+    finally:
+        ledger.close()
+    assert answered, "no query was answered before the stop"
+    assert sorted(charged) == sorted(answered)
