@@ -87,6 +87,8 @@ def calibrate(definition: PrivacyDefinition, sensitivity: float, budget: Fractio
     """
     if sensitivity <= 0 or budget <= 0:
         raise ValueError("sensitivity and budget must be positive")
+    # Floats only pick a candidate scale for OpenDP; the comparison that
+    # decides, and the charge, are exact Fractions of OpenDP's own map.
     if definition is PrivacyDefinition.PURE:
         scale = sensitivity / float(budget)
     else:

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from node.config import NodeConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "node" / "templates" / "node.yaml"
 PUMS_DIR = ROOT.parent / "shared" / "data" / "pums"
@@ -24,6 +26,26 @@ PUMS_SCHEMA: dict[str, Any] = {
         "married": {"type": "categorical", "categories": ["0", "1"]},
     },
 }
+
+
+def node_config(
+    data_dir: Path, schema: dict[str, Any], *, k: int = 4, policy: dict[str, Any] | None = None
+) -> NodeConfig:
+    """A validated in-memory config for unit tests: the given schema, a small pure-DP policy."""
+    return NodeConfig.model_validate(
+        {
+            "node_id": "test-node",
+            "data_dir": data_dir,
+            "schema": schema,
+            "policy": {
+                "privacy_definition": "pure",
+                "budget": {"limit": 5},
+                "per_query_max": 1,
+                "max_records_per_client": k,
+                **(policy or {}),
+            },
+        }
+    )
 
 
 def write_node_config(

@@ -12,6 +12,7 @@ import pytest
 from node.config import NodeConfig
 from node.importer import MAX_BAD_ROWS_REPORTED, ImportFailed, import_csv, import_sqlite
 from node.store import load_dataset, store_path, store_version
+from tests.conftest import PUMS_DIR, PUMS_SCHEMA, node_config
 
 SCHEMA: dict[str, Any] = {
     "identifier": "client_id",
@@ -44,19 +45,7 @@ GOOD_ROWS = [
 
 
 def make_config(tmp_path: Path, schema: dict[str, Any] | None = None, k: int = 4) -> NodeConfig:
-    return NodeConfig.model_validate(
-        {
-            "node_id": "test-node",
-            "data_dir": tmp_path / "data",
-            "schema": schema or SCHEMA,
-            "policy": {
-                "privacy_definition": "pure",
-                "budget": {"limit": 5},
-                "per_query_max": 1,
-                "max_records_per_client": k,
-            },
-        }
-    )
+    return node_config(tmp_path / "data", schema or SCHEMA, k=k)
 
 
 def write_csv(path: Path, rows: list[str], header: str = HEADER) -> Path:
@@ -420,30 +409,14 @@ def test_version_is_keyed_by_the_node_salt(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- PUMS
 
 
-PUMS = Path(__file__).parents[2].parent / "shared" / "data" / "pums"
-PUMS_SCHEMA: dict[str, Any] = {
-    "identifier": "pid",
-    "columns": {
-        "age": {"type": "integer", "bounds": [0, 100]},
-        "sex": {"type": "categorical", "categories": ["0", "1"]},
-        "educ": {"type": "integer", "bounds": [1, 16]},
-        "race": {"type": "categorical", "categories": ["1", "2", "3", "4", "5", "6"]},
-        "income": {"type": "float", "bounds": [0, 500_000]},
-        "married": {"type": "categorical", "categories": ["0", "1"]},
-    },
-}
-
-
 def test_pums_null_reports_missing_pid(tmp_path: Path) -> None:
-    if not (PUMS / "PUMS_null.csv").exists():
-        pytest.skip("PUMS sample not checked out beside the repository")
     config = make_config(tmp_path, PUMS_SCHEMA, k=2)
-    report = import_csv(config, PUMS / "PUMS_null.csv")
+    report = import_csv(config, PUMS_DIR / "PUMS_null.csv")
     assert not report.committed
     missing_pid = [b for b in report.bad_rows if "pid is missing" in b.reason]
     assert len(missing_pid) == 88
     assert report.bad_row_count == len(report.bad_rows) < 1948
-    report = import_csv(config, PUMS / "PUMS_null.csv", allow_bad_rows=True)
+    report = import_csv(config, PUMS_DIR / "PUMS_null.csv", allow_bad_rows=True)
     assert report.committed
     assert report.rows_imported == 1948 - report.bad_row_count
     assert load_dataset(config).records_before_bounding == report.rows_imported

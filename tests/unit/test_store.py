@@ -25,6 +25,7 @@ from node.store import (
     store_path,
     store_version,
 )
+from tests.conftest import PUMS_DIR, PUMS_SCHEMA, node_config
 
 SCHEMA: dict[str, Any] = {
     "identifier": "client_id",
@@ -44,34 +45,10 @@ SCHEMA: dict[str, Any] = {
     },
 }
 HEADER = "client_id,name,region,start,end,seq,pre,post,cost"
-PUMS = Path(__file__).parents[2].parent / "shared" / "data" / "pums"
-PUMS_SCHEMA: dict[str, Any] = {
-    "identifier": "pid",
-    "columns": {
-        "age": {"type": "integer", "bounds": [0, 100]},
-        "sex": {"type": "categorical", "categories": ["0", "1"]},
-        "educ": {"type": "integer", "bounds": [1, 16]},
-        "race": {"type": "categorical", "categories": ["1", "2", "3", "4", "5", "6"]},
-        "income": {"type": "float", "bounds": [0, 500_000]},
-        "married": {"type": "categorical", "categories": ["0", "1"]},
-    },
-}
 
 
 def make_config(data_dir: Path, schema: dict[str, Any] | None = None, k: int = 3) -> NodeConfig:
-    return NodeConfig.model_validate(
-        {
-            "node_id": "test-node",
-            "data_dir": data_dir,
-            "schema": schema or SCHEMA,
-            "policy": {
-                "privacy_definition": "pure",
-                "budget": {"limit": 5},
-                "per_query_max": 1,
-                "max_records_per_client": k,
-            },
-        }
-    )
+    return node_config(data_dir, schema or SCHEMA, k=k)
 
 
 def write_csv(path: Path, rows: list[str], header: str = HEADER) -> Path:
@@ -309,7 +286,7 @@ def test_salt_is_created_once_private_and_checked(tmp_path: Path) -> None:
 
 
 def test_pums_dup_imports_and_bounds(tmp_path: Path) -> None:
-    path = PUMS / "PUMS_dup.csv"
+    path = PUMS_DIR / "PUMS_dup.csv"
     assert path.exists(), f"{path} is missing: the shared data must sit beside the repository"
     config = make_config(tmp_path / "data", PUMS_SCHEMA, k=2)
     report = import_csv(config, path)
