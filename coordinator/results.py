@@ -1,0 +1,80 @@
+"""What a federated question produces: per-node outcomes and combined cells."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from fractions import Fraction
+
+from tiaki.answer import Answer
+from tiaki.query import Query
+
+DP_NOISE_ONLY = (
+    "Confidence intervals cover the differential-privacy noise only, not sampling "
+    "or data-quality error."
+)
+
+
+class NodeStatus(StrEnum):
+    ANSWERED = "answered"  # answered now, and charged
+    REPLAYED = "replayed"  # the stored answer to this query id; nothing charged now
+    REFUSED = "refused"  # the node said no (policy, budget, schema); nothing charged
+    SKIPPED = "skipped"  # not asked: pre-flight showed it would refuse, or --require-all
+    UNREACHABLE = "unreachable"  # no answer before the deadline, after retries
+    ERROR = "error"  # the node failed internally
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    """What happened at one node for one question."""
+
+    node: str
+    status: NodeStatus
+    reason: str = ""
+    charged: Fraction | None = None
+    answer: Answer | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+
+    @property
+    def answered(self) -> bool:
+        return self.status in (NodeStatus.ANSWERED, NodeStatus.REPLAYED)
+
+
+@dataclass(frozen=True)
+class CombinedCell:
+    """One federation-wide estimate with its 95% confidence interval."""
+
+    group: tuple[str, ...]
+    bin: str
+    estimate: float
+    half_width: float  # 95% CI is estimate ± half_width (clipped to public bounds)
+    ci_low: float
+    ci_high: float
+    method: str  # how the interval was derived, in words
+    nodes: int  # how many nodes' answers this cell combines
+
+
+@dataclass(frozen=True)
+class FederatedAnswer:
+    """The combined answer to one question, and who contributed to it."""
+
+    query_id: str
+    query: Query
+    group_by: tuple[str, ...]
+    cells: tuple[CombinedCell, ...]
+    outcomes: tuple[NodeOutcome, ...]
+    released: bool  # False when --require-all was given and some node did not answer
+
+    @property
+    def answered_nodes(self) -> tuple[str, ...]:
+        return tuple(o.node for o in self.outcomes if o.answered)
+
+    @property
+    def coverage(self) -> str:
+        names = ", ".join(self.answered_nodes) or "none"
+        return f"{len(self.answered_nodes)} of {len(self.outcomes)} nodes ({names})"
+
+    @property
+    def total_charged(self) -> Fraction:
+        return sum((o.charged for o in self.outcomes if o.charged is not None), Fraction(0))
