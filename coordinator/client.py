@@ -61,6 +61,17 @@ class NodeClient:
             raise from_rpc_error(exc) from None
         return budget_from_proto(report)
 
+    def plan(self, query: Query) -> pb.QueryPlan:
+        """The node's own account of what ``query`` would cost; spends nothing."""
+        request = query_to_proto(query, query_id="plan", analyst="")
+        try:
+            plan: pb.QueryPlan = self._stub.Plan(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return plan
+
     def query(self, query: Query, *, query_id: str, analyst: str) -> Answer:
         request = query_to_proto(query, query_id=query_id, analyst=analyst)
         return self.query_raw(request)

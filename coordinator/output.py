@@ -1,14 +1,77 @@
-"""Answers rendered for people (tables) and programs (JSON)."""
+"""Answers rendered for people (tables, plots) and programs (JSON, CSV).
+
+Federated answers (:class:`~coordinator.results.FederatedAnswer`):
+
+* :func:`federated_table` -- a readable table, one row per cell in the order
+  the cells were combined (schema category order), followed by coverage,
+  which nodes did not answer and why, what each node charged, the query id,
+  the confidence-interval method and the DP-noise-only caveat.
+* :func:`federated_json` -- a stable document for programs::
+
+      {
+        "query_id": str,
+        "query": {...},            # the canonical query text, parsed
+        "released": bool,          # false: --require-all and some node did not answer
+        "coverage": {"answered": [node, ...], "total": int},
+        "cells": [                 # empty when nothing was released
+          {"group": {column: category, ...},
+           "bin": str,             # histograms only
+           "estimate": float | null,
+           "ci95": [low, high],    # floats or null
+           "half_width": float | null,
+           "method": str,
+           "nodes": int}
+        ],
+        "nodes": [
+          {"node": str, "status": str, "reason": str,
+           "charged": str | null,  # exact decimal text of the charge, as in the ledgers
+           "attempts": int, "seconds": float}
+        ],
+        "note": str                # the intervals cover DP noise only
+      }
+
+  Numbers are written in full precision; a non-finite number is ``null``.
+* :func:`federated_csv` -- one row per cell: the group columns, ``bin`` for
+  histograms, ``estimate, ci_low, ci_high, half_width, nodes, method``.
+* :func:`plot` -- a bar chart with 95% error bars, written as PNG. Needs the
+  ``plot`` extra (matplotlib).
+
+Single-node answers (:class:`~tiaki.answer.Answer`) keep their own views,
+:func:`answer_table` and :func:`answer_json`.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+from pathlib import Path
+from typing import Any, Literal
 
 from tabulate import tabulate
 
+from coordinator.results import (
+    DP_NOISE_ONLY,
+    CombinedCell,
+    FederatedAnswer,
+    NodeOutcome,
+    NodeStatus,
+)
 from tiaki.answer import Answer
 from tiaki.budget import display_amount, format_amount
+from tiaki.errors import TiakiError
+from tiaki.query import QueryKind
+
+COUNT_KINDS = frozenset({QueryKind.COUNT, QueryKind.COUNT_CLIENTS, QueryKind.HISTOGRAM})
+MAX_PLOT_CELLS = 300
+
+
+class OutputError(TiakiError):
+    """An answer cannot be rendered as asked (missing plot extra, unwritable file, ...)."""
+
+
+# ---------------------------------------------------------------- formatting
 
 
 def _round(value: float, digits: int = 4) -> float | int:
@@ -17,6 +80,298 @@ def _round(value: float, digits: int = 4) -> float | int:
     if value.is_integer() and abs(value) < 1e15:
         return int(value)
     return round(value, max(0, digits - 1 - math.floor(math.log10(abs(value)))))
+
+
+def _significant(value: float, digits: int = 4) -> str:
+    """About ``digits`` significant digits, without exponent notation for ordinary sizes."""
+    if not math.isfinite(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    if magnitude >= 15 or magnitude < -6:
+        return f"{value:.{digits - 1}e}"
+    places = max(0, digits - 1 - magnitude)
+    text = f"{value:.{places}f}"
+    return "0" if float(text) == 0 else text
+
+
+def _count(value: float, how: Literal["round", "floor", "ceil"] = "round") -> str:
+    """A count as a whole number; interval ends are widened outwards, never inwards."""
+    if not math.isfinite(value):
+        return "n/a"
+    tidy = round(value, 6)  # float dust such as 99.0000000001 is not a reason to widen
+    if how == "floor":
+        return str(math.floor(tidy))
+    if how == "ceil":
+        return str(math.ceil(tidy))
+    return str(round(tidy))
+
+
+def _is_count(answer: FederatedAnswer) -> bool:
+    return answer.query.kind in COUNT_KINDS
+
+
+def _has_bins(answer: FederatedAnswer) -> bool:
+    return answer.query.kind is QueryKind.HISTOGRAM or any(c.bin for c in answer.cells)
+
+
+def _released_cells(answer: FederatedAnswer) -> tuple[CombinedCell, ...]:
+    return answer.cells if answer.released else ()
+
+
+def _unanswered(answer: FederatedAnswer) -> list[NodeOutcome]:
+    return [o for o in answer.outcomes if not o.answered]
+
+
+def _methods(answer: FederatedAnswer) -> list[str]:
+    return list(dict.fromkeys(c.method for c in _released_cells(answer) if c.method))
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _title(answer: FederatedAnswer) -> str:
+    query = answer.query
+    what = f"{query.kind.value} of {query.column}" if query.column else query.kind.value
+    if answer.group_by:
+        what += f" by {', '.join(answer.group_by)}"
+    return what
+
+
+# ---------------------------------------------------------------- federated table
+
+
+def _outcome_line(outcome: NodeOutcome) -> str:
+    if outcome.answered and not outcome.reason:
+        return f"  {outcome.node}: {outcome.status.value}"
+    return f"  {outcome.node}: {outcome.status.value} — {outcome.reason or 'no reason given'}"
+
+
+def _charges_line(answer: FederatedAnswer) -> str:
+    symbol = answer.query.cost.definition.symbol
+    parts = []
+    for outcome in answer.outcomes:
+        if outcome.charged:
+            parts.append(f"{outcome.node} {symbol} {display_amount(outcome.charged)}")
+        elif outcome.status is NodeStatus.REPLAYED:
+            parts.append(f"{outcome.node} nothing now (stored answer)")
+        else:
+            parts.append(f"{outcome.node} nothing")
+    return "charged (each node accounts for its own clients): " + ", ".join(parts)
+
+
+def federated_table(answer: FederatedAnswer) -> str:
+    """A readable table of the combined cells and what happened at each node."""
+    lines: list[str] = [_title(answer), ""]
+    if not answer.released:
+        missing = _unanswered(answer)
+        names = ", ".join(o.node for o in missing) or "none"
+        lines.append(
+            "Nothing was released: every node was required to answer (--require-all), "
+            f"and {len(missing)} of {len(answer.outcomes)} did not ({names})."
+        )
+        lines.append("")
+        lines.append("node outcomes:")
+        lines.extend(_outcome_line(o) for o in answer.outcomes)
+        lines.append("")
+        lines.append(_charges_line(answer))
+        lines.append(f"query id {answer.query_id}")
+        return "\n".join(lines)
+
+    counts = _is_count(answer)
+    has_bins = _has_bins(answer)
+    headers = [*answer.group_by, *(["bin"] if has_bins else []), "estimate", "95% CI", "nodes"]
+    rows: list[list[str]] = []
+    for cell in answer.cells:
+        if counts:
+            estimate = _count(cell.estimate)
+            interval = f"{_count(cell.ci_low, 'floor')} – {_count(cell.ci_high, 'ceil')}"
+        else:
+            estimate = _significant(cell.estimate)
+            interval = f"{_significant(cell.ci_low)} – {_significant(cell.ci_high)}"
+        rows.append(
+            [*cell.group, *([cell.bin] if has_bins else []), estimate, interval, str(cell.nodes)]
+        )
+    if rows:
+        align = ["left"] * (len(headers) - 3) + ["right", "right", "right"]
+        lines.append(tabulate(rows, headers=headers, disable_numparse=True, colalign=align))
+    else:
+        lines.append("(no cells: no node answered)")
+    lines.append("")
+    lines.append(f"coverage: {answer.coverage}")
+    missing = _unanswered(answer)
+    if missing:
+        lines.append("did not answer (not included above):")
+        lines.extend(_outcome_line(o) for o in missing)
+    lines.append(_charges_line(answer))
+    lines.append(f"query id {answer.query_id}")
+    methods = _methods(answer)
+    if methods:
+        label = "CI method" if len(methods) == 1 else "CI methods"
+        lines.append(f"{label}: {'; '.join(methods)}")
+    lines.append(DP_NOISE_ONLY)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- federated JSON
+
+
+def _cell_doc(answer: FederatedAnswer, cell: CombinedCell) -> dict[str, Any]:
+    doc: dict[str, Any] = {"group": dict(zip(answer.group_by, cell.group, strict=True))}
+    if cell.bin:
+        doc["bin"] = cell.bin
+    doc.update(
+        {
+            "estimate": _finite(cell.estimate),
+            "ci95": [_finite(cell.ci_low), _finite(cell.ci_high)],
+            "half_width": _finite(cell.half_width),
+            "method": cell.method,
+            "nodes": cell.nodes,
+        }
+    )
+    return doc
+
+
+def federated_json(answer: FederatedAnswer) -> str:
+    """The documented JSON document (see the module docstring)."""
+    doc = {
+        "query_id": answer.query_id,
+        "query": json.loads(answer.query.canonical()),
+        "released": answer.released,
+        "coverage": {"answered": list(answer.answered_nodes), "total": len(answer.outcomes)},
+        "cells": [_cell_doc(answer, cell) for cell in _released_cells(answer)],
+        "nodes": [
+            {
+                "node": o.node,
+                "status": o.status.value,
+                "reason": o.reason,
+                "charged": format_amount(o.charged) if o.charged is not None else None,
+                "attempts": o.attempts,
+                "seconds": _finite(o.seconds),
+            }
+            for o in answer.outcomes
+        ],
+        "note": DP_NOISE_ONLY,
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
+
+
+# ---------------------------------------------------------------- federated CSV
+
+
+def _csv_number(value: float) -> str:
+    return repr(value) if math.isfinite(value) else ""
+
+
+def federated_csv(answer: FederatedAnswer) -> str:
+    """One row per released cell; numbers in full precision, empty when not finite."""
+    has_bins = _has_bins(answer)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            *answer.group_by,
+            *(["bin"] if has_bins else []),
+            "estimate",
+            "ci_low",
+            "ci_high",
+            "half_width",
+            "nodes",
+            "method",
+        ]
+    )
+    for cell in _released_cells(answer):
+        writer.writerow(
+            [
+                *cell.group,
+                *([cell.bin] if has_bins else []),
+                _csv_number(cell.estimate),
+                _csv_number(cell.ci_low),
+                _csv_number(cell.ci_high),
+                _csv_number(cell.half_width),
+                cell.nodes,
+                cell.method,
+            ]
+        )
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- plot
+
+
+def _label(cell: CombinedCell) -> str:
+    return " / ".join([*cell.group, *([cell.bin] if cell.bin else [])]) or "all"
+
+
+def plot(answer: FederatedAnswer, path: Path) -> None:
+    """A bar chart of the estimates with 95% error bars, saved as PNG at ``path``."""
+    if not answer.released:
+        raise OutputError(
+            "nothing was released (--require-all and some node did not answer); nothing to plot"
+        )
+    cells = answer.cells
+    if not cells:
+        raise OutputError("no node answered; there is nothing to plot")
+    if len(cells) > MAX_PLOT_CELLS:
+        raise OutputError(
+            f"the answer has {len(cells)} cells, too many for one chart (at most "
+            f"{MAX_PLOT_CELLS}); use --format csv and plot a selection"
+        )
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise OutputError("plotting needs the 'plot' extra: pip install 'tiaki[plot]'") from None
+
+    nan = math.nan
+    heights = [c.estimate if math.isfinite(c.estimate) else nan for c in cells]
+    below = [
+        max(0.0, c.estimate - c.ci_low) if math.isfinite(c.estimate - c.ci_low) else 0.0
+        for c in cells
+    ]
+    above = [
+        max(0.0, c.ci_high - c.estimate) if math.isfinite(c.ci_high - c.estimate) else 0.0
+        for c in cells
+    ]
+    labels = [_label(c) for c in cells]
+    rotate = len(cells) > 8 or max(len(label) for label in labels) > 12
+
+    width = min(40.0, max(6.0, 0.35 * len(cells) + 2.0))
+    figure = Figure(figsize=(width, 5.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = list(range(len(cells)))
+    axes.bar(positions, heights, yerr=[below, above], capsize=3, color="#4c72b0", ecolor="#222222")
+    axes.set_xticks(positions)
+    axes.set_xticklabels(
+        labels,
+        rotation=60 if rotate else 0,
+        ha="right" if rotate else "center",
+        rotation_mode="anchor",
+        fontsize=8,
+    )
+    axes.set_title(_title(answer))
+    axes.set_ylabel("estimate (bars: 95% CI)")
+    if answer.query.kind is QueryKind.PROPORTION:
+        axes.set_ylim(0.0, 1.0)
+    axes.axhline(0.0, color="#888888", linewidth=0.8)
+    # A figure-level x label is the footnote: constrained layout makes room for it.
+    figure.supxlabel(
+        f"coverage: {answer.coverage}. query id {answer.query_id}.\n{DP_NOISE_ONLY}",
+        x=0.01,
+        ha="left",
+        fontsize=7,
+        color="#444444",
+    )
+    try:
+        figure.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise OutputError(f"cannot write the plot to {path}: {exc}") from None
+
+
+# ---------------------------------------------------------------- single node
 
 
 def answer_table(answer: Answer) -> str:

@@ -1,120 +1,89 @@
-"""A node on synthetic data answering a few questions: what `make demo` runs.
+"""The whole story on a local federation: what `make demo` runs.
 
-Everything a real NGO would do, in order: generate records, write a config,
-import, serve (a separate process), then ask over gRPC and read the budget.
+Three NGOs with different sizes and mixes of synthetic clients each run a node
+(a separate process). The ministry adds them to its federation file, checks
+them, plans a question, asks it, runs the shipped outcome measurements by name,
+draws a plot, and compares every node's budget with its own mirror ledger.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from coordinator.client import new_query_id
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+
+import local_federation  # noqa: E402
+
 WORK = ROOT / "demo-run"
 BIN = Path(sys.executable).parent
+QUERIES = ROOT / "deploy" / "examples" / "queries" / "outcomes.yaml"
 
 
 def step(title: str) -> None:
-    print(f"\n=== {title}")
+    print(f"\n=== {title}", flush=True)
 
 
-def run(*args: str, expect_refusal: bool = False) -> None:
-    print("\n$ " + " ".join(args), flush=True)
-    done = subprocess.run([str(BIN / args[0]), *args[1:]], check=False)
-    if (done.returncode != 0) != expect_refusal:
-        raise SystemExit(f"unexpected exit code {done.returncode} from {args[0]}")
-
-
-def wait_serving(address: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise SystemExit(f"node at {address} did not become healthy")
+def tiaki(*args: str, refused: bool = False) -> None:
+    shown = " ".join(a if " " not in a else repr(a) for a in args)
+    print(f"\n$ tiaki {shown}", flush=True)
+    done = subprocess.run([str(BIN / "tiaki"), *args], check=False, cwd=WORK)
+    if (done.returncode != 0) != refused:
+        raise SystemExit(f"unexpected exit code {done.returncode} from tiaki {shown}")
 
 
 def main() -> int:
+    started = time.monotonic()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
-    os.chdir(WORK)
-    step("1. An NGO generates synthetic client records (stand-in for its case system export)")
-    run("tiaki-node", "synth", "--clients", "20000", "--seed", "7", "--out", "clients.csv")
-    step("2. It writes its node config: schema, public categories and bounds, privacy policy")
-    run("tiaki-node", "init", "ngo-a", "--address", "127.0.0.1:0")
-    step("3. It imports the records (checked row by row, swapped in atomically)")
-    run("tiaki-node", "import", "--config", "ngo-a/node.yaml", "clients.csv")
-    step("4. It starts the node (a separate process)")
-    node = subprocess.Popen(
-        [str(BIN / "tiaki-node"), "serve", "--config", "ngo-a/node.yaml"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    step("1. Three NGOs generate synthetic records, write node configs, import, and serve")
+    nodes = local_federation.start(WORK)
     try:
-        assert node.stdout is not None
-        line = node.stdout.readline()
-        print(line.rstrip())
-        match = re.search(r"serving on (\S+)", line)
-        if not match:
-            raise SystemExit("node did not start")
-        address = match.group(1)
-        wait_serving(address)
-        ask = ("tiaki", "query", "--node", address, "--identity", "msd-coordinator")
-        step("5. The ministry asks differentially private questions")
-        run(
-            *ask,
-            "count_clients",
-            "--by",
-            "region",
+        for node in nodes:
+            print(
+                f"  {node.spec.name}: {node.spec.clients} clients (seed {node.spec.seed}), "
+                f"serving on {node.address}"
+            )
+        step("2. The ministry builds its federation file and checks every node")
+        for node in nodes:
+            tiaki("nodes", "add", node.spec.name, node.address, "--analyst", "msd-analyst")
+        tiaki("nodes")
+        step("3. Before asking: what would it cost, and how accurate would it be?")
+        question = ("count_clients", "--where", "service=family_violence", "--by", "region")
+        tiaki("query", *question, "--epsilon", "0.5", "--dry-run")
+        tiaki("query", *question, "--target-ci", "40", "--dry-run")
+        step("4. Asking: one question, every node, one combined answer with 95% intervals")
+        tiaki("query", *question, "--epsilon", "0.5", "--plot", "family_violence_by_region.png")
+        tiaki(
+            "query",
+            "mean",
+            "circumstances_change",
+            "--bounds",
+            "-4,4",
             "--where",
             "service=family_violence",
+            "--by",
+            "region",
             "--epsilon",
             "0.5",
         )
-        run(*ask, "mean", "circumstances_change", "--by", "service", "--epsilon", "0.5")
-        run(
-            *ask,
-            "proportion",
-            "--condition",
-            "goals_change>=1",
-            "--by",
-            "ethnicity",
-            "--where",
-            "episode_start=2024-01-01..2024-12-31",
-            "--epsilon",
-            "0.3",
-        )
-        run(*ask, "histogram", "sessions", "--bins", "0,2,5,10,20,60", "--epsilon", "0.2")
-        step("6. Asking again with the same query id returns the stored answer, free")
-        qid = new_query_id()
-        for _ in range(2):
-            run(*ask, "count", "--by", "service", "--epsilon", "0.2", "--query-id", qid)
-        step("7. The node refuses what its policy forbids, and spends nothing")
-        run(*ask, "count", "--by", "client_name", "--epsilon", "0.1", expect_refusal=True)
-        run(*ask, "count", "--epsilon", "2", expect_refusal=True)
-        step("8. The NGO checks its own ledger")
+        step("5. The shipped outcome measurements, by name, repeatable each quarter")
+        for name in ("improved_circumstances", "housing_circumstances_by_region"):
+            tiaki("query", "--file", str(QUERIES), "--name", name)
+        tiaki("query", "--file", str(QUERIES), "--name", "sessions_per_episode", "--format", "csv")
+        step("6. Refusals cost nothing: a never-queryable column, a cost above policy")
+        tiaki("query", "count", "--by", "client_name", "--epsilon", "0.1", refused=True)
+        tiaki("query", "count", "--epsilon", "5", "--require-all", refused=True)
+        step("7. Budgets: each node's own ledger beside the ministry's mirror")
+        tiaki("budget")
     finally:
-        node.send_signal(signal.SIGTERM)
-        node.wait(timeout=30)
-    run("tiaki-node", "budget", "--config", "ngo-a/node.yaml")
-    print(f"\nDemo files are in {WORK}.")
+        step("8. Stopping the nodes")
+        local_federation.stop(nodes)
+    print(f"\nDone in {time.monotonic() - started:.0f} s. Files (and the plot) are in {WORK}.")
     return 0
 
 

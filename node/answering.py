@@ -8,12 +8,20 @@ costs nothing: ratios, clamping into public bounds, approximate accuracies.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
-from node.engine import ExactAggregate, QueryPlan
-from node.mechanisms import NoisyVector, release
+from node.engine import ExactAggregate, QueryPlan, sensitivities
+from node.mechanisms import (
+    NoisyVector,
+    accuracy_95,
+    calibrate,
+    distribution_name,
+    privacy_cost,
+    release,
+)
 from tiaki.answer import Cell, Component
 from tiaki.budget import PrivacyDefinition
 from tiaki.query import QueryKind
@@ -35,22 +43,55 @@ def _release_all(
     return noisy, sum((n.charge for n in noisy), Fraction(0))
 
 
+@dataclass(frozen=True)
+class PlannedNoise:
+    """The noise one component would carry, in column units, and its exact charge."""
+
+    name: str
+    distribution: str
+    scale: float
+    accuracy_95: float
+    charge: Fraction
+
+
+def _unit(plan: QueryPlan, name: str) -> float:
+    """Sums live on a fixed-point grid (factor 1 for integer columns); the
+    shifted sum of a mean is doubled as well. This scales back to column units."""
+    spec = plan.numeric
+    if spec is None:
+        return 1.0
+    return {"sum": spec.factor, "shifted_sum": 2.0 * spec.factor}.get(name, 1.0)
+
+
+def plan_noise(plan: QueryPlan, definition: PrivacyDefinition) -> tuple[PlannedNoise, ...]:
+    """What releasing this plan would add and charge, without any data."""
+    share = plan.query.cost.amount / len(plan.components)
+    planned = []
+    for s in sensitivities(plan):
+        sensitivity = s.l1 if definition is PrivacyDefinition.PURE else s.l2
+        scale = calibrate(definition, float(sensitivity), share)
+        divisor = _unit(plan, s.name)
+        planned.append(
+            PlannedNoise(
+                s.name,
+                distribution_name(definition),
+                scale / divisor,
+                accuracy_95(definition, scale) / divisor,
+                privacy_cost(definition, scale, sensitivity),
+            )
+        )
+    return tuple(planned)
+
+
 def release_cells(
     plan: QueryPlan, aggregates: tuple[ExactAggregate, ...], definition: PrivacyDefinition
 ) -> tuple[tuple[Cell, ...], Fraction]:
     """Release every component with OpenDP and build the cells; returns (cells, exact charge)."""
     noisy, charge = _release_all(aggregates, plan.query.cost.amount, definition)
     kind = plan.query.kind
-    spec = plan.numeric
-    # Sums live on a fixed-point grid (factor 1 for integer columns); the
-    # shifted sum of a mean is doubled as well. Scale back to column units.
-    unit = {
-        "sum": spec.factor if spec else 1.0,
-        "shifted_sum": 2.0 * spec.factor if spec else 1.0,
-    }
     columns = []
     for agg, nv in zip(aggregates, noisy, strict=True):
-        divisor = unit.get(agg.name, 1.0)
+        divisor = _unit(plan, agg.name)
         columns.append(
             (
                 agg.name,

@@ -399,36 +399,77 @@ def _as_fixed_point(
     return np.clip(scaled, spec.lower_int, spec.upper_int).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class Sensitivity:
+    """How far one client can move one released vector: L1 for pure DP, L2 for zCDP."""
+
+    name: str
+    l1: int
+    l2: float
+
+
+def sensitivities(plan_: QueryPlan) -> tuple[Sensitivity, ...]:
+    """Each component's sensitivity under the privacy unit, from the plan alone.
+
+    One client, with all of their (at most k) records, is added or removed.
+    """
+    query, k, n_cells = plan_.query, plan_.k, plan_.n_cells
+    if query.kind in (QueryKind.COUNT, QueryKind.HISTOGRAM):
+        # One client adds or removes at most k records, each in one cell (or
+        # one (group, bin) cell): L1 <= k, and L2 <= k (all k in one cell).
+        return (Sensitivity("count", l1=k, l2=float(k)),)
+    if query.kind in (QueryKind.COUNT_CLIENTS, QueryKind.PROPORTION):
+        # A client is counted once in each cell they touch, and touches at
+        # most m = min(k, cells) cells: L1 = m, L2 = sqrt(m). A proportion's
+        # numerator and denominator are each such counts.
+        m = min(k, n_cells)
+        names = ("clients",) if query.kind is QueryKind.COUNT_CLIENTS else plan_.components
+        return tuple(Sensitivity(name, l1=m, l2=sqrt_up(m)) for name in names)
+    spec = plan_.numeric
+    assert spec is not None
+    if query.kind is QueryKind.SUM:
+        # Each record adds a value in [L, U] to one cell; one client's k
+        # records change the vector by at most k * max(|L|, |U|) in L1, and in
+        # L2 too when all k land in one cell.
+        bound = k * spec.max_abs_int
+        return (Sensitivity("sum", l1=bound, l2=float(bound)),)
+    # MEAN releases T = sum(2x - (L + U)) and N = count. Shifting by the
+    # midpoint halves the range each term can take: 2x - (L+U) lies in
+    # [-(U-L), U-L], so one client moves T by at most k * (U - L) and N by k.
+    # Doubling keeps the midpoint an integer on the fixed-point grid.
+    width = k * (spec.upper_int - spec.lower_int)
+    return (
+        Sensitivity("shifted_sum", l1=width, l2=float(width)),
+        Sensitivity("count", l1=k, l2=float(k)),
+    )
+
+
 def evaluate(plan_: QueryPlan, ds: Dataset, schema: Schema) -> tuple[ExactAggregate, ...]:
     """Exact aggregate vectors (cell order: group-major, then bin) and their sensitivities."""
+    vectors = _exact_vectors(plan_, ds, schema)
+    return tuple(
+        ExactAggregate(s.name, values, l1=s.l1, l2=s.l2)
+        for s, values in zip(sensitivities(plan_), vectors, strict=True)
+    )
+
+
+def _exact_vectors(
+    plan_: QueryPlan, ds: Dataset, schema: Schema
+) -> tuple[npt.NDArray[np.int64], ...]:
     query, k = plan_.query, plan_.k
     n_groups, n_cells = plan_.n_groups, plan_.n_cells
     scope = _all_of(ds, query.filters, schema)
     groups = _group_index(ds, plan_, schema)
 
     if query.kind is QueryKind.COUNT:
-        # One client adds or removes at most k records, each in one cell:
-        # L1 <= k, and L2 <= k (all k records in the same cell).
-        counts = _count_per_cell(groups[scope], n_cells)
-        return (ExactAggregate("count", counts, l1=k, l2=float(k)),)
-
+        return (_count_per_cell(groups[scope], n_cells),)
     if query.kind is QueryKind.COUNT_CLIENTS:
-        # One client is counted once in each cell they touch, and touches at
-        # most min(k, cells) cells: L1 = m, L2 = sqrt(m) with m = min(k, cells).
-        m = min(k, n_cells)
-        clients = _distinct_clients(ds, scope, groups, n_cells, k)
-        return (ExactAggregate("clients", clients, l1=m, l2=sqrt_up(m)),)
-
+        return (_distinct_clients(ds, scope, groups, n_cells, k),)
     if query.kind is QueryKind.PROPORTION:
-        # Numerator and denominator are each distinct-client counts, with the
-        # sensitivity of COUNT_CLIENTS; each is released with half the budget.
-        m = min(k, n_cells)
         meets = scope & _all_of(ds, query.condition, schema)
-        numerator = _distinct_clients(ds, meets, groups, n_cells, k)
-        denominator = _distinct_clients(ds, scope, groups, n_cells, k)
         return (
-            ExactAggregate("numerator", numerator, l1=m, l2=sqrt_up(m)),
-            ExactAggregate("denominator", denominator, l1=m, l2=sqrt_up(m)),
+            _distinct_clients(ds, meets, groups, n_cells, k),
+            _distinct_clients(ds, scope, groups, n_cells, k),
         )
 
     spec = plan_.numeric
@@ -443,28 +484,10 @@ def evaluate(plan_: QueryPlan, ds: Dataset, schema: Schema) -> tuple[ExactAggreg
         inside = (x >= edges[0]) & (x <= edges[-1])
         bins = np.clip(np.searchsorted(edges, x[inside], side="right") - 1, 0, len(edges) - 2)
         n_bins = len(edges) - 1
-        counts = _count_per_cell(cells[inside] * n_bins + bins, n_groups * n_bins)
-        # Each record lands in at most one (group, bin) cell: as for COUNT.
-        return (ExactAggregate("count", counts, l1=k, l2=float(k)),)
+        return (_count_per_cell(cells[inside] * n_bins + bins, n_groups * n_bins),)
 
     values = _as_fixed_point(ds, spec, rows)
     if query.kind is QueryKind.SUM:
-        # Each record adds a value in [L, U] to one cell; one client's k
-        # records change the vector by at most k * max(|L|, |U|) in L1, and in
-        # L2 too when all k land in one cell.
-        sums = _exact_int_sum(cells, values, n_cells)
-        bound = k * spec.max_abs_int
-        return (ExactAggregate("sum", sums, l1=bound, l2=float(bound)),)
-
-    # MEAN: release T = sum(2x - (L + U)) and N = count. Shifting by the
-    # midpoint halves the range each term can take: 2x - (L+U) lies in
-    # [-(U-L), U-L], so one client moves T by at most k * (U - L) and N by k.
-    # Doubling keeps the midpoint an integer on the fixed-point grid.
+        return (_exact_int_sum(cells, values, n_cells),)
     shifted = 2 * values - (spec.lower_int + spec.upper_int)
-    width = spec.upper_int - spec.lower_int
-    t = _exact_int_sum(cells, shifted, n_cells)
-    n = _count_per_cell(cells, n_cells)
-    return (
-        ExactAggregate("shifted_sum", t, l1=k * width, l2=float(k * width)),
-        ExactAggregate("count", n, l1=k, l2=float(k)),
-    )
+    return (_exact_int_sum(cells, shifted, n_cells), _count_per_cell(cells, n_cells))

@@ -83,6 +83,9 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
     ) -> pb.BudgetReport:
         return self._call(context, "GetBudget", lambda: budget_to_proto(self._service.budget()))
 
+    def Plan(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryPlan:
+        return self._call(context, "Plan", lambda: self._service.plan(request))
+
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
         identity = caller_identity(context)
 

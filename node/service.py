@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 from node import answering, engine
@@ -30,12 +31,13 @@ from tiaki.budget import BudgetStatus, format_amount
 from tiaki.convert import (
     answer_from_proto,
     answer_to_proto,
+    cost_to_proto,
     definition_to_proto,
     kind_to_proto,
     query_from_proto,
 )
 from tiaki.errors import InvalidQueryError, NotReadyError
-from tiaki.query import PrivacyCost
+from tiaki.query import PrivacyCost, QueryKind
 from tiaki.v1 import node_pb2 as pb
 
 log = logging.getLogger("tiaki.node")
@@ -142,6 +144,38 @@ class NodeService:
         return self.ledger.status()
 
     # ------------------------------------------------------------ queries
+
+    def plan(self, request: pb.QueryRequest) -> pb.QueryPlan:
+        """Cost and noise of a query from schema and policy alone; spends nothing."""
+        if request.ByteSize() > MAX_REQUEST_BYTES:
+            raise InvalidQueryError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+        _, _, query = query_from_proto(request)
+        plan = engine.plan(query, self.config.schema, self.config.policy)
+        definition = self.config.policy.privacy_definition
+        noise = answering.plan_noise(plan, definition)
+        message = pb.QueryPlan(
+            node_id=self.config.node_id,
+            canonical_query=query.canonical(),
+            group_by=list(query.group_by),
+            cells=plan.n_cells,
+            components=[
+                pb.PlannedComponent(
+                    name=n.name,
+                    distribution=n.distribution,
+                    scale=n.scale,
+                    accuracy_95=n.accuracy_95,
+                )
+                for n in noise
+            ],
+            charge=cost_to_proto(
+                PrivacyCost(definition, sum((n.charge for n in noise), Fraction(0)))
+            ),
+        )
+        if plan.numeric is not None and query.kind in (QueryKind.SUM, QueryKind.MEAN):
+            spec = plan.numeric
+            message.bounds.CopyFrom(pb.Bounds(lower=spec.lower, upper=spec.upper))
+            message.midpoint = (spec.lower_int + spec.upper_int) / (2.0 * spec.factor)
+        return message
 
     def query(self, identity: str, request: pb.QueryRequest) -> Answer:
         """Answer one query for ``identity``, charging the ledger before returning."""

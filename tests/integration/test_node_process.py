@@ -73,12 +73,14 @@ def test_ngo_workflow_end_to_end(tmp_path: Path) -> None:
     assert "imported:" in imported.stdout
 
     node = NodeProcess([str(BIN / "tiaki-node"), "serve", "--config", str(config)])
+    federation = str(tmp_path / "federation.yaml")
     try:
+        cli("tiaki", "nodes", "add", "ngo", node.address, "--config", federation)
+        fed = ("--config", federation)
         asked = cli(
             "tiaki",
             "query",
-            "--node",
-            node.address,
+            *fed,
             "count_clients",
             "--by",
             "service",
@@ -89,21 +91,12 @@ def test_ngo_workflow_end_to_end(tmp_path: Path) -> None:
         )
         answer = json.loads(asked.stdout)
         assert len(answer["cells"]) == 5
-        assert answer["charged"] == {"epsilon": "0.5"}
+        assert [n["charged"] for n in answer["nodes"]] == ["0.5"]
         refused = cli(
-            "tiaki",
-            "query",
-            "--node",
-            node.address,
-            "count",
-            "--by",
-            "client_name",
-            "--epsilon",
-            "0.1",
-            check=False,
+            "tiaki", "query", *fed, "count", "--by", "client_name", "--epsilon", "0.1", check=False
         )
-        assert refused.returncode == 3 and "never-queryable" in refused.stderr
-        assert "Traceback" not in refused.stderr
+        assert refused.returncode == 3 and "never-queryable" in refused.stdout
+        assert "Traceback" not in refused.stderr + refused.stdout
 
         with NodeClient(node.address) as client:
             version_a = client.info().dataset_version

@@ -157,6 +157,38 @@ class QueryResponse(_message.Message):
     budget: BudgetReport
     def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., charged: _Optional[_Union[PrivacyCost, _Mapping]] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ...) -> None: ...
 
+class PlannedComponent(_message.Message):
+    __slots__ = ("name", "distribution", "scale", "accuracy_95")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_95_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    distribution: str
+    scale: float
+    accuracy_95: float
+    def __init__(self, name: _Optional[str] = ..., distribution: _Optional[str] = ..., scale: _Optional[float] = ..., accuracy_95: _Optional[float] = ...) -> None: ...
+
+class QueryPlan(_message.Message):
+    __slots__ = ("node_id", "canonical_query", "group_by", "cells", "components", "charge", "midpoint", "bounds")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CANONICAL_QUERY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    CHARGE_FIELD_NUMBER: _ClassVar[int]
+    MIDPOINT_FIELD_NUMBER: _ClassVar[int]
+    BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    canonical_query: str
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    cells: int
+    components: _containers.RepeatedCompositeFieldContainer[PlannedComponent]
+    charge: PrivacyCost
+    midpoint: float
+    bounds: Bounds
+    def __init__(self, node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[int] = ..., components: _Optional[_Iterable[_Union[PlannedComponent, _Mapping]]] = ..., charge: _Optional[_Union[PrivacyCost, _Mapping]] = ..., midpoint: _Optional[float] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ...) -> None: ...
+
 class PeriodBudget(_message.Message):
     __slots__ = ("label", "start", "end", "limit", "spent", "remaining")
     LABEL_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class NodeStub:
                 request_serializer=tiaki_dot_v1_dot_node__pb2.QueryRequest.SerializeToString,
                 response_deserializer=tiaki_dot_v1_dot_node__pb2.QueryResponse.FromString,
                 _registered_method=True)
+        self.Plan = channel.unary_unary(
+                '/tiaki.v1.Node/Plan',
+                request_serializer=tiaki_dot_v1_dot_node__pb2.QueryRequest.SerializeToString,
+                response_deserializer=tiaki_dot_v1_dot_node__pb2.QueryPlan.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -75,6 +80,14 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Plan(self, request, context):
+        """What a query would cost and how much noise it would carry, decided from
+        the schema and policy alone: reads no record and spends nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=tiaki_dot_v1_dot_node__pb2.QueryRequest.FromString,
                     response_serializer=tiaki_dot_v1_dot_node__pb2.QueryResponse.SerializeToString,
+            ),
+            'Plan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plan,
+                    request_deserializer=tiaki_dot_v1_dot_node__pb2.QueryRequest.FromString,
+                    response_serializer=tiaki_dot_v1_dot_node__pb2.QueryPlan.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class Node:
             '/tiaki.v1.Node/Query',
             tiaki_dot_v1_dot_node__pb2.QueryRequest.SerializeToString,
             tiaki_dot_v1_dot_node__pb2.QueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Plan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiaki.v1.Node/Plan',
+            tiaki_dot_v1_dot_node__pb2.QueryRequest.SerializeToString,
+            tiaki_dot_v1_dot_node__pb2.QueryPlan.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""``tiaki``: the analyst's command line. One module per command."""

@@ -1,0 +1,56 @@
+"""What every ``tiaki`` command shares: exit codes, errors, the federation file."""
+
+from __future__ import annotations
+
+import argparse
+from enum import IntEnum
+from pathlib import Path
+
+from coordinator.config import FederationConfig, load_federation
+from coordinator.fanout import Federation
+from tiaki.v1 import node_pb2 as pb
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1  # unexpected internal error
+    USAGE = 2  # bad arguments, federation file, query file or query (nothing spent)
+    REFUSED = 3  # nodes refused, or --require-all released nothing
+    UNREACHABLE = 4  # no node could be reached
+
+
+EXIT_CODES_HELP = """exit codes:
+  0  success (a partial answer says which nodes it covers)
+  1  unexpected internal error
+  2  bad arguments, federation file, query file or query (nothing spent anywhere)
+  3  refused: no node answered, or --require-all released nothing
+  4  unreachable: no node could be contacted
+"""
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: ExitCode = ExitCode.USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def add_config_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path("federation.yaml"),
+        help="federation file (default: ./federation.yaml)",
+    )
+
+
+def open_federation(args: argparse.Namespace) -> tuple[FederationConfig, Federation]:
+    config = load_federation(args.config)
+    if not config.nodes:
+        raise CommandError(f"{args.config}: no nodes yet; add one with 'tiaki nodes add'")
+    names = getattr(args, "nodes", None)
+    return config, Federation(config, names.split(",") if names else None)
+
+
+def column_types(info: pb.NodeInfo) -> dict[str, str]:
+    return {c.name: c.type for c in info.columns}

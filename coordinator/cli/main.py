@@ -1,0 +1,80 @@
+"""Entry point of ``tiaki``: parse, dispatch, and turn errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from coordinator.cli import budget, nodes, query
+from coordinator.cli.common import EXIT_CODES_HELP, CommandError, ExitCode
+from coordinator.config import FederationConfigError
+from coordinator.mirror import MirrorError
+from coordinator.output import OutputError
+from coordinator.query_files import QueryFileError
+from tiaki import __version__
+from tiaki.errors import RemoteError, TiakiError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tiaki",
+        description="Ask a federation of tiaki nodes differentially private questions and get "
+        "one combined answer with honest error bars.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tiaki {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in (nodes, query, budget):
+        command.register(sub)
+    return parser
+
+
+_NUMBER_LIST_OPTIONS = ("--bounds", "--bins")
+
+
+def _attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--bounds -4,4`` reads as an option to argparse; make it ``--bounds=-4,4``."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        if items[i] in _NUMBER_LIST_OPTIONS and i + 1 < len(items) and items[i + 1][:2] != "--":
+            out.append(f"{items[i]}={items[i + 1]}")
+            i += 2
+            continue
+        out.append(items[i])
+        i += 1
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code or 0) and int(ExitCode.USAGE)
+    try:
+        return int(args.run(args))
+    except CommandError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return int(exc.code)
+    except (FederationConfigError, QueryFileError, OutputError, MirrorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except RemoteError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return int(ExitCode.REFUSED)
+    except TiakiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # no traceback for users
+        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return int(ExitCode.FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""``tiaki nodes``: add nodes to the federation file and check each one."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tabulate import tabulate
+
+from coordinator.cli.common import ExitCode, add_config_argument, open_federation
+from coordinator.client import NodeClient
+from coordinator.config import add_node
+from tiaki.budget import display_amount
+from tiaki.errors import RemoteError
+from tiaki.v1 import node_pb2 as pb
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "nodes",
+        help="list the federation's nodes: reachable, schema compatible, budget left",
+        description="Without a subcommand: contact every node and show whether it is "
+        "reachable, whether its schema matches the others', and what budget it has left.",
+    )
+    add_config_argument(p)
+    p.set_defaults(run=run_list)
+    nodes_sub = p.add_subparsers(dest="nodes_command", metavar="SUBCOMMAND")
+    add = nodes_sub.add_parser("add", help="add or update a node in the federation file")
+    add.add_argument("name", help="a short name for the node, e.g. ngo-a")
+    add.add_argument("address", help="host:port of the node")
+    add.add_argument("--analyst", help="your name, when this creates the file")
+    add_config_argument(add)
+    add.set_defaults(run=run_add)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    new = add_node(args.config, args.name, args.address, analyst=args.analyst)
+    verb = "added" if new else "updated"
+    print(f"{verb} node {args.name} at {args.address} in {args.config}")
+    return 0
+
+
+def _schema_signature(info: pb.NodeInfo) -> dict[str, tuple[str, tuple[str, ...]]]:
+    return {c.name: (c.type, tuple(c.categories)) for c in info.columns}
+
+
+def _compatibility(info: pb.NodeInfo, reference: pb.NodeInfo) -> str:
+    mine, theirs = _schema_signature(info), _schema_signature(reference)
+    if info.definition != reference.definition:
+        return "no: different privacy definition"
+    differing = sorted(n for n in set(mine) | set(theirs) if mine.get(n) != theirs.get(n))
+    if differing:
+        return "differs: " + ", ".join(differing[:4]) + ("..." if len(differing) > 4 else "")
+    return "yes"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    config, federation = open_federation(args)
+    infos: dict[str, pb.NodeInfo | str] = {}
+
+    def probe(name: str, client: NodeClient) -> tuple[pb.NodeInfo, Any] | str:
+        try:
+            return client.info(), client.budget()
+        except RemoteError as exc:
+            return exc.message.splitlines()[0][:80]
+
+    with federation:
+        results = dict(federation.each(probe))
+    reference = next((r[0] for r in results.values() if isinstance(r, tuple)), None)
+    rows = []
+    for entry in config.nodes:
+        result = results[entry.name]
+        if isinstance(result, str):
+            infos[entry.name] = result
+            rows.append([entry.name, entry.address, "no", "", "", "", result])
+            continue
+        info, budget = result
+        assert reference is not None
+        rows.append(
+            [
+                entry.name,
+                entry.address,
+                "yes",
+                "ε (pure)" if info.definition == pb.PURE_DP else "ρ (zCDP)",
+                _compatibility(info, reference),
+                f"{display_amount(budget.available)} ({budget.current.label})",
+                f"{info.node_id}, data {info.dataset_version[:10]}",
+            ]
+        )
+    print(
+        tabulate(
+            rows,
+            headers=["node", "address", "reachable", "accounts in", "schema", "left", "about"],
+            disable_numparse=True,
+        )
+    )
+    reachable = sum(1 for r in results.values() if not isinstance(r, str))
+    return 0 if reachable else int(ExitCode.UNREACHABLE)

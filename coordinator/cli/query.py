@@ -1,0 +1,247 @@
+"""``tiaki query``: one question to every node, one combined answer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from coordinator.cli.common import (
+    EXIT_CODES_HELP,
+    CommandError,
+    ExitCode,
+    add_config_argument,
+    column_types,
+    open_federation,
+)
+from coordinator.client import NodeClient
+from coordinator.fanout import Federation
+from coordinator.federated import ask_federation
+from coordinator.mirror import MirrorLedger
+from coordinator.output import federated_csv, federated_json, federated_table, plot
+from coordinator.planning import choose_cost, plan_question
+from coordinator.query_files import load_query_file
+from coordinator.query_spec import build_query
+from coordinator.results import FederatedAnswer, NodeOutcome
+from tiaki.budget import display_amount
+from tiaki.convert import charged_from_proto
+from tiaki.errors import RemoteError
+from tiaki.query import Query
+from tiaki.v1 import node_pb2 as pb
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "query",
+        help="ask every node one DP question and combine the answers",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_argument(p)
+    p.add_argument("kind", nargs="?", help="count, count_clients, sum, mean, proportion, histogram")
+    p.add_argument("column", nargs="?", help="numeric column for sum, mean and histogram")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="col=a[,b], col>=x, col<=x or col=lo..hi; repeat to AND",
+    )
+    p.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="group by a categorical column (up to three)",
+    )
+    p.add_argument(
+        "--condition",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="proportion: what a client must meet",
+    )
+    p.add_argument("--bounds", help="lower,upper: clamp bounds narrower than the schema's")
+    p.add_argument("--bins", help="histogram bin edges, comma-separated")
+    p.add_argument("--epsilon", help="privacy cost at each node, pure DP")
+    p.add_argument("--rho", help="privacy cost at each node, zCDP")
+    p.add_argument("--file", type=Path, help="YAML file of named queries")
+    p.add_argument("--name", help="which query of --file to run")
+    p.add_argument("--nodes", help="ask only these nodes (comma-separated names)")
+    p.add_argument(
+        "--require-all", action="store_true", help="release nothing unless every node answers"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show cost per node and expected 95%% half-width; spend nothing",
+    )
+    p.add_argument(
+        "--target-ci",
+        type=float,
+        metavar="HALF_WIDTH",
+        help="choose the smallest cost whose 95%% half-width is at most this",
+    )
+    p.add_argument("--query-id", help="reuse an id to retry a question without a new charge")
+    p.add_argument("--format", choices=("table", "json", "csv"), help="output format")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="bar chart with error bars")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(run=run)
+
+
+def _words(args: argparse.Namespace) -> dict[str, Any]:
+    if args.file or args.name:
+        if not (args.file and args.name):
+            raise CommandError("--file and --name go together")
+        queries = load_query_file(args.file)
+        if args.name not in queries:
+            raise CommandError(
+                f"{args.file}: no query named {args.name!r}; it has: {', '.join(queries)}"
+            )
+        words = dict(queries[args.name].words())
+        # Command-line cost options override the file's.
+        if args.epsilon or args.rho:
+            words["epsilon"], words["rho"] = args.epsilon, args.rho
+        return words
+    if not args.kind:
+        raise CommandError("name a query kind (e.g. count_clients), or use --file and --name")
+    return {
+        "kind": args.kind,
+        "column": args.column,
+        "where": args.where,
+        "by": args.by,
+        "condition": args.condition,
+        "bounds": args.bounds,
+        "bins": args.bins,
+        "epsilon": args.epsilon,
+        "rho": args.rho,
+    }
+
+
+def _build(federation: Federation, words: dict[str, Any], target: float | None) -> Query:
+    info = None
+    for client in federation.clients.values():
+        try:
+            info = client.info()
+            break
+        except RemoteError:
+            continue
+    if info is None:
+        raise CommandError("no node could be reached to read the schema", ExitCode.UNREACHABLE)
+    if target is not None and not (words.get("epsilon") or words.get("rho")):
+        # A placeholder cost of the node's kind; --target-ci replaces it.
+        words = {**words, ("epsilon" if info.definition == pb.PURE_DP else "rho"): "1"}
+    return build_query(**words, column_types=column_types(info))
+
+
+def _progress(quiet: bool) -> Any:
+    def report(outcome: NodeOutcome, done: int, total: int) -> None:
+        if not quiet:
+            extra = f": {outcome.reason}" if outcome.reason else ""
+            print(
+                f"  [{done}/{total}] {outcome.node} {outcome.status.value} "
+                f"({outcome.seconds:.1f} s){extra}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return report
+
+
+def _print_plan(federation: Federation, query: Query) -> int:
+    plan = plan_question(federation, query)
+    rows = []
+    for name, check in plan.nodes.items():
+        if check.plan is None:
+            rows.append([name, "-", "-", "-", f"{check.status}: {check.reason}"])
+            continue
+        cost = charged_from_proto(check.plan.charge).amount
+        noise = ", ".join(f"{c.name} ±{c.accuracy_95:.4g}" for c in check.plan.components)
+        left = display_amount(check.budget.available) if check.budget else "?"
+        status = "ready" if check.ok else f"{check.status}: {check.reason}"
+        rows.append([name, display_amount(cost), left, noise, status])
+    print(
+        tabulate(
+            rows,
+            headers=["node", "cost", "left", "95% noise per cell", "status"],
+            disable_numparse=True,
+        )
+    )
+    print(f"\nquery: {query.canonical()}")
+    if plan.expected_half_width is not None:
+        print(
+            f"expected 95% half-width of each combined cell: ±{plan.expected_half_width:.4g} "
+            f"({plan.method})"
+        )
+    else:
+        print(f"expected 95% half-width: {plan.method}")
+    print("dry run: nothing was sent for answering and nothing was spent.")
+    return 0
+
+
+def _ceiling(federation: Federation, query: Query) -> Fraction:
+    def room(name: str, client: NodeClient) -> Fraction | None:
+        try:
+            status = client.budget()
+        except RemoteError:
+            return None
+        return min(status.per_query_max, status.available)
+
+    amounts = [a for _, a in federation.each(room) if a is not None]
+    if not amounts:
+        raise CommandError("no node could be reached", ExitCode.UNREACHABLE)
+    return min(amounts)
+
+
+def _exit_code(answer: FederatedAnswer) -> int:
+    if not answer.released:
+        return int(ExitCode.REFUSED)
+    if answer.answered_nodes:
+        return 0
+    if all(o.status.value == "unreachable" for o in answer.outcomes):
+        return int(ExitCode.UNREACHABLE)
+    return int(ExitCode.REFUSED)
+
+
+def run(args: argparse.Namespace) -> int:
+    config, federation = open_federation(args)
+    fmt = args.format or config.defaults.format
+    with federation:
+        words = _words(args)
+        try:
+            query = _build(federation, words, args.target_ci)
+            if args.target_ci is not None:
+                query = choose_cost(federation, query, args.target_ci, _ceiling(federation, query))
+                print(
+                    f"chose {query.cost} per node for a 95% half-width of at most "
+                    f"{args.target_ci:g}",
+                    file=sys.stderr,
+                )
+            if args.dry_run:
+                return _print_plan(federation, query)
+        except RemoteError as exc:
+            raise CommandError(exc.message, ExitCode.UNREACHABLE) from None
+        with MirrorLedger(config.ledger) as mirror:
+            answer = ask_federation(
+                federation,
+                query,
+                analyst=config.analyst,
+                mirror=mirror,
+                require_all=args.require_all,
+                query_id=args.query_id,
+                on_outcome=_progress(args.quiet or fmt != "table"),
+            )
+    if fmt == "json":
+        print(federated_json(answer))
+    elif fmt == "csv":
+        print(federated_csv(answer), end="")
+    else:
+        print(federated_table(answer))
+    if args.plot and answer.released and answer.cells:
+        plot(answer, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return _exit_code(answer)

@@ -1,0 +1,133 @@
+"""The federation file: which nodes to ask, who is asking, where the mirror ledger lives.
+
+Validated at load with messages naming the file and the key; ``tiaki nodes add``
+creates and updates it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class FederationConfigError(Exception):
+    """The federation file is missing or invalid; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"address {value!r} must be host:port, e.g. 127.0.0.1:50051")
+    return value
+
+
+class NodeEntry(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    address: str
+
+    _address = field_validator("address")(_check_address)
+
+
+class Defaults(_Strict):
+    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    retries: int = Field(default=2, ge=0, le=10)
+    format: Literal["table", "json", "csv"] = "table"
+
+
+class FederationConfig(_Strict):
+    version: Literal[1] = 1
+    analyst: str = Field(min_length=1, max_length=128)
+    identity: str = Field(default="coordinator", min_length=1, max_length=128)
+    ledger: Path = Path("coordinator-ledger.sqlite")
+    defaults: Defaults = Defaults()
+    nodes: tuple[NodeEntry, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> FederationConfig:
+        names = [n.name for n in self.nodes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"node names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    def node(self, name: str) -> NodeEntry:
+        for entry in self.nodes:
+            if entry.name == name:
+                return entry
+        known = ", ".join(n.name for n in self.nodes) or "none yet"
+        raise FederationConfigError(f"unknown node {name!r}; nodes in the federation: {known}")
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key; check its spelling"
+    elif error["type"] == "missing":
+        msg = "required key is missing"
+    return f"{loc or '(top level)'}: {msg}"
+
+
+def load_federation(path: Path) -> FederationConfig:
+    """Read and validate; the ledger path is made absolute relative to the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FederationConfigError(
+            f"{path}: no such file; create it with 'tiaki nodes add NAME HOST:PORT --config {path}'"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FederationConfigError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise FederationConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise FederationConfigError(f"{path}: expected a mapping (analyst, nodes, ...)")
+    try:
+        config = FederationConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
+        raise FederationConfigError(f"{path}: invalid federation file:\n{lines}") from None
+    ledger = config.ledger if config.ledger.is_absolute() else path.parent / config.ledger
+    return config.model_copy(update={"ledger": ledger.resolve()})
+
+
+def add_node(path: Path, name: str, address: str, *, analyst: str | None = None) -> bool:
+    """Add or update a node in the federation file (created if missing). True if it was new."""
+    if path.exists():
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        load_federation(path)  # refuse to edit an invalid file
+    else:
+        raw = {
+            "version": 1,
+            "analyst": analyst or os.environ.get("USER", "analyst"),
+            "identity": "coordinator",
+            "ledger": "coordinator-ledger.sqlite",
+        }
+    nodes = [dict(n) for n in raw.get("nodes", [])]
+    try:
+        entry = NodeEntry(name=name, address=address)
+    except ValidationError as exc:
+        raise FederationConfigError(
+            "; ".join(_describe(e) for e in exc.errors()).replace("address: ", "")
+        ) from None
+    new = True
+    for n in nodes:
+        if n.get("name") == name:
+            n["address"] = entry.address
+            new = False
+    if new:
+        nodes.append({"name": entry.name, "address": entry.address})
+    raw["nodes"] = nodes
+    FederationConfig.model_validate(raw)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return new

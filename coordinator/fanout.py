@@ -1,0 +1,157 @@
+"""Asking every node at once: pre-flight, concurrent fan-out with retries, outcomes.
+
+One query id per question, reused on every retry: a node that already
+answered returns its stored answer and charges nothing more. Only transient
+failures (unreachable, deadline) are retried. A pre-flight round asks every
+node what the question would cost (``Plan``) and what it has left
+(``GetBudget``), so that nobody is charged when another node would refuse and
+the analyst asked for all or nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from coordinator.client import NodeClient
+from coordinator.config import FederationConfig
+from coordinator.results import NodeOutcome, NodeStatus
+from tiaki.budget import BudgetStatus, display_amount
+from tiaki.convert import charged_from_proto
+from tiaki.errors import RemoteError
+from tiaki.query import Query
+from tiaki.v1 import node_pb2 as pb
+
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+BACKOFF_SECONDS = 0.2
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """One node's answer to "what would this cost you, and can you afford it?"."""
+
+    node: str
+    plan: pb.QueryPlan | None
+    budget: BudgetStatus | None
+    status: NodeStatus | None  # None: the node can be asked
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is None
+
+
+class Federation:
+    """Clients for every node of a federation file, closed together."""
+
+    def __init__(self, config: FederationConfig, names: Sequence[str] | None = None) -> None:
+        self.config = config
+        entries = [config.node(n) for n in names] if names else list(config.nodes)
+        self.clients = {
+            e.name: NodeClient(
+                e.address, identity=config.identity, timeout=config.defaults.timeout_seconds
+            )
+            for e in entries
+        }
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(64, len(entries))))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.clients)
+
+    def each(self, work: Callable[[str, NodeClient], T]) -> Iterator[tuple[str, T]]:
+        """Run ``work`` on every node concurrently; yield (name, result) as they finish."""
+        futures = {self._pool.submit(work, name, c): name for name, c in self.clients.items()}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for client in self.clients.values():
+            client.close()
+
+    def __enter__(self) -> Federation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _failure(exc: RemoteError) -> tuple[NodeStatus, str]:
+    if exc.status_code in TRANSIENT:
+        return NodeStatus.UNREACHABLE, f"unreachable ({exc.status_code.name.lower()})"
+    if exc.status_code in REFUSALS:
+        return NodeStatus.REFUSED, exc.message
+    return NodeStatus.ERROR, exc.message
+
+
+def _preflight_one(name: str, client: NodeClient, query: Query) -> Preflight:
+    try:
+        plan = client.plan(query)
+        budget = client.budget()
+    except RemoteError as exc:
+        status, reason = _failure(exc)
+        return Preflight(name, None, None, status, reason)
+    cost = charged_from_proto(plan.charge).amount
+    if cost > budget.available:
+        return Preflight(
+            name,
+            plan,
+            budget,
+            NodeStatus.REFUSED,
+            f"would cost {display_amount(cost)} but has {display_amount(budget.available)} left",
+        )
+    return Preflight(name, plan, budget, None)
+
+
+def preflight(federation: Federation, query: Query) -> dict[str, Preflight]:
+    """Plan and budget from every node, concurrently. Spends nothing anywhere."""
+    results = dict(federation.each(lambda name, c: _preflight_one(name, c, query)))
+    return {name: results[name] for name in federation.names}
+
+
+def ask_node(
+    client: NodeClient, name: str, query: Query, *, query_id: str, analyst: str, retries: int
+) -> NodeOutcome:
+    """Ask one node, retrying transient failures with the same query id."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            answer = client.query(query, query_id=query_id, analyst=analyst)
+        except RemoteError as exc:
+            status, reason = _failure(exc)
+            if status is NodeStatus.UNREACHABLE and attempt <= retries:
+                time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+                continue
+            return NodeOutcome(
+                name, status, reason, None, None, attempt, time.monotonic() - started
+            )
+        return NodeOutcome(
+            name,
+            NodeStatus.REPLAYED if answer.replayed else NodeStatus.ANSWERED,
+            "",
+            answer.charged.amount,
+            answer,
+            attempt,
+            time.monotonic() - started,
+        )

@@ -1,0 +1,115 @@
+"""One question to the whole federation: pre-flight, fan-out, mirror ledger, combination."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import as_completed
+
+from coordinator.client import new_query_id
+from coordinator.combine import combine_outcomes
+from coordinator.fanout import Federation, Preflight, ask_node, preflight
+from coordinator.mirror import MirrorLedger
+from coordinator.results import CombinedCell, FederatedAnswer, NodeOutcome, NodeStatus
+from tiaki.query import Query, QueryKind
+
+OnOutcome = Callable[[NodeOutcome, int, int], None]
+
+
+def _skipped(checks: dict[str, Preflight], why: str) -> list[NodeOutcome]:
+    outcomes = []
+    for name, check in checks.items():
+        if check.ok:
+            outcomes.append(NodeOutcome(name, NodeStatus.SKIPPED, why))
+        else:
+            assert check.status is not None
+            outcomes.append(NodeOutcome(name, check.status, check.reason))
+    return outcomes
+
+
+def midpoints(checks: dict[str, Preflight]) -> dict[str, float]:
+    """Each node's clamping midpoint for a mean, as its own plan states it."""
+    return {n: c.plan.midpoint for n, c in checks.items() if c.plan is not None}
+
+
+def ask_federation(
+    federation: Federation,
+    query: Query,
+    *,
+    analyst: str,
+    mirror: MirrorLedger,
+    require_all: bool = False,
+    query_id: str | None = None,
+    on_outcome: OnOutcome | None = None,
+) -> FederatedAnswer:
+    """Ask every node concurrently and combine what comes back.
+
+    With ``require_all``, nothing is sent unless every node's pre-flight says
+    it would answer, and nothing is released unless every node did.
+    """
+    query_id = query_id or new_query_id()
+    checks = preflight(federation, query)
+    ready = [name for name, check in checks.items() if check.ok]
+    canonical = query.canonical()
+    total = len(checks)
+
+    if require_all and len(ready) < total:
+        outcomes = _skipped(checks, "not asked: another node would not answer (--require-all)")
+        mirror.record_intent(
+            query_id=query_id,
+            analyst=analyst,
+            identity=federation.config.identity,
+            canonical_query=canonical,
+            nodes=list(checks),
+            requested=query.cost.amount,
+            definition=query.cost.definition,
+        )
+        for outcome in outcomes:
+            mirror.record_outcome(query_id, outcome)
+        return FederatedAnswer(query_id, query, query.group_by, (), tuple(outcomes), False)
+
+    # The intent is durable before any node is asked.
+    mirror.record_intent(
+        query_id=query_id,
+        analyst=analyst,
+        identity=federation.config.identity,
+        canonical_query=canonical,
+        nodes=list(checks),
+        requested=query.cost.amount,
+        definition=query.cost.definition,
+    )
+    by_node: dict[str, NodeOutcome] = {}
+    for name, check in checks.items():
+        if not check.ok:
+            assert check.status is not None
+            by_node[name] = NodeOutcome(name, check.status, check.reason)
+            mirror.record_outcome(query_id, by_node[name])
+
+    retries = federation.config.defaults.retries
+    futures = {
+        federation.submit(
+            ask_node,
+            federation.clients[name],
+            name,
+            query,
+            query_id=query_id,
+            analyst=analyst,
+            retries=retries,
+        ): name
+        for name in ready
+    }
+    done = len(by_node)
+    for future in as_completed(futures):
+        outcome = future.result()
+        by_node[outcome.node] = outcome
+        mirror.record_outcome(query_id, outcome)
+        done += 1
+        if on_outcome is not None:
+            on_outcome(outcome, done, total)
+
+    final = tuple(by_node[name] for name in checks)
+    released = not require_all or all(o.answered for o in final)
+    cells: tuple[CombinedCell, ...] = ()
+    if released:
+        mids = midpoints(checks) if query.kind is QueryKind.MEAN else None
+        cells = combine_outcomes(query, final, mids)
+    return FederatedAnswer(query_id, query, query.group_by, cells, final, released)

@@ -1,0 +1,474 @@
+"""The coordinator's mirror ledger: what this coordinator asked, and what each node charged.
+
+The node's own ledger is the authority on privacy spent. The mirror is the
+coordinator's durable copy, so the ministry and an auditor can compare the two
+(:func:`reconcile`). One SQLite file (WAL journal, ``synchronous=FULL``):
+
+- :meth:`MirrorLedger.record_intent` commits the question and one ``pending``
+  row per node *before* fan-out, so a crash mid-question leaves a visible
+  record of every node that may have charged.
+- :meth:`MirrorLedger.record_outcome` commits each node's outcome as it
+  arrives. A row's ``status`` is the latest outcome; its ``charged`` is the
+  charge the node reported for this question, recorded once: a retry that is
+  answered by replay (or that fails) never changes or adds to it, and a
+  trigger in the file refuses any change to a recorded charge.
+
+Amounts are exact: Fractions written with :func:`tiaki.budget.format_amount`,
+read with :func:`tiaki.budget.read_amount`, summed only as Fractions. One
+connection per object, serialised by a lock, so threads may share it; writes
+use ``BEGIN IMMEDIATE`` plus a busy timeout, so other processes may open the
+same file. This module must never import the ``node`` package.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from coordinator.results import NodeOutcome, NodeStatus
+from tiaki.budget import PrivacyDefinition, format_amount, read_amount
+
+SCHEMA_VERSION = 1
+KIND = "tiaki-coordinator-mirror"
+BUSY_TIMEOUT_MS = 30_000
+PENDING: Literal["pending"] = "pending"
+
+_APPEND_ONLY = "BEGIN SELECT RAISE(ABORT, 'the mirror ledger is append-only'); END"
+_SCHEMA = (
+    """CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE questions (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        query_id        TEXT NOT NULL UNIQUE,
+        analyst         TEXT NOT NULL,
+        identity        TEXT NOT NULL,
+        canonical_query TEXT NOT NULL,
+        requested       TEXT NOT NULL,
+        definition      TEXT NOT NULL,
+        created_at      TEXT NOT NULL
+    )""",
+    """CREATE TABLE outcomes (
+        query_id        TEXT NOT NULL REFERENCES questions (query_id),
+        node            TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        reason          TEXT NOT NULL DEFAULT '',
+        charged         TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        seconds         REAL NOT NULL DEFAULT 0,
+        dataset_version TEXT NOT NULL DEFAULT '',
+        node_id         TEXT NOT NULL DEFAULT '',
+        updated_at      TEXT NOT NULL,
+        PRIMARY KEY (query_id, node)
+    )""",
+    f"CREATE TRIGGER questions_no_update BEFORE UPDATE ON questions {_APPEND_ONLY}",
+    f"CREATE TRIGGER questions_no_delete BEFORE DELETE ON questions {_APPEND_ONLY}",
+    f"CREATE TRIGGER outcomes_no_delete BEFORE DELETE ON outcomes {_APPEND_ONLY}",
+    """CREATE TRIGGER outcomes_charge_once BEFORE UPDATE OF charged ON outcomes
+    WHEN OLD.charged IS NOT NULL AND NEW.charged IS NOT OLD.charged
+    BEGIN SELECT RAISE(ABORT, 'a recorded charge never changes'); END""",
+)
+
+
+class MirrorError(Exception):
+    """The mirror file cannot be used, or a call contradicts what it already holds."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp(when: datetime) -> str:
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class MirrorOutcome:
+    """One node's part in one question. ``charged`` is None until the node reports a charge."""
+
+    node: str
+    status: NodeStatus | Literal["pending"]
+    reason: str
+    charged: Fraction | None
+    attempts: int  # total over every fan-out of this question
+    seconds: float  # total over every fan-out of this question
+    dataset_version: str
+    node_id: str  # the id the node reported for itself ("" until it answers)
+    updated_at: str
+
+    @property
+    def pending(self) -> bool:
+        return self.status == PENDING
+
+
+@dataclass(frozen=True)
+class MirrorQuestion:
+    """One question as this coordinator asked it, with every node's outcome."""
+
+    query_id: str
+    analyst: str
+    identity: str
+    canonical_query: str
+    requested: Fraction
+    definition: PrivacyDefinition
+    created_at: str
+    outcomes: tuple[MirrorOutcome, ...]
+
+    @property
+    def pending_nodes(self) -> tuple[str, ...]:
+        return tuple(o.node for o in self.outcomes if o.pending)
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """A node whose own ledger disagrees with this coordinator's mirror."""
+
+    node: str
+    mirror_spent: Fraction
+    node_spent: Fraction | None  # None: the node gave no figure to compare
+    message: str
+
+
+class MirrorLedger:
+    """The coordinator's durable record of questions asked and charges reported."""
+
+    def __init__(self, path: Path, clock: Callable[[], datetime] = utc_now) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise MirrorError(f"{self.path}: cannot open the mirror ledger: {exc}") from None
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def _setup(self) -> None:
+        conn = self._db
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self._tables():  # check whose file it is before changing anything in it
+                self._check_meta()
+            mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            if mode != "wal":
+                raise MirrorError(f"{self.path}: cannot use WAL journal mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            with self._tx():
+                if not self._tables():
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.executemany(
+                        "INSERT INTO meta (key, value) VALUES (?, ?)",
+                        [
+                            ("kind", KIND),
+                            ("schema_version", str(SCHEMA_VERSION)),
+                            ("created_at", _timestamp(self._clock())),
+                        ],
+                    )
+                self._check_meta()
+        except sqlite3.DatabaseError as exc:
+            raise MirrorError(f"{self.path}: not a usable mirror ledger: {exc}") from None
+
+    def _tables(self) -> set[str]:
+        return {str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master")}
+
+    def _check_meta(self) -> None:
+        meta: dict[str, str] = {}
+        if "meta" in self._tables():
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("kind") != KIND:
+            raise MirrorError(
+                f"{self.path}: an SQLite file, but not a tiaki coordinator mirror ledger; "
+                "refusing to write to it (check the mirror path in the coordinator config)"
+            )
+        version = meta.get("schema_version", "")
+        if version != str(SCHEMA_VERSION):
+            raise MirrorError(
+                f"{self.path}: mirror schema version {version or 'unknown'}, this tiaki reads "
+                f"version {SCHEMA_VERSION}; use the tiaki release that wrote it"
+            )
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise MirrorError(f"{self.path}: the mirror ledger is closed")
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._db
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise MirrorError(f"{self.path}: mirror ledger database error: {exc}") from exc
+
+    # ------------------------------------------------------------ API
+
+    def record_intent(
+        self,
+        *,
+        query_id: str,
+        analyst: str,
+        identity: str,
+        canonical_query: str,
+        nodes: Sequence[str],
+        requested: Fraction,
+        definition: PrivacyDefinition,
+    ) -> None:
+        """Commit the question and a ``pending`` row per node; call before fan-out.
+
+        Re-sending the same question (same ``query_id`` and the same analyst,
+        identity, query, cost and definition) keeps the original intent and its
+        rows; only nodes not asked before get new ``pending`` rows. Reusing a
+        ``query_id`` for anything else raises :class:`MirrorError`.
+        """
+        if not query_id or not identity or not analyst:
+            raise ValueError("query_id, analyst and identity must be non-empty")
+        if not nodes or len(set(nodes)) != len(nodes) or not all(nodes):
+            raise ValueError(f"nodes must be non-empty, distinct names, not {list(nodes)!r}")
+        if not isinstance(requested, Fraction) or requested <= 0:
+            raise ValueError(f"requested must be a positive Fraction, not {requested!r}")
+        definition = PrivacyDefinition(definition)
+        intent = (analyst, identity, canonical_query, format_amount(requested), definition.value)
+        with self._lock, self._tx() as conn:
+            now = _timestamp(self._clock())
+            row = conn.execute(
+                "SELECT analyst, identity, canonical_query, requested, definition "
+                "FROM questions WHERE query_id = ?",
+                (query_id,),
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO questions (query_id, analyst, identity, canonical_query, "
+                    "requested, definition, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (query_id, *intent, now),
+                )
+            elif tuple(row) != intent:
+                raise MirrorError(
+                    f"query id {query_id!r} was already recorded for a different question "
+                    "(analyst, identity, query, cost or definition differ); nodes refuse a "
+                    "reused id, so use a new query id"
+                )
+            conn.executemany(
+                "INSERT OR IGNORE INTO outcomes (query_id, node, status, updated_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(query_id, node, PENDING, now) for node in nodes],
+            )
+
+    def record_outcome(self, query_id: str, outcome: NodeOutcome) -> None:
+        """Commit one node's outcome for a question whose intent is recorded.
+
+        The row takes the latest status and reason; attempts and seconds add
+        up over retries; the charge is set from the first answered or replayed
+        outcome that reports one and never changes after (the node charged
+        once). A later replay reporting a different charge is noted in the
+        reason, not counted.
+        """
+        status = NodeStatus(outcome.status)
+        reported: Fraction | None = None
+        if outcome.answered:
+            reported = outcome.charged
+            if reported is None and outcome.answer is not None:
+                reported = outcome.answer.charged.amount
+            if reported is not None and reported < 0:
+                raise MirrorError(f"node {outcome.node!r} reported a negative charge {reported}")
+        answer = outcome.answer
+        with self._lock, self._tx() as conn:
+            row = conn.execute(
+                "SELECT charged FROM outcomes WHERE query_id = ? AND node = ?",
+                (query_id, outcome.node),
+            ).fetchone()
+            if row is None:
+                raise MirrorError(
+                    f"no recorded intent asks node {outcome.node!r} question {query_id!r}; "
+                    "record_intent must be committed before fan-out"
+                )
+            reason = outcome.reason
+            charged: str | None = row[0]
+            if charged is None and reported is not None:
+                charged = format_amount(reported)
+            elif charged is not None and reported is not None and read_amount(charged) != reported:
+                note = (
+                    f"node now reports charge {format_amount(reported)}; the mirror keeps "
+                    f"{charged}, recorded first"
+                )
+                reason = f"{reason}; {note}" if reason else note
+            conn.execute(
+                "UPDATE outcomes SET status = ?, reason = ?, charged = ?, "
+                "attempts = attempts + ?, seconds = seconds + ?, "
+                "dataset_version = coalesce(?, dataset_version), "
+                "node_id = coalesce(?, node_id), updated_at = ? "
+                "WHERE query_id = ? AND node = ?",
+                (
+                    status.value,
+                    reason,
+                    charged,
+                    outcome.attempts,
+                    outcome.seconds,
+                    answer.dataset_version if answer is not None else None,
+                    answer.node_id if answer is not None else None,
+                    _timestamp(self._clock()),
+                    query_id,
+                    outcome.node,
+                ),
+            )
+
+    def spent_by_node(self) -> dict[str, Fraction]:
+        """Exact sum of the charges each node reported to this coordinator (0 if none).
+
+        Raises :class:`MirrorError` if one node's charges were recorded under
+        two privacy definitions: ε and ρ cannot be added.
+        """
+        with self._lock, self._tx() as conn:
+            rows = conn.execute(
+                "SELECT o.node, o.charged, q.definition FROM outcomes o "
+                "JOIN questions q ON q.query_id = o.query_id"
+            ).fetchall()
+        spent: dict[str, Fraction] = {}
+        definitions: dict[str, str] = {}
+        for node, charged, definition in rows:
+            spent.setdefault(node, Fraction(0))
+            if charged is None:
+                continue
+            if definitions.setdefault(node, definition) != definition:
+                raise MirrorError(
+                    f"node {node!r} has charges recorded under both {definitions[node]!r} and "
+                    f"{definition!r}; they cannot be summed"
+                )
+            spent[node] += read_amount(charged)
+        return dict(sorted(spent.items()))
+
+    def questions(self) -> list[MirrorQuestion]:
+        """Every question, oldest first, each with its node outcomes in the order asked."""
+        with self._lock, self._tx() as conn:
+            qrows = conn.execute(
+                "SELECT query_id, analyst, identity, canonical_query, requested, definition, "
+                "created_at FROM questions ORDER BY seq"
+            ).fetchall()
+            orows = conn.execute(
+                "SELECT query_id, node, status, reason, charged, attempts, seconds, "
+                "dataset_version, node_id, updated_at FROM outcomes ORDER BY rowid"
+            ).fetchall()
+        outcomes: dict[str, list[MirrorOutcome]] = {}
+        for qid, node, status, reason, charged, attempts, seconds, version, node_id, at in orows:
+            outcomes.setdefault(qid, []).append(
+                MirrorOutcome(
+                    node=str(node),
+                    status=PENDING if status == PENDING else NodeStatus(status),
+                    reason=str(reason),
+                    charged=None if charged is None else read_amount(charged),
+                    attempts=int(attempts),
+                    seconds=float(seconds),
+                    dataset_version=str(version),
+                    node_id=str(node_id),
+                    updated_at=str(at),
+                )
+            )
+        return [
+            MirrorQuestion(
+                query_id=str(qid),
+                analyst=str(analyst),
+                identity=str(identity),
+                canonical_query=str(canonical),
+                requested=read_amount(requested),
+                definition=PrivacyDefinition(definition),
+                created_at=str(created),
+                outcomes=tuple(outcomes.get(qid, ())),
+            )
+            for qid, analyst, identity, canonical, requested, definition, created in qrows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> MirrorLedger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def reconcile(mirror: dict[str, Fraction], node_reported: dict[str, Fraction]) -> list[Discrepancy]:
+    """Every node whose own lifetime spending differs from this coordinator's mirror.
+
+    ``mirror`` is :meth:`MirrorLedger.spent_by_node`; ``node_reported`` is each
+    node's lifetime spending as its ledger reports it. A node absent from the
+    mirror counts as 0 there. A node the mirror charged but that gave no figure
+    is flagged too: silence is not agreement. Sorted by node.
+    """
+    found: list[Discrepancy] = []
+    for node in sorted(set(mirror) | set(node_reported)):
+        ours = mirror.get(node, Fraction(0))
+        theirs = node_reported.get(node)
+        if theirs is None:
+            if ours:
+                found.append(
+                    Discrepancy(
+                        node,
+                        ours,
+                        None,
+                        f"node {node}: the mirror records {format_amount(ours)} charged but the "
+                        "node reported no spending to compare; cannot reconcile",
+                    )
+                )
+            continue
+        if theirs == ours:
+            continue
+        gap = format_amount(abs(theirs - ours))
+        if theirs > ours:
+            why = (
+                "node reports more than this coordinator's mirror: other coordinators "
+                "or lost replies"
+            )
+        else:
+            why = (
+                "node reports LESS than the mirror: the mirror over-counts or the node's "
+                "ledger lost entries — investigate"
+            )
+        found.append(
+            Discrepancy(
+                node,
+                ours,
+                theirs,
+                f"node {node}: node reports {format_amount(theirs)}, mirror "
+                f"{format_amount(ours)} (difference {gap}); {why}",
+            )
+        )
+    return found

@@ -1,0 +1,105 @@
+"""Knowing before asking: cost per node and expected 95% half-width, spending nothing.
+
+Everything here comes from each node's ``Plan``, which the node decides from
+its schema and policy alone, so planning reveals nothing about any record.
+Ratio estimates (means, proportions) have intervals that depend on their
+denominators, which are data; for them the plan reports the noise of the
+numerator and denominator instead of promising an interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+from coordinator.client import NodeClient
+from coordinator.combine import summed_noise_half_width
+from coordinator.fanout import Federation, Preflight, preflight
+from tiaki.convert import charged_from_proto
+from tiaki.errors import InvalidQueryError, RemoteError
+from tiaki.query import PrivacyCost, Query, QueryKind
+from tiaki.v1 import node_pb2 as pb
+
+ADDITIVE = frozenset({QueryKind.COUNT, QueryKind.COUNT_CLIENTS, QueryKind.SUM, QueryKind.HISTOGRAM})
+# Costs are searched on a grid of 1/10000: fine enough for any analyst, and a
+# decimal an analyst can read back.
+COST_STEP = Fraction(1, 10_000)
+
+
+@dataclass(frozen=True)
+class QuestionPlan:
+    query: Query
+    nodes: dict[str, Preflight]
+    expected_half_width: float | None  # additive kinds: per cell, all ready nodes combined
+    method: str
+
+    @property
+    def total_cost(self) -> Fraction:
+        return sum(
+            (charged_from_proto(c.plan.charge).amount for c in self.nodes.values() if c.plan),
+            Fraction(0),
+        )
+
+
+def expected_half_width(kind: QueryKind, plans: list[pb.QueryPlan]) -> tuple[float | None, str]:
+    """The 95% half-width each combined cell would have, from the planned noise alone."""
+    if kind not in ADDITIVE:
+        return None, "ratio estimate: its interval depends on the (noisy) denominator"
+    if not plans:
+        return None, "no node would answer"
+    if len(plans) == 1:
+        return plans[0].components[0].accuracy_95, "exact: OpenDP 95% accuracy of one node's noise"
+    width = summed_noise_half_width([p.components[0] for p in plans])
+    return width, f"kurtosis-corrected normal approximation over {len(plans)} nodes"
+
+
+def plan_question(federation: Federation, query: Query) -> QuestionPlan:
+    checks = preflight(federation, query)
+    ready = [c.plan for c in checks.values() if c.ok and c.plan is not None]
+    half_width, method = expected_half_width(query.kind, ready)
+    return QuestionPlan(query, checks, half_width, method)
+
+
+def _plans_at(federation: Federation, query: Query) -> list[pb.QueryPlan]:
+    def plan(name: str, client: NodeClient) -> pb.QueryPlan | None:
+        try:
+            return client.plan(query)
+        except RemoteError:
+            return None
+
+    return [p for _, p in federation.each(plan) if p is not None]
+
+
+def choose_cost(federation: Federation, query: Query, target: float, ceiling: Fraction) -> Query:
+    """The cheapest cost (on a 1/10000 grid, up to ``ceiling``) whose planned half-width
+    is at most ``target``. Spends nothing."""
+    if query.kind not in ADDITIVE:
+        raise InvalidQueryError(
+            "--target-ci needs a count, count_clients, sum or histogram: the interval of a "
+            "mean or proportion depends on its denominator, which is data"
+        )
+    if not math.isfinite(target) or target <= 0:
+        raise InvalidQueryError("--target-ci must be a positive number")
+
+    def at(steps: int) -> Query:
+        return replace(query, cost=PrivacyCost(query.cost.definition, steps * COST_STEP))
+
+    def reaches(steps: int) -> bool:
+        width, _ = expected_half_width(query.kind, _plans_at(federation, at(steps)))
+        return width is not None and width <= target
+
+    high = int(ceiling / COST_STEP)
+    if high < 1 or not reaches(high):
+        raise InvalidQueryError(
+            f"no cost up to the nodes' per-query maximum ({float(ceiling):g}) reaches a 95% "
+            f"half-width of {target:g}; ask a coarser question or accept a wider interval"
+        )
+    low = 0  # invariant: reaches(high) and not reaches(low) (cost 0 never does)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if reaches(mid):
+            high = mid
+        else:
+            low = mid
+    return at(high)
