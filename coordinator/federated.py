@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from concurrent.futures import as_completed
+from concurrent.futures import FIRST_COMPLETED, wait
 
 from coordinator.client import new_query_id
 from coordinator.combine import combine_outcomes
@@ -13,6 +14,9 @@ from coordinator.results import CombinedCell, FederatedAnswer, NodeOutcome, Node
 from tiaki.query import Query, QueryKind
 
 OnOutcome = Callable[[NodeOutcome, int, int], None]
+OnWaiting = Callable[[list[str], float], None]
+# How often an analyst hears which nodes are still being waited for.
+PROGRESS_SECONDS = 2.0
 
 
 def _skipped(checks: dict[str, Preflight], why: str) -> list[NodeOutcome]:
@@ -40,6 +44,7 @@ def ask_federation(
     require_all: bool = False,
     query_id: str | None = None,
     on_outcome: OnOutcome | None = None,
+    on_waiting: OnWaiting | None = None,
 ) -> FederatedAnswer:
     """Ask every node concurrently and combine what comes back.
 
@@ -98,13 +103,19 @@ def ask_federation(
         for name in ready
     }
     done = len(by_node)
-    for future in as_completed(futures):
-        outcome = future.result()
-        by_node[outcome.node] = outcome
-        mirror.record_outcome(query_id, outcome)
-        done += 1
-        if on_outcome is not None:
-            on_outcome(outcome, done, total)
+    pending = set(futures)
+    started = time.monotonic()
+    while pending:
+        finished, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
+        if not finished and on_waiting is not None:
+            on_waiting(sorted(futures[f] for f in pending), time.monotonic() - started)
+        for future in finished:
+            outcome = future.result()
+            by_node[outcome.node] = outcome
+            mirror.record_outcome(query_id, outcome)
+            done += 1
+            if on_outcome is not None:
+                on_outcome(outcome, done, total)
 
     final = tuple(by_node[name] for name in checks)
     released = not require_all or all(o.answered for o in final)

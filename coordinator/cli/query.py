@@ -152,6 +152,15 @@ def _progress(quiet: bool) -> Any:
     return report
 
 
+def _waiting(quiet: bool) -> Any:
+    def report(names: list[str], seconds: float) -> None:
+        if not quiet:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            print(f"  waiting for {shown} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+
+    return report
+
+
 def _print_plan(federation: Federation, query: Query) -> int:
     plan = plan_question(federation, query)
     rows = []
@@ -234,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
                 require_all=args.require_all,
                 query_id=args.query_id,
                 on_outcome=_progress(args.quiet or fmt != "table"),
+                on_waiting=_waiting(args.quiet or fmt != "table"),
             )
     if fmt == "json":
         print(federated_json(answer))
