@@ -61,7 +61,7 @@ from coordinator.results import (
 from tiaki.answer import Answer
 from tiaki.budget import display_amount, format_amount
 from tiaki.errors import TiakiError
-from tiaki.query import QueryKind
+from tiaki.query import Filter, InSet, NumericRange, QueryKind
 
 COUNT_KINDS = frozenset({QueryKind.COUNT, QueryKind.COUNT_CLIENTS, QueryKind.HISTOGRAM})
 MAX_PLOT_CELLS = 300
@@ -137,7 +137,23 @@ def _title(answer: FederatedAnswer) -> str:
     what = f"{query.kind.value} of {query.column}" if query.column else query.kind.value
     if answer.group_by:
         what += f" by {', '.join(answer.group_by)}"
+    if query.filters:
+        what += " where " + " and ".join(_describe_filter(f) for f in query.filters)
     return what
+
+
+def _describe_filter(flt: Filter) -> str:
+    if isinstance(flt, InSet):
+        return (
+            f"{flt.column} in {{{', '.join(flt.values)}}}"
+            if len(flt.values) > 1
+            else (f"{flt.column} = {flt.values[0]}")
+        )
+    low = flt.min if isinstance(flt, NumericRange) else flt.start
+    high = flt.max if isinstance(flt, NumericRange) else flt.end
+    if low is not None and high is not None:
+        return f"{low} ≤ {flt.column} ≤ {high}"
+    return f"{flt.column} ≥ {low}" if low is not None else f"{flt.column} ≤ {high}"
 
 
 # ---------------------------------------------------------------- federated table
