@@ -330,8 +330,20 @@ class PrivacyLedger:
                 left, name = life, "remaining lifetime budget"
         return left, name
 
+    def _identity_spent(self, identity: str, label: str) -> Fraction:
+        rows = self._db.execute(
+            "SELECT charge FROM entries WHERE identity = ? AND period = ?", (identity, label)
+        ).fetchall()
+        return sum((read_amount(r[0]) for r in rows), Fraction(0))
+
     def _screen(
-        self, identity: str, query_id: str, canonical_query: str, requested: Fraction, label: str
+        self,
+        identity: str,
+        query_id: str,
+        canonical_query: str,
+        requested: Fraction,
+        label: str,
+        identity_cap: Fraction | None = None,
     ) -> StoredAnswer | None:
         """Every check, against the state the current transaction sees."""
         stored = self._stored(identity, query_id)
@@ -346,12 +358,23 @@ class PrivacyLedger:
         available, limit = self._available(self._spending(), label)
         if requested > available:
             raise InsufficientBudgetError(requested, available, limit)
+        if identity_cap is not None:
+            left = max(Fraction(0), identity_cap - self._identity_spent(identity, label))
+            if requested > left:
+                raise InsufficientBudgetError(
+                    requested, left, f"remaining budget of {identity} for period {label}"
+                )
         return None
 
     # ------------------------------------------------------------ API
 
     def check(
-        self, identity: str, query_id: str, canonical_query: str, requested: Fraction
+        self,
+        identity: str,
+        query_id: str,
+        canonical_query: str,
+        requested: Fraction,
+        identity_cap: Fraction | None = None,
     ) -> StoredAnswer | None:
         """Cheap pre-check before computing anything; spends nothing.
 
@@ -362,7 +385,7 @@ class PrivacyLedger:
         """
         with self._lock, self._tx(immediate=False):
             label = period_label(self.budget.period, self._clock())
-            return self._screen(identity, query_id, canonical_query, requested, label)
+            return self._screen(identity, query_id, canonical_query, requested, label, identity_cap)
 
     def charge(
         self,
@@ -376,6 +399,7 @@ class PrivacyLedger:
         charge: Fraction,
         dataset_version: str,
         response: bytes,
+        identity_cap: Fraction | None = None,
     ) -> tuple[StoredAnswer, bool]:
         """Check and spend in one transaction; durable on disk before it returns.
 
@@ -383,7 +407,9 @@ class PrivacyLedger:
         commit time and stores ``response`` under (identity, query_id).
         Returns ``(stored, replayed)``: if the id was already answered for the
         same canonical query, ``replayed`` is True, nothing is spent and the
-        stored answer (not ``response``) is returned. Refusals raise
+        stored answer (not ``response``) is returned. ``identity_cap``, when
+        given, is the most this identity may spend in the current period (a
+        per-coordinator cap from the node's policy). Refusals raise
         :class:`QueryIdConflictError` or :class:`InsufficientBudgetError`, and
         store and spend nothing.
         """
@@ -397,7 +423,9 @@ class PrivacyLedger:
         with self._lock, self._tx(immediate=True) as conn:
             now = self._clock()
             label = period_label(self.budget.period, now)
-            stored = self._screen(identity, query_id, canonical_query, requested, label)
+            stored = self._screen(
+                identity, query_id, canonical_query, requested, label, identity_cap
+            )
             if stored is not None:
                 return stored, True
             cursor = conn.execute(

@@ -445,3 +445,46 @@ def test_file_is_wal_with_full_sync(path: Path) -> None:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         raw.close()
         assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_per_identity_caps_hold_under_concurrency(path: Path) -> None:
+    ledger = make(path, limit="10")
+    caps = {"coord-a": F("0.5"), "coord-b": F("1.2")}
+    step = F("0.1")
+    granted: dict[str, list[Fraction]] = {name: [] for name in caps}
+    lock = threading.Lock()
+
+    def worker(identity: str, start: int) -> None:
+        for i in range(start, start + 10):
+            try:
+                ledger.charge(
+                    identity=identity,
+                    query_id=f"{identity}-{i}",
+                    analyst="ana",
+                    kind="count",
+                    canonical_query=f"count {i}",
+                    requested=step,
+                    charge=step,
+                    dataset_version="v1",
+                    response=b"x",
+                    identity_cap=caps[identity],
+                )
+            except InsufficientBudgetError as exc:
+                assert identity in exc.limit
+                continue
+            with lock:
+                granted[identity].append(step)
+
+    threads = [
+        threading.Thread(target=worker, args=(name, 100 * t)) for name in caps for t in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, cap in caps.items():
+        assert sum(granted[name], Fraction(0)) == cap  # exactly as many 0.1s as fit
+    assert ledger.status().lifetime_spent == sum(caps.values(), Fraction(0))
+    with pytest.raises(InsufficientBudgetError) as info:
+        ledger.check("coord-a", "new", "count new", step, identity_cap=caps["coord-a"])
+    assert info.value.remaining == 0
