@@ -11,11 +11,10 @@ from tiaki.answer import Answer
 from tiaki.budget import BudgetStatus
 from tiaki.convert import answer_from_proto, budget_from_proto, query_to_proto
 from tiaki.errors import from_rpc_error
+from tiaki.metadata import IDENTITY_METADATA_KEY
 from tiaki.query import Query
 from tiaki.v1 import node_pb2 as pb
 from tiaki.v1 import node_pb2_grpc
-
-IDENTITY_METADATA_KEY = "tiaki-coordinator"
 
 
 def new_query_id() -> str:

@@ -237,6 +237,34 @@ class BudgetPolicy(_Strict):
         return None if v is None else _amount(v, "lifetime limit")
 
 
+class CoordinatorGrant(_Strict):
+    """One coordinator the NGO allows to ask, named by certificate identity or fingerprint.
+
+    ``kinds`` narrows the node-wide allowed kinds for this coordinator;
+    ``budget_cap`` is the most it may spend per budget period.
+    """
+
+    identity: str | None = Field(default=None, min_length=1, max_length=128)
+    fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-fA-F:]{64,95}$")
+    kinds: tuple[QueryKind, ...] | None = None
+    budget_cap: Fraction | None = None
+
+    @field_validator("budget_cap", mode="before")
+    @classmethod
+    def _cap(cls, v: Any) -> Fraction | None:
+        return None if v is None else _amount(v, "budget cap")
+
+    @model_validator(mode="after")
+    def _named(self) -> CoordinatorGrant:
+        if (self.identity is None) == (self.fingerprint is None):
+            raise ValueError("name the coordinator by exactly one of identity or fingerprint")
+        return self
+
+    @property
+    def normalised_fingerprint(self) -> str | None:
+        return self.fingerprint.replace(":", "").lower() if self.fingerprint else None
+
+
 class Policy(_Strict):
     """What the NGO allows. The node enforces it whoever asks."""
 
@@ -246,6 +274,7 @@ class Policy(_Strict):
     max_records_per_client: int = Field(ge=1, le=1000)
     allowed_kinds: tuple[QueryKind, ...] = tuple(QueryKind)
     max_cells: int = Field(default=10_000, ge=1, le=1_000_000)
+    coordinators: tuple[CoordinatorGrant, ...] = ()
 
     @field_validator("per_query_max", mode="before")
     @classmethod
@@ -259,10 +288,20 @@ class Policy(_Strict):
         return self
 
 
+class TlsSettings(_Strict):
+    """The node's certificate and key, and the CA(s) it trusts to vouch for coordinators."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
 class ServerSettings(_Strict):
     address: str = "127.0.0.1:50051"
     max_workers: int = Field(default=8, ge=1, le=256)
     grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    max_concurrent_per_identity: int = Field(default=4, ge=1, le=256)
+    tls: TlsSettings | None = None
 
     @field_validator("address")
     @classmethod
@@ -321,5 +360,20 @@ def load_config(path: Path) -> NodeConfig:
     except ValidationError as exc:
         lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
         raise ConfigError(f"{path}: invalid config:\n{lines}") from None
-    data_dir = config.data_dir if config.data_dir.is_absolute() else path.parent / config.data_dir
-    return config.model_copy(update={"data_dir": data_dir.resolve()})
+
+    def near(p: Path) -> Path:
+        return (p if p.is_absolute() else path.parent / p).resolve()
+
+    update: dict[str, Any] = {"data_dir": near(config.data_dir)}
+    tls = config.server.tls
+    if tls is not None:
+        resolved = TlsSettings(
+            cert=near(tls.cert), key=near(tls.key), client_ca=near(tls.client_ca)
+        )
+        update["server"] = config.server.model_copy(update={"tls": resolved})
+    if tls is not None and not config.policy.coordinators:
+        raise ConfigError(
+            f"{path}: policy.coordinators: with TLS on, list the coordinators allowed to ask "
+            "(by certificate identity or fingerprint); nobody else is served"
+        )
+    return config.model_copy(update=update)

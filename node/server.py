@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from node.access import Caller, Gatekeeper, caller_of
+from node.config import CoordinatorGrant
 from node.service import MAX_REQUEST_BYTES, NodeService
 from tiaki.convert import answer_to_proto, budget_to_proto
 from tiaki.errors import TiakiError
@@ -28,26 +30,8 @@ from tiaki.v1 import node_pb2_grpc
 log = logging.getLogger("tiaki.node")
 
 SERVICE_NAME = "tiaki.v1.Node"
-# Until mutual TLS identifies the caller, the coordinator names itself here.
-IDENTITY_METADATA_KEY = "tiaki-coordinator"
-ANONYMOUS = "anonymous"
 
 T = TypeVar("T")
-
-
-def caller_identity(context: grpc.ServicerContext) -> str:
-    """Who is asking: the verified certificate identity if TLS gives one, else the claim."""
-    auth = context.auth_context()
-    for key in ("x509_common_name", "x509_subject_alternative_name"):
-        values = auth.get(key)
-        if values:
-            return str(values[0].decode("utf-8", "replace"))
-    for key, value in context.invocation_metadata():
-        if key == IDENTITY_METADATA_KEY and isinstance(value, str):
-            claim = value.strip()
-            if 0 < len(claim) <= 128 and claim.isprintable():
-                return claim
-    return ANONYMOUS
 
 
 @contextmanager
@@ -67,30 +51,42 @@ def _answering(context: grpc.ServicerContext, what: str) -> Iterator[None]:
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
-    def __init__(self, service: NodeService) -> None:
-        self._service = service
+    """Every call: who is asking, are they allowed, then the plain function."""
 
-    def _call(self, context: grpc.ServicerContext, what: str, fn: Callable[[], T]) -> T:
+    def __init__(self, service: NodeService, gatekeeper: Gatekeeper) -> None:
+        self._service = service
+        self._gate = gatekeeper
+
+    def _call(
+        self,
+        context: grpc.ServicerContext,
+        what: str,
+        fn: Callable[[Caller, CoordinatorGrant | None], T],
+    ) -> T:
         with _answering(context, what):
-            return fn()
+            caller = caller_of(context)
+            grant = self._gate.admit(caller, what)
+            return fn(caller, grant)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
-        return self._call(context, "GetInfo", self._service.info)
+        return self._call(context, "GetInfo", lambda caller, grant: self._service.info())
 
     def GetBudget(
         self, request: pb.GetBudgetRequest, context: grpc.ServicerContext
     ) -> pb.BudgetReport:
-        return self._call(context, "GetBudget", lambda: budget_to_proto(self._service.budget()))
+        return self._call(
+            context, "GetBudget", lambda caller, grant: budget_to_proto(self._service.budget())
+        )
 
     def Plan(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryPlan:
-        return self._call(context, "Plan", lambda: self._service.plan(request))
+        return self._call(context, "Plan", lambda caller, grant: self._service.plan(request))
 
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
-        identity = caller_identity(context)
-
-        def run() -> pb.QueryResponse:
-            answer = self._service.query(identity, request)
+        def run(caller: Caller, grant: CoordinatorGrant | None) -> pb.QueryResponse:
+            identity = caller.identity
+            with self._gate.slot(caller):
+                answer = self._service.query(identity, request, grant)
             log.info(
                 "query %s from %s: %s charged %s%s",
                 answer.query_id,
@@ -160,7 +156,10 @@ def create_server(
         options=server_options(),
         maximum_concurrent_rpcs=service.config.server.max_workers * 8,
     )
-    node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(service), server)
+    gatekeeper = Gatekeeper(
+        service.config.policy, service.config.server.max_concurrent_per_identity
+    )
+    node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(service, gatekeeper), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if credentials is None:
@@ -180,4 +179,4 @@ def create_server(
     return running
 
 
-__all__ = ["MAX_REQUEST_BYTES", "RunningNode", "caller_identity", "create_server"]
+__all__ = ["MAX_REQUEST_BYTES", "RunningNode", "create_server"]

@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from node import answering, engine
-from node.config import NodeConfig
+from node.config import CoordinatorGrant, NodeConfig
 from node.dataset import Dataset
 from node.ledger import PrivacyLedger
 from node.store import load_dataset, store_path
@@ -36,7 +36,7 @@ from tiaki.convert import (
     kind_to_proto,
     query_from_proto,
 )
-from tiaki.errors import InvalidQueryError, NotReadyError
+from tiaki.errors import InvalidQueryError, NotReadyError, PolicyViolationError
 from tiaki.query import PrivacyCost, QueryKind
 from tiaki.v1 import node_pb2 as pb
 
@@ -177,14 +177,25 @@ class NodeService:
             message.midpoint = (spec.lower_int + spec.upper_int) / (2.0 * spec.factor)
         return message
 
-    def query(self, identity: str, request: pb.QueryRequest) -> Answer:
-        """Answer one query for ``identity``, charging the ledger before returning."""
+    def query(
+        self, identity: str, request: pb.QueryRequest, grant: CoordinatorGrant | None = None
+    ) -> Answer:
+        """Answer one query for ``identity``, charging the ledger before returning.
+
+        ``grant`` is the policy's entry for the caller: it may narrow the query
+        kinds and cap what this identity spends per period.
+        """
         if request.ByteSize() > MAX_REQUEST_BYTES:
             raise InvalidQueryError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
         query_id, analyst, query = query_from_proto(request)
         plan = engine.plan(query, self.config.schema, self.config.policy)
+        if grant is not None and grant.kinds is not None and query.kind not in grant.kinds:
+            raise PolicyViolationError(
+                f"{identity!r} may ask only {', '.join(k.value for k in grant.kinds)} queries here"
+            )
+        cap = grant.budget_cap if grant is not None else None
         canonical = query.canonical()
-        stored = self.ledger.check(identity, query_id, canonical, query.cost.amount)
+        stored = self.ledger.check(identity, query_id, canonical, query.cost.amount, cap)
         if stored is not None:
             return self._replay(stored.response)
 
@@ -213,6 +224,7 @@ class NodeService:
             charge=charge,
             dataset_version=dataset.version,
             response=answer_to_proto(fresh).SerializeToString(),
+            identity_cap=cap,
         )
         if replayed:
             return self._replay(stored_answer.response)
