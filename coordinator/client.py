@@ -32,14 +32,23 @@ class NodeClient:
         identity: str = "coordinator",
         timeout: float = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
     ) -> None:
+        """``credentials`` for mutual TLS; ``server_name`` is the identity the node's
+        certificate must carry (checked in the handshake; anything else is refused)."""
         self.address = address
         self.timeout = timeout
         self._metadata = ((IDENTITY_METADATA_KEY, identity),)
+        options: list[tuple[str, object]] = [
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+        ]
         if credentials is None:
-            self._channel = grpc.insecure_channel(address)
+            self._channel = grpc.insecure_channel(address, options=options)
         else:
-            self._channel = grpc.secure_channel(address, credentials)
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = node_pb2_grpc.NodeStub(self._channel)
 
     def info(self) -> pb.NodeInfo:

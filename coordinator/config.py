@@ -32,8 +32,22 @@ def _check_address(value: str) -> str:
 class NodeEntry(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     address: str
+    # The identity the node's certificate must carry; anything else is refused.
+    server_name: str | None = Field(default=None, min_length=1, max_length=253)
 
     _address = field_validator("address")(_check_address)
+
+    @property
+    def expected_identity(self) -> str:
+        return self.server_name or self.name
+
+
+class CoordinatorTls(_Strict):
+    """The coordinator's client certificate and key, and the CA that vouches for nodes."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 class Defaults(_Strict):
@@ -48,6 +62,8 @@ class FederationConfig(_Strict):
     identity: str = Field(default="coordinator", min_length=1, max_length=128)
     ledger: Path = Path("coordinator-ledger.sqlite")
     defaults: Defaults = Defaults()
+    tls: CoordinatorTls | None = None
+    insecure: bool = False  # development only: plaintext, loopback nodes only
     nodes: tuple[NodeEntry, ...] = ()
 
     @model_validator(mode="after")
@@ -95,12 +111,32 @@ def load_federation(path: Path) -> FederationConfig:
     except ValidationError as exc:
         lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
         raise FederationConfigError(f"{path}: invalid federation file:\n{lines}") from None
-    ledger = config.ledger if config.ledger.is_absolute() else path.parent / config.ledger
-    return config.model_copy(update={"ledger": ledger.resolve()})
+
+    def near(p: Path) -> Path:
+        return (p if p.is_absolute() else path.parent / p).resolve()
+
+    update: dict[str, Any] = {"ledger": near(config.ledger)}
+    if config.tls is not None:
+        update["tls"] = CoordinatorTls(
+            ca=near(config.tls.ca), cert=near(config.tls.cert), key=near(config.tls.key)
+        )
+    return config.model_copy(update=update)
 
 
-def add_node(path: Path, name: str, address: str, *, analyst: str | None = None) -> bool:
-    """Add or update a node in the federation file (created if missing). True if it was new."""
+def add_node(
+    path: Path,
+    name: str,
+    address: str,
+    *,
+    analyst: str | None = None,
+    server_name: str | None = None,
+    tls: dict[str, str] | None = None,
+    insecure: bool = False,
+) -> bool:
+    """Add or update a node in the federation file (created if missing). True if it was new.
+
+    ``tls`` (ca, cert, key) and ``insecure`` are written only when the file is created.
+    """
     if path.exists():
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         load_federation(path)  # refuse to edit an invalid file
@@ -111,20 +147,27 @@ def add_node(path: Path, name: str, address: str, *, analyst: str | None = None)
             "identity": "coordinator",
             "ledger": "coordinator-ledger.sqlite",
         }
+        if tls:
+            raw["tls"] = tls
+        if insecure:
+            raw["insecure"] = True
     nodes = [dict(n) for n in raw.get("nodes", [])]
     try:
-        entry = NodeEntry(name=name, address=address)
+        entry = NodeEntry(name=name, address=address, server_name=server_name)
     except ValidationError as exc:
         raise FederationConfigError(
             "; ".join(_describe(e) for e in exc.errors()).replace("address: ", "")
         ) from None
     new = True
+    fields: dict[str, str] = {"name": entry.name, "address": entry.address}
+    if server_name:
+        fields["server_name"] = server_name
     for n in nodes:
         if n.get("name") == name:
-            n["address"] = entry.address
+            n.update(fields)
             new = False
     if new:
-        nodes.append({"name": entry.name, "address": entry.address})
+        nodes.append(fields)
     raw["nodes"] = nodes
     FederationConfig.model_validate(raw)
     tmp = path.with_name(path.name + ".tmp")

@@ -10,6 +10,7 @@ the analyst asked for all or nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -19,9 +20,10 @@ from typing import Any, TypeVar
 import grpc
 
 from coordinator.client import NodeClient
-from coordinator.config import FederationConfig
+from coordinator.config import FederationConfig, FederationConfigError, NodeEntry
 from coordinator.results import NodeOutcome, NodeStatus
 from tiaki.budget import BudgetStatus, display_amount
+from tiaki.certs import CertError, tls_files
 from tiaki.convert import charged_from_proto
 from tiaki.errors import RemoteError
 from tiaki.query import Query
@@ -62,9 +64,14 @@ class Federation:
     def __init__(self, config: FederationConfig, names: Sequence[str] | None = None) -> None:
         self.config = config
         entries = [config.node(n) for n in names] if names else list(config.nodes)
+        credentials = channel_credentials(config, entries)
         self.clients = {
             e.name: NodeClient(
-                e.address, identity=config.identity, timeout=config.defaults.timeout_seconds
+                e.address,
+                identity=config.identity,
+                timeout=config.defaults.timeout_seconds,
+                credentials=credentials,
+                server_name=e.expected_identity,
             )
             for e in entries
         }
@@ -95,9 +102,53 @@ class Federation:
         self.close()
 
 
+def channel_credentials(
+    config: FederationConfig, entries: Sequence[NodeEntry]
+) -> grpc.ChannelCredentials | None:
+    """Mutual-TLS credentials from the federation file, or None in insecure development mode."""
+    if config.insecure:
+        remote = [e.name for e in entries if not is_loopback(e.address)]
+        if remote:
+            raise FederationConfigError(
+                f"insecure mode talks only to loopback nodes; {', '.join(remote)} is not: "
+                "configure tls in the federation file"
+            )
+        return None
+    if config.tls is None:
+        raise FederationConfigError(
+            "the federation file has no tls section (ca, cert, key); add it, or set "
+            "'insecure: true' for loopback development"
+        )
+    try:
+        files = tls_files(config.tls.cert, config.tls.key, config.tls.ca)
+    except CertError as exc:
+        raise FederationConfigError(f"tls: {exc}") from None
+    return grpc.ssl_channel_credentials(
+        root_certificates=files.root_certificates,
+        private_key=files.private_key,
+        certificate_chain=files.cert_chain,
+    )
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _failure(exc: RemoteError) -> tuple[NodeStatus, str]:
+    if exc.status_code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return NodeStatus.UNREACHABLE, "unreachable: no answer before the deadline"
     if exc.status_code in TRANSIENT:
-        return NodeStatus.UNREACHABLE, f"unreachable ({exc.status_code.name.lower()})"
+        return NodeStatus.UNREACHABLE, (
+            "unreachable: no connection, or the TLS handshake failed (untrusted or expired "
+            "certificate, or the node's identity is not the expected one; the node's log says "
+            "which)"
+        )
     if exc.status_code in REFUSALS:
         return NodeStatus.REFUSED, exc.message
     return NodeStatus.ERROR, exc.message

@@ -40,7 +40,10 @@ def main() -> int:
     started = time.monotonic()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
-    step("1. Three NGOs generate synthetic records, write node configs, import, and serve")
+    step(
+        "1. A federation CA certifies three NGO nodes and the ministry; each NGO generates "
+        "synthetic records, writes its node config, imports, and serves over mutual TLS"
+    )
     nodes = local_federation.start(WORK)
     try:
         for node in nodes:
@@ -49,8 +52,22 @@ def main() -> int:
                 f"serving on {node.address}"
             )
         step("2. The ministry builds its federation file and checks every node")
+        ca, cert, key = local_federation.coordinator_tls(WORK / "pki")
         for node in nodes:
-            tiaki("nodes", "add", node.spec.name, node.address, "--analyst", "msd-analyst")
+            tiaki(
+                "nodes",
+                "add",
+                node.spec.name,
+                node.address,
+                "--analyst",
+                "msd-analyst",
+                "--tls-ca",
+                ca,
+                "--tls-cert",
+                cert,
+                "--tls-key",
+                key,
+            )
         tiaki("nodes")
         step("3. Before asking: what would it cost, and how accurate would it be?")
         question = ("count_clients", "--where", "service=family_violence", "--by", "region")

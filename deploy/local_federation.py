@@ -1,8 +1,10 @@
 """Start a local federation of separate node processes on loopback.
 
-Each NGO gets its own directory, its own synthetic records (a different seed
-gives a different size and mix) and its own `tiaki-node serve` process on a
-free port. Used by the demo; usable by hand:
+A federation CA issues every node a server certificate and the ministry a
+client certificate; each NGO gets its own directory, its own synthetic
+records (a different seed gives a different size and mix) and its own
+`tiaki-node serve` process on a free port, serving mutual TLS and allowing
+only the ministry's identity. Used by the demo; usable by hand:
 
     python deploy/local_federation.py WORKDIR   # starts three nodes, Ctrl-C stops them
 """
@@ -50,37 +52,53 @@ def _run(*args: str) -> None:
     subprocess.run([str(BIN / args[0]), *args[1:]], check=True, stdout=subprocess.DEVNULL)
 
 
-def prepare(workdir: Path, spec: NgoSpec) -> Path:
+COORDINATOR = "msd-coordinator"
+
+
+def make_pki(workdir: Path, specs: tuple[NgoSpec, ...]) -> Path:
+    """A federation CA, a server certificate per node, a client certificate for the ministry."""
+    pki = workdir / "pki"
+    ca = str(pki / "ca")
+    _run("tiaki", "certs", "ca", ca, "--force")
+    for spec in specs:
+        out = str(pki / spec.name)
+        _run("tiaki-node", "certs", "node", spec.name, "--ca", ca, "--out", out,
+             "--ip", "127.0.0.1", "--force")  # fmt: skip
+    out = str(pki / COORDINATOR)
+    _run("tiaki", "certs", "coordinator", COORDINATOR, "--ca", ca, "--out", out, "--force")
+    return pki
+
+
+def coordinator_tls(pki: Path) -> tuple[str, str, str]:
+    """(ca, cert, key) for the ministry's federation file."""
+    return (
+        str(pki / "ca" / "ca.crt"),
+        str(pki / COORDINATOR / f"{COORDINATOR}.crt"),
+        str(pki / COORDINATOR / f"{COORDINATOR}.key"),
+    )
+
+
+def prepare(workdir: Path, spec: NgoSpec, pki: Path) -> Path:
     """Synthetic records, a config and an imported store for one NGO; returns its config."""
     home = workdir / spec.name
     csv = workdir / f"{spec.name}-clients.csv"
-    _run(
-        "tiaki-node",
-        "synth",
-        "--clients",
-        str(spec.clients),
-        "--seed",
-        str(spec.seed),
-        "--out",
-        str(csv),
-    )
-    _run(
-        "tiaki-node",
-        "init",
-        str(home),
-        "--address",
-        "127.0.0.1:0",
-        "--node-id",
-        spec.name,
-        "--force",
-    )
+    certs = pki / spec.name
+    _run("tiaki-node", "synth", "--clients", str(spec.clients), "--seed", str(spec.seed),
+         "--out", str(csv))  # fmt: skip
+    _run("tiaki-node", "init", str(home), "--address", "127.0.0.1:0", "--node-id", spec.name,
+         "--force", "--cert", str(certs / f"{spec.name}.crt"),
+         "--key", str(certs / f"{spec.name}.key"), "--client-ca", str(pki / "ca" / "ca.crt"),
+         "--allow", COORDINATOR)  # fmt: skip
     _run("tiaki-node", "import", "--config", str(home / "node.yaml"), str(csv))
     return home / "node.yaml"
 
 
-def wait_healthy(address: str, timeout: float = 30.0) -> None:
+def wait_healthy(address: str, pki: Path, name: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    ca, cert, key = (Path(p).read_bytes() for p in coordinator_tls(pki))
+    credentials = grpc.ssl_channel_credentials(ca, key, cert)
+    options = [("grpc.ssl_target_name_override", name)]
+    with grpc.secure_channel(address, credentials, options=options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -93,7 +111,7 @@ def wait_healthy(address: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"node at {address} did not become healthy within {timeout:.0f} s")
 
 
-def serve(spec: NgoSpec, config: Path) -> RunningNgo:
+def serve(spec: NgoSpec, config: Path, pki: Path) -> RunningNgo:
     process = subprocess.Popen(
         [str(BIN / "tiaki-node"), "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -106,17 +124,18 @@ def serve(spec: NgoSpec, config: Path) -> RunningNgo:
         process.kill()
         raise RuntimeError(f"{spec.name} did not start: {line.strip()!r}")
     node = RunningNgo(spec, config, process, match.group(1))
-    wait_healthy(node.address)
+    wait_healthy(node.address, pki, spec.name)
     return node
 
 
 def start(workdir: Path, specs: tuple[NgoSpec, ...] = DEFAULT_NGOS) -> list[RunningNgo]:
     workdir.mkdir(parents=True, exist_ok=True)
-    configs = [prepare(workdir, spec) for spec in specs]
+    pki = make_pki(workdir, specs)
+    configs = [prepare(workdir, spec, pki) for spec in specs]
     running: list[RunningNgo] = []
     try:
         for spec, config in zip(specs, configs, strict=True):
-            running.append(serve(spec, config))
+            running.append(serve(spec, config, pki))
     except BaseException:
         stop(running)
         raise

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
 from node.config import NodeConfig
+from tiaki import certs
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "node" / "templates" / "node.yaml"
@@ -48,18 +51,93 @@ def node_config(
     )
 
 
+# Coordinator identities the tests' nodes allow (each gets a certificate on demand).
+ALLOWED_COORDINATORS = (
+    "coordinator-a",
+    "coordinator-b",
+    "coord-a",
+    "coord-b",
+    "coord-0",
+    "coord-1",
+    "coord-2",
+    "msd-coordinator",
+)
+
+
+class FederationPki:
+    """A federation CA in a temporary folder, issuing certificates on demand (cached)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca_dir = root / "ca"
+        certs.create_ca(self.ca_dir, "tiaki test CA")
+        self._issued: dict[tuple[str, str], tuple[Path, Path]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.ca_dir / "ca.crt"
+
+    def node(self, name: str) -> tuple[Path, Path]:
+        with self._lock:
+            if ("node", name) not in self._issued:
+                self._issued["node", name] = certs.issue_node(
+                    self.ca_dir, self.root / "nodes", name, ips=["127.0.0.1"]
+                )
+            return self._issued["node", name]
+
+    def coordinator(self, name: str) -> tuple[Path, Path]:
+        with self._lock:
+            if ("coordinator", name) not in self._issued:
+                self._issued["coordinator", name] = certs.issue_coordinator(
+                    self.ca_dir, self.root / "coordinators", name
+                )
+            return self._issued["coordinator", name]
+
+    def channel_credentials(self, coordinator: str) -> grpc.ChannelCredentials:
+        cert, key = self.coordinator(coordinator)
+        files = certs.tls_files(cert, key, self.ca_cert)
+        return grpc.ssl_channel_credentials(
+            root_certificates=files.root_certificates,
+            private_key=files.private_key,
+            certificate_chain=files.cert_chain,
+        )
+
+    def federation_tls(self, coordinator: str = "coordinator-a") -> dict[str, str]:
+        cert, key = self.coordinator(coordinator)
+        return {"ca": str(self.ca_cert), "cert": str(cert), "key": str(key)}
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> FederationPki:
+    return FederationPki(tmp_path_factory.mktemp("pki"))
+
+
 def write_node_config(
     directory: Path,
     *,
     node_id: str = "ngo-test",
     schema: dict[str, Any] | None = None,
     policy: dict[str, Any] | None = None,
+    pki: FederationPki | None = None,
+    server: dict[str, Any] | None = None,
 ) -> Path:
-    """A node.yaml from the shipped template, with optional schema/policy overrides."""
+    """A node.yaml from the shipped template, with optional schema/policy overrides.
+
+    With ``pki`` the node serves mutual TLS with a certificate for ``node_id``
+    and allows the coordinators in ALLOWED_COORDINATORS (unless ``policy``
+    names its own); without, it is for ``--insecure`` development runs.
+    """
     raw = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))
     raw["node_id"] = node_id
     raw["data_dir"] = "data"
     raw["server"]["address"] = "127.0.0.1:0"
+    if pki is not None:
+        cert, key = pki.node(node_id)
+        raw["server"]["tls"] = {"cert": str(cert), "key": str(key), "client_ca": str(pki.ca_cert)}
+        raw["policy"]["coordinators"] = [{"identity": name} for name in ALLOWED_COORDINATORS]
+    if server is not None:
+        raw["server"].update(server)
     if schema is not None:
         raw["schema"] = schema
     if policy is not None:
@@ -80,10 +158,12 @@ def synth_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_node_config(tmp_path: Path) -> Callable[..., Path]:
+def make_node_config(tmp_path: Path, pki: FederationPki) -> Callable[..., Path]:
+    """Node configs serving mutual TLS by default (``pki=None`` for an insecure one)."""
     counter = iter(range(1000))
 
     def make(**kwargs: Any) -> Path:
+        kwargs.setdefault("pki", pki)
         return write_node_config(tmp_path / f"node{next(counter)}", **kwargs)
 
     return make

@@ -12,7 +12,8 @@ from coordinator.config import FederationConfigError
 from coordinator.mirror import MirrorError
 from coordinator.output import OutputError
 from coordinator.query_files import QueryFileError
-from tiaki import __version__
+from tiaki import __version__, certs_cli
+from tiaki.certs import CertError
 from tiaki.errors import RemoteError, TiakiError
 
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tiaki {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (nodes, query, budget):
+    for command in (nodes, query, budget, certs_cli):
         command.register(sub)
     return parser
 
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return int(exc.code)
-    except (FederationConfigError, QueryFileError, OutputError, MirrorError) as exc:
+    except (FederationConfigError, QueryFileError, OutputError, MirrorError, CertError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except RemoteError as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from coordinator.cli.common import ExitCode, add_config_argument, open_federation
+from coordinator.cli.common import CommandError, ExitCode, add_config_argument, open_federation
 from coordinator.client import NodeClient
 from coordinator.config import add_node
 from tiaki.budget import display_amount
@@ -29,12 +29,35 @@ def register(sub: Any) -> None:
     add.add_argument("name", help="a short name for the node, e.g. ngo-a")
     add.add_argument("address", help="host:port of the node")
     add.add_argument("--analyst", help="your name, when this creates the file")
+    add.add_argument(
+        "--server-name", help="identity the node's certificate must carry (default: NAME)"
+    )
+    add.add_argument(
+        "--tls-ca", help="when creating the file: CA certificate that vouches for nodes"
+    )
+    add.add_argument("--tls-cert", help="when creating the file: this coordinator's certificate")
+    add.add_argument("--tls-key", help="when creating the file: this coordinator's key")
+    add.add_argument(
+        "--insecure", action="store_true", help="when creating the file: plaintext, loopback only"
+    )
     add_config_argument(add)
     add.set_defaults(run=run_add)
 
 
 def run_add(args: argparse.Namespace) -> int:
-    new = add_node(args.config, args.name, args.address, analyst=args.analyst)
+    tls_parts = (args.tls_ca, args.tls_cert, args.tls_key)
+    if any(tls_parts) and not all(tls_parts):
+        raise CommandError("--tls-ca, --tls-cert and --tls-key go together")
+    tls = dict(zip(("ca", "cert", "key"), tls_parts, strict=True)) if all(tls_parts) else None
+    new = add_node(
+        args.config,
+        args.name,
+        args.address,
+        analyst=args.analyst,
+        server_name=args.server_name,
+        tls=tls,
+        insecure=args.insecure,
+    )
     verb = "added" if new else "updated"
     print(f"{verb} node {args.name} at {args.address} in {args.config}")
     return 0

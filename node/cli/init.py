@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,16 @@ def register(sub: Any) -> None:
     p.add_argument("--address", default="127.0.0.1:50051", help="host:port to serve on")
     p.add_argument("--node-id", default=None, help="the node's name (default: directory name)")
     p.add_argument("--force", action="store_true", help="overwrite an existing node.yaml")
+    p.add_argument("--cert", help="this node's TLS certificate (turns on mutual TLS)")
+    p.add_argument("--key", help="this node's TLS key")
+    p.add_argument("--client-ca", help="CA certificate(s) whose coordinators may connect")
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="IDENTITY",
+        help="a coordinator identity allowed to ask (repeat for several)",
+    )
     p.set_defaults(run=run)
 
 
@@ -33,10 +45,27 @@ def template_text() -> str:
     return TEMPLATE.read_text(encoding="utf-8")
 
 
-def render(node_id: str, address: str) -> str:
+def render(
+    node_id: str,
+    address: str,
+    tls: tuple[str, str, str] | None = None,
+    allow: Sequence[str] = (),
+) -> str:
     text = template_text()
     text = re.sub(r"(?m)^node_id: \S+", f"node_id: {node_id}", text, count=1)
-    return re.sub(r"(?m)^  address: \S+", f"  address: {address}", text, count=1)
+    text = re.sub(r"(?m)^  address: \S+", f"  address: {address}", text, count=1)
+    if tls is not None:
+        cert, key, client_ca = (json.dumps(str(Path(p).resolve())) for p in tls)
+        text = re.sub(
+            r"(?m)^  # tls:\n.*\n.*\n.*\n",
+            (f"  tls:\n    cert: {cert}\n    key: {key}\n    client_ca: {client_ca}\n"),
+            text,
+            count=1,
+        )
+    if allow:
+        block = "".join(f"    - identity: {json.dumps(name)}\n" for name in allow)
+        text = re.sub(r"(?m)^  # coordinators:\n", f"  coordinators:\n{block}", text, count=1)
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".yaml.tmp")
-        tmp.write_text(render(node_id, args.address), encoding="utf-8")
+        parts = (args.cert, args.key, args.client_ca)
+        if any(parts) and not all(parts):
+            raise CommandError("--cert, --key and --client-ca go together")
+        tls = (args.cert, args.key, args.client_ca) if all(parts) else None
+        if tls is not None and not args.allow:
+            raise CommandError("with TLS on, name at least one coordinator with --allow")
+        tmp.write_text(render(node_id, args.address, tls, args.allow), encoding="utf-8")
         load_config(tmp)  # never leave a config the node would refuse
         tmp.replace(target)
     except OSError as exc:

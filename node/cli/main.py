@@ -12,10 +12,11 @@ from node.cli.errors import EXIT_CODES_HELP, CommandError, ExitCode, fail
 from node.config import ConfigError
 from node.ledger import LedgerError
 from node.store import StoreError, StoreMissing
-from tiaki import __version__
+from tiaki import __version__, certs_cli
+from tiaki.certs import CertError
 from tiaki.errors import TiakiError
 
-COMMANDS = (init, synth, import_records, serve, budget)
+COMMANDS = (init, synth, import_records, serve, budget, certs_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreMissing as exc:
         fail(str(exc))
         return int(ExitCode.NOT_READY)
-    except (StoreError, LedgerError) as exc:
+    except (StoreError, LedgerError, CertError) as exc:
         fail(str(exc))
         return int(ExitCode.USAGE)
     except TiakiError as exc:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import grpc
+
 from node.cli.errors import CommandError
-from node.config import load_config
+from node.config import NodeConfig, load_config
 from node.server import create_server
 from node.service import open_service
+from node.tls import TlsError, server_credentials
 
-log = logging.getLogger("tiaki.node")
 RELOAD_CHECK_SECONDS = 2.0
 
 
@@ -31,30 +33,60 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, required=True, help="the node's node.yaml")
     p.add_argument("--address", help="host:port to bind (default: server.address in the config)")
     p.add_argument("--verbose", action="store_true", help="log every query (never record values)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="development only: plaintext gRPC without TLS, loopback addresses only; the "
+        "coordinator's identity is then an unverified claim",
+    )
     p.set_defaults(run=run)
 
 
-def check_bind_address(address: str) -> None:
+def is_loopback(address: str) -> bool:
     host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = False
-    if not loopback:
-        log.warning(
-            "binding %s, which is reachable from other hosts, without TLS; "
-            "keep it behind a firewall until mutual TLS is configured",
-            address,
+        return False
+
+
+def credentials_for(
+    config: NodeConfig, address: str, insecure: bool
+) -> grpc.ServerCredentials | None:
+    """mTLS credentials, or None for --insecure (which only ever binds loopback)."""
+    if insecure:
+        if not is_loopback(address):
+            raise CommandError(
+                f"--insecure refuses to bind {address}: plaintext is for loopback development "
+                "only; configure server.tls to serve other hosts"
+            )
+        print(
+            "WARNING: --insecure: no TLS, and coordinator identities are unverified claims. "
+            "Never use this with real client records.",
+            file=sys.stderr,
+            flush=True,
         )
+        return None
+    if config.server.tls is None:
+        raise CommandError(
+            "server.tls is not configured: give the node's certificate, key and client CA "
+            "(see 'tiaki-node certs --help'), or pass --insecure for loopback development"
+        )
+    try:
+        return server_credentials(config.server.tls)
+    except TlsError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     address = args.address or config.server.address
+    credentials = credentials_for(config, address, args.insecure)
     service = open_service(config)
-    check_bind_address(address)
     try:
-        node = create_server(service, address)
+        node = create_server(service, address, credentials)
     except (OSError, RuntimeError) as exc:
         raise CommandError(f"cannot listen on {address}: {exc}") from None
     dataset = service.datasets.current

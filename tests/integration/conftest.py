@@ -14,6 +14,8 @@ from node.config import NodeConfig, load_config
 from node.importer import import_csv
 from node.server import RunningNode, create_server
 from node.service import open_service
+from node.tls import server_credentials
+from tests.conftest import FederationPki
 from tiaki.budget import BudgetStatus
 
 
@@ -22,16 +24,37 @@ class LiveNode:
     config: NodeConfig
     running: RunningNode
     address: str
+    pki: FederationPki | None
 
     def client(self, identity: str = "coordinator-a", timeout: float = 30.0) -> NodeClient:
-        return NodeClient(self.address, identity=identity, timeout=timeout)
+        """A client presenting a certificate for ``identity`` (a claim, if insecure)."""
+        if self.pki is None:
+            return NodeClient(self.address, identity=identity, timeout=timeout)
+        return NodeClient(
+            self.address,
+            identity=identity,
+            timeout=timeout,
+            credentials=self.pki.channel_credentials(identity),
+            server_name=self.config.node_id,
+        )
+
+    def channel(self, identity: str = "coordinator-a") -> grpc.Channel:
+        """A raw channel (for the health service and hand-made requests)."""
+        if self.pki is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(
+            self.address,
+            self.pki.channel_credentials(identity),
+            options=[("grpc.ssl_target_name_override", self.config.node_id)],
+        )
 
     def budget(self) -> BudgetStatus:
         return self.running.service.ledger.status()
 
 
 @pytest.fixture
-def start_node() -> Iterator[Callable[..., LiveNode]]:
+def start_node(pki: FederationPki) -> Iterator[Callable[..., LiveNode]]:
+    """Start a node in this process on a free port: mutual TLS when its config has it."""
     started: list[LiveNode] = []
 
     def start(config_path: Path, csv: Path | None = None) -> LiveNode:
@@ -40,8 +63,12 @@ def start_node() -> Iterator[Callable[..., LiveNode]]:
             report = import_csv(config, csv)
             assert report.committed, report.bad_rows[:5]
         service = open_service(config)
-        running = create_server(service, "127.0.0.1:0")
-        node = LiveNode(config, running, f"127.0.0.1:{running.port}")
+        tls = config.server.tls
+        credentials = server_credentials(tls) if tls is not None else None
+        running = create_server(service, "127.0.0.1:0", credentials)
+        node = LiveNode(
+            config, running, f"127.0.0.1:{running.port}", pki if tls is not None else None
+        )
         started.append(node)
         return node
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from coordinator.cli.main import main
-from coordinator.config import FederationConfig, NodeEntry
+from coordinator.config import CoordinatorTls, FederationConfig, NodeEntry
 from coordinator.fanout import Federation
 from coordinator.federated import ask_federation
 from coordinator.mirror import MirrorLedger
 from coordinator.planning import choose_cost, plan_question
 from coordinator.results import FederatedAnswer, NodeStatus
 from node.synth import write_csv
+from tests.conftest import FederationPki
 from tests.integration.conftest import LiveNode
 from tiaki.budget import PrivacyDefinition
 from tiaki.query import InSet, NumericRange, PrivacyCost, Query, QueryKind
@@ -61,34 +62,25 @@ def five_nodes(
 
 
 @pytest.fixture
-def federation_file(tmp_path: Path, five_nodes: list[LiveNode]) -> Path:
+def federation_file(tmp_path: Path, five_nodes: list[LiveNode], pki: FederationPki) -> Path:
     path = tmp_path / "federation.yaml"
+    tls = pki.federation_tls()
     for node in five_nodes:
-        assert (
-            main(
-                [
-                    "nodes",
-                    "add",
-                    node.config.node_id,
-                    node.address,
-                    "--config",
-                    str(path),
-                    "--analyst",
-                    "ana",
-                ]
-            )
-            == 0
-        )
+        argv = ["nodes", "add", node.config.node_id, node.address, "--config", str(path)]
+        argv += ["--analyst", "ana", "--tls-ca", tls["ca"], "--tls-cert", tls["cert"]]
+        argv += ["--tls-key", tls["key"]]
+        assert main(argv) == 0
     return path
 
 
 @pytest.fixture
 def federation(
-    tmp_path: Path, five_nodes: list[LiveNode]
+    tmp_path: Path, five_nodes: list[LiveNode], pki: FederationPki
 ) -> Iterator[tuple[Federation, MirrorLedger]]:
     config = FederationConfig(
         analyst="ana",
         ledger=tmp_path / "mirror.sqlite",
+        tls=CoordinatorTls.model_validate(pki.federation_tls()),
         nodes=tuple(NodeEntry(name=n.config.node_id, address=n.address) for n in five_nodes),
     )
     with Federation(config) as fed, MirrorLedger(config.ledger) as mirror:

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from coordinator.client import NodeClient, new_query_id
-from tests.conftest import write_node_config
+from tests.conftest import FederationPki, write_node_config
 from tiaki.budget import PrivacyDefinition
 from tiaki.errors import RemoteError
 from tiaki.query import PrivacyCost, Query, QueryKind
@@ -61,7 +61,21 @@ def test_ngo_workflow_end_to_end(tmp_path: Path) -> None:
         in cli("tiaki-node", "synth", "--clients", "800", "--seed", "3", "--out", str(csv_a)).stdout
     )
     cli("tiaki-node", "synth", "--clients", "500", "--seed", "4", "--out", str(csv_b))
-    created = cli("tiaki-node", "init", str(tmp_path / "ngo"), "--address", "127.0.0.1:0")
+    # One command per party for the certificates: the federation CA, the node, the ministry.
+    pki = tmp_path / "pki"
+    cli("tiaki", "certs", "ca", str(pki / "ca"))
+    shown = cli("tiaki-node", "certs", "node", "ngo", "--ca", str(pki / "ca"), "--out",
+                str(pki / "ngo"), "--ip", "127.0.0.1").stdout  # fmt: skip
+    assert "sha256:" in shown and "PRIVATE" not in shown
+    cli("tiaki", "certs", "coordinator", "msd", "--ca", str(pki / "ca"), "--out", str(pki / "msd"))
+    tls = {
+        "ca": pki / "ca" / "ca.crt",
+        "cert": pki / "msd" / "msd.crt",
+        "key": pki / "msd" / "msd.key",
+    }
+    created = cli("tiaki-node", "init", str(tmp_path / "ngo"), "--address", "127.0.0.1:0",
+                  "--cert", str(pki / "ngo" / "ngo.crt"), "--key", str(pki / "ngo" / "ngo.key"),
+                  "--client-ca", str(tls["ca"]), "--allow", "msd")  # fmt: skip
     assert "next:" in created.stdout
     again = cli("tiaki-node", "init", str(tmp_path / "ngo"), check=False)
     assert again.returncode == 2 and "already exists" in again.stderr
@@ -74,8 +88,17 @@ def test_ngo_workflow_end_to_end(tmp_path: Path) -> None:
 
     node = NodeProcess([str(BIN / "tiaki-node"), "serve", "--config", str(config)])
     federation = str(tmp_path / "federation.yaml")
+    credentials = grpc.ssl_channel_credentials(
+        tls["ca"].read_bytes(), tls["key"].read_bytes(), tls["cert"].read_bytes()
+    )
+
+    def client() -> NodeClient:
+        return NodeClient(node.address, credentials=credentials, server_name="ngo")
+
     try:
-        cli("tiaki", "nodes", "add", "ngo", node.address, "--config", federation)
+        cli("tiaki", "nodes", "add", "ngo", node.address, "--config", federation,
+            "--tls-ca", str(tls["ca"]), "--tls-cert", str(tls["cert"]),
+            "--tls-key", str(tls["key"]))  # fmt: skip
         fed = ("--config", federation)
         asked = cli(
             "tiaki",
@@ -98,13 +121,13 @@ def test_ngo_workflow_end_to_end(tmp_path: Path) -> None:
         assert refused.returncode == 3 and "never-queryable" in refused.stdout
         assert "Traceback" not in refused.stderr + refused.stdout
 
-        with NodeClient(node.address) as client:
-            version_a = client.info().dataset_version
+        with client() as c:
+            version_a = c.info().dataset_version
         cli("tiaki-node", "import", "--config", str(config), str(csv_b))
         node.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
-        with NodeClient(node.address) as client:
-            while client.info().dataset_version == version_a:
+        with client() as c:
+            while c.info().dataset_version == version_a:
                 assert time.monotonic() < deadline, "re-import was not picked up"
                 time.sleep(0.2)
     finally:
@@ -132,8 +155,19 @@ def test_bad_config_and_bad_csv_give_clear_errors(tmp_path: Path) -> None:
     assert done.stderr or done.stdout
 
 
-def test_crash_between_charge_and_reply_keeps_the_charge(tmp_path: Path, synth_csv: Path) -> None:
-    config = write_node_config(tmp_path / "ngo")
+def tls_client(pki: FederationPki, address: str, timeout: float = 30.0) -> NodeClient:
+    return NodeClient(
+        address,
+        timeout=timeout,
+        credentials=pki.channel_credentials("coordinator-a"),
+        server_name="ngo-test",
+    )
+
+
+def test_crash_between_charge_and_reply_keeps_the_charge(
+    tmp_path: Path, synth_csv: Path, pki: FederationPki
+) -> None:
+    config = write_node_config(tmp_path / "ngo", pki=pki)
     cli("tiaki-node", "import", "--config", str(config), str(synth_csv))
     query = Query(QueryKind.COUNT, PrivacyCost.parse(PrivacyDefinition.PURE, "0.25"))
     qid = new_query_id()
@@ -141,7 +175,7 @@ def test_crash_between_charge_and_reply_keeps_the_charge(tmp_path: Path, synth_c
     crashing = NodeProcess(
         [sys.executable, str(HERE / "crashing_node.py"), "serve", "--config", str(config)]
     )
-    with NodeClient(crashing.address, timeout=20) as client, pytest.raises(RemoteError) as info:
+    with tls_client(pki, crashing.address, 20) as client, pytest.raises(RemoteError) as info:
         client.query(query, query_id=qid, analyst="ana")
     assert info.value.status_code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
     assert crashing.proc.wait(timeout=10) == -signal.SIGKILL
@@ -153,7 +187,7 @@ def test_crash_between_charge_and_reply_keeps_the_charge(tmp_path: Path, synth_c
 
     node = NodeProcess([str(BIN / "tiaki-node"), "serve", "--config", str(config)])
     try:
-        with NodeClient(node.address) as client:
+        with tls_client(pki, node.address) as client:
             retried = client.query(query, query_id=qid, analyst="ana")
             assert retried.replayed
             assert client.budget().lifetime_spent == retried.charged.amount
@@ -162,13 +196,15 @@ def test_crash_between_charge_and_reply_keeps_the_charge(tmp_path: Path, synth_c
 
 
 def test_sigterm_mid_burst_charges_exactly_the_answered_queries(
-    tmp_path: Path, synth_csv: Path
+    tmp_path: Path, synth_csv: Path, pki: FederationPki
 ) -> None:
     from node.config import load_config
     from node.ledger import PrivacyLedger
 
     policy = {"budget": {"limit": "100", "period": "none"}, "per_query_max": "1"}
-    config = write_node_config(tmp_path / "ngo", policy=policy)
+    config = write_node_config(
+        tmp_path / "ngo", policy=policy, pki=pki, server={"max_concurrent_per_identity": 8}
+    )
     cli("tiaki-node", "import", "--config", str(config), str(synth_csv))
     node = NodeProcess([str(BIN / "tiaki-node"), "serve", "--config", str(config)])
     query = Query(QueryKind.COUNT, PrivacyCost.parse(PrivacyDefinition.PURE, "0.01"))
@@ -176,7 +212,7 @@ def test_sigterm_mid_burst_charges_exactly_the_answered_queries(
     started = threading.Event()
 
     def burst(worker: int) -> None:
-        with NodeClient(node.address, timeout=10) as client:
+        with tls_client(pki, node.address, 10) as client:
             for i in range(400):
                 try:
                     answer = client.query(query, query_id=f"w{worker}-{i}", analyst="burst")

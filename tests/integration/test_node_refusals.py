@@ -37,7 +37,9 @@ def node(
         "per_query_max": "1",
         "allowed_kinds": ["count", "count_clients", "mean", "sum", "histogram"],
     }
-    return start_node(make_node_config(policy=policy), synth_csv)
+    # Room for the race test's 16 threads over 3 identities.
+    server = {"max_concurrent_per_identity": 16}
+    return start_node(make_node_config(policy=policy, server=server), synth_csv)
 
 
 def request(**fields: object) -> pb.QueryRequest:

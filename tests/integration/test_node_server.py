@@ -14,7 +14,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -69,7 +68,7 @@ def synth_node(
 
 
 def test_health_and_info(synth_node: LiveNode) -> None:
-    with grpc.insecure_channel(synth_node.address) as channel:
+    with synth_node.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "tiaki.v1.Node"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
