@@ -103,7 +103,10 @@ def load_federation(path: Path) -> FederationConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise FederationConfigError(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
-        raise FederationConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise FederationConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise FederationConfigError(f"{path}: expected a mapping (analyst, nodes, ...)")
     try:
@@ -138,8 +141,8 @@ def add_node(
     ``tls`` (ca, cert, key) and ``insecure`` are written only when the file is created.
     """
     if path.exists():
+        load_federation(path)  # refuse to edit an invalid file, with its own clear message
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        load_federation(path)  # refuse to edit an invalid file
     else:
         raw = {
             "version": 1,
@@ -154,9 +157,10 @@ def add_node(
     nodes = [dict(n) for n in raw.get("nodes", [])]
     try:
         entry = NodeEntry(name=name, address=address, server_name=server_name)
-    except ValidationError as exc:
+    except ValidationError:
         raise FederationConfigError(
-            "; ".join(_describe(e) for e in exc.errors()).replace("address: ", "")
+            f"node name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (starting with a "
+            f"letter or digit), and address {address!r} must be host:port"
         ) from None
     new = True
     fields: dict[str, str] = {"name": entry.name, "address": entry.address}

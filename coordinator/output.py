@@ -182,11 +182,12 @@ def federated_table(answer: FederatedAnswer) -> str:
     """A readable table of the combined cells and what happened at each node."""
     lines: list[str] = [_title(answer), ""]
     if not answer.released:
-        missing = _unanswered(answer)
-        names = ", ".join(o.node for o in missing) or "none"
+        failed = [o for o in _unanswered(answer) if o.status is not NodeStatus.SKIPPED]
+        names = ", ".join(o.node for o in failed) or "none"
         lines.append(
             "Nothing was released: every node was required to answer (--require-all), "
-            f"and {len(missing)} of {len(answer.outcomes)} did not ({names})."
+            f"and {len(failed)} of {len(answer.outcomes)} could not ({names}); "
+            "the others were not asked or their answers were withheld."
         )
         lines.append("")
         lines.append("node outcomes:")

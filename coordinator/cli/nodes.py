@@ -89,7 +89,17 @@ def run_list(args: argparse.Namespace) -> int:
 
     with federation:
         results = dict(federation.each(probe))
-    reference = next((r[0] for r in results.values() if isinstance(r, tuple)), None)
+    # The reference schema is the one most reachable nodes share (ties: file order),
+    # not whichever node happened to answer first.
+    infos_in_order = [r[0] for e in config.nodes if isinstance(r := results[e.name], tuple)]
+    reference = max(
+        infos_in_order,
+        key=lambda i: sum(
+            _schema_signature(j) == _schema_signature(i) and j.definition == i.definition
+            for j in infos_in_order
+        ),
+        default=None,
+    )
     rows = []
     for entry in config.nodes:
         result = results[entry.name]

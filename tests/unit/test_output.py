@@ -152,7 +152,7 @@ def test_table_when_nothing_was_released_says_so_and_shows_no_estimates() -> Non
     text = federated_table(count_answer(released=False))
     assert "Nothing was released" in text
     assert "--require-all" in text
-    assert "2 of 4 did not (ngo-c, ngo-d)" in text
+    assert "2 of 4 could not (ngo-c, ngo-d)" in text
     for outcome in OUTCOMES:
         assert f"  {outcome.node}: {outcome.status.value}" in text
     assert "no answer within 30 s after 3 attempts" in text
