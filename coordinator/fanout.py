@@ -24,7 +24,7 @@ from coordinator.config import FederationConfig, FederationConfigError, NodeEntr
 from coordinator.results import NodeOutcome, NodeStatus
 from tiaki.budget import BudgetStatus, display_amount
 from tiaki.certs import CertError, tls_files
-from tiaki.convert import charged_from_proto
+from tiaki.convert import budget_from_proto, charged_from_proto
 from tiaki.errors import RemoteError
 from tiaki.query import Query
 from tiaki.v1 import node_pb2 as pb
@@ -157,7 +157,8 @@ def _failure(exc: RemoteError) -> tuple[NodeStatus, str]:
 def _preflight_one(name: str, client: NodeClient, query: Query) -> Preflight:
     try:
         plan = client.plan(query)
-        budget = client.budget()
+        # Nodes report their budget inside the plan; one round trip serves both.
+        budget = budget_from_proto(plan.budget) if plan.HasField("budget") else client.budget()
     except RemoteError as exc:
         status, reason = _failure(exc)
         return Preflight(name, None, None, status, reason)

@@ -68,8 +68,7 @@ def ask_federation(
             requested=query.cost.amount,
             definition=query.cost.definition,
         )
-        for outcome in outcomes:
-            mirror.record_outcome(query_id, outcome)
+        mirror.record_outcomes(query_id, outcomes)
         return FederatedAnswer(query_id, query, query.group_by, (), tuple(outcomes), False)
 
     # The intent is durable before any node is asked.
@@ -87,7 +86,8 @@ def ask_federation(
         if not check.ok:
             assert check.status is not None
             by_node[name] = NodeOutcome(name, check.status, check.reason)
-            mirror.record_outcome(query_id, by_node[name])
+    if by_node:
+        mirror.record_outcomes(query_id, list(by_node.values()))
 
     retries = federation.config.defaults.retries
     futures = {
@@ -109,10 +109,13 @@ def ask_federation(
         finished, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
         if not finished and on_waiting is not None:
             on_waiting(sorted(futures[f] for f in pending), time.monotonic() - started)
-        for future in finished:
-            outcome = future.result()
+        # Outcomes that arrive together are committed together: one durable
+        # write per batch rather than per node.
+        batch = [future.result() for future in finished]
+        if batch:
+            mirror.record_outcomes(query_id, batch)
+        for outcome in batch:
             by_node[outcome.node] = outcome
-            mirror.record_outcome(query_id, outcome)
             done += 1
             if on_outcome is not None:
                 on_outcome(outcome, done, total)

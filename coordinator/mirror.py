@@ -285,14 +285,23 @@ class MirrorLedger:
             )
 
     def record_outcome(self, query_id: str, outcome: NodeOutcome) -> None:
-        """Commit one node's outcome for a question whose intent is recorded.
+        """Commit one node's outcome for a question whose intent is recorded."""
+        self.record_outcomes(query_id, [outcome])
 
-        The row takes the latest status and reason; attempts and seconds add
+    def record_outcomes(self, query_id: str, outcomes: Sequence[NodeOutcome]) -> None:
+        """Commit several nodes' outcomes in one durable transaction.
+
+        Each row takes the latest status and reason; attempts and seconds add
         up over retries; the charge is set from the first answered or replayed
         outcome that reports one and never changes after (the node charged
         once). A later replay reporting a different charge is noted in the
         reason, not counted.
         """
+        with self._lock, self._tx() as conn:
+            for outcome in outcomes:
+                self._write_outcome(conn, query_id, outcome)
+
+    def _write_outcome(self, conn: sqlite3.Connection, query_id: str, outcome: NodeOutcome) -> None:
         status = NodeStatus(outcome.status)
         reported: Fraction | None = None
         if outcome.answered:
@@ -302,45 +311,44 @@ class MirrorLedger:
             if reported is not None and reported < 0:
                 raise MirrorError(f"node {outcome.node!r} reported a negative charge {reported}")
         answer = outcome.answer
-        with self._lock, self._tx() as conn:
-            row = conn.execute(
-                "SELECT charged FROM outcomes WHERE query_id = ? AND node = ?",
-                (query_id, outcome.node),
-            ).fetchone()
-            if row is None:
-                raise MirrorError(
-                    f"no recorded intent asks node {outcome.node!r} question {query_id!r}; "
-                    "record_intent must be committed before fan-out"
-                )
-            reason = outcome.reason
-            charged: str | None = row[0]
-            if charged is None and reported is not None:
-                charged = format_amount(reported)
-            elif charged is not None and reported is not None and read_amount(charged) != reported:
-                note = (
-                    f"node now reports charge {format_amount(reported)}; the mirror keeps "
-                    f"{charged}, recorded first"
-                )
-                reason = f"{reason}; {note}" if reason else note
-            conn.execute(
-                "UPDATE outcomes SET status = ?, reason = ?, charged = ?, "
-                "attempts = attempts + ?, seconds = seconds + ?, "
-                "dataset_version = coalesce(?, dataset_version), "
-                "node_id = coalesce(?, node_id), updated_at = ? "
-                "WHERE query_id = ? AND node = ?",
-                (
-                    status.value,
-                    reason,
-                    charged,
-                    outcome.attempts,
-                    outcome.seconds,
-                    answer.dataset_version if answer is not None else None,
-                    answer.node_id if answer is not None else None,
-                    _timestamp(self._clock()),
-                    query_id,
-                    outcome.node,
-                ),
+        row = conn.execute(
+            "SELECT charged FROM outcomes WHERE query_id = ? AND node = ?",
+            (query_id, outcome.node),
+        ).fetchone()
+        if row is None:
+            raise MirrorError(
+                f"no recorded intent asks node {outcome.node!r} question {query_id!r}; "
+                "record_intent must be committed before fan-out"
             )
+        reason = outcome.reason
+        charged: str | None = row[0]
+        if charged is None and reported is not None:
+            charged = format_amount(reported)
+        elif charged is not None and reported is not None and read_amount(charged) != reported:
+            note = (
+                f"node now reports charge {format_amount(reported)}; the mirror keeps "
+                f"{charged}, recorded first"
+            )
+            reason = f"{reason}; {note}" if reason else note
+        conn.execute(
+            "UPDATE outcomes SET status = ?, reason = ?, charged = ?, "
+            "attempts = attempts + ?, seconds = seconds + ?, "
+            "dataset_version = coalesce(?, dataset_version), "
+            "node_id = coalesce(?, node_id), updated_at = ? "
+            "WHERE query_id = ? AND node = ?",
+            (
+                status.value,
+                reason,
+                charged,
+                outcome.attempts,
+                outcome.seconds,
+                answer.dataset_version if answer is not None else None,
+                answer.node_id if answer is not None else None,
+                _timestamp(self._clock()),
+                query_id,
+                outcome.node,
+            ),
+        )
 
     def spent_by_node(self) -> dict[str, Fraction]:
         """Exact sum of the charges each node reported to this coordinator (0 if none).

@@ -31,6 +31,7 @@ from tiaki.budget import BudgetStatus, format_amount
 from tiaki.convert import (
     answer_from_proto,
     answer_to_proto,
+    budget_to_proto,
     cost_to_proto,
     definition_to_proto,
     kind_to_proto,
@@ -170,6 +171,7 @@ class NodeService:
             charge=cost_to_proto(
                 PrivacyCost(definition, sum((n.charge for n in noise), Fraction(0)))
             ),
+            budget=budget_to_proto(self.ledger.status()),
         )
         if plan.numeric is not None and query.kind in (QueryKind.SUM, QueryKind.MEAN):
             spec = plan.numeric

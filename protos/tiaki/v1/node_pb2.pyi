@@ -170,7 +170,7 @@ class PlannedComponent(_message.Message):
     def __init__(self, name: _Optional[str] = ..., distribution: _Optional[str] = ..., scale: _Optional[float] = ..., accuracy_95: _Optional[float] = ...) -> None: ...
 
 class QueryPlan(_message.Message):
-    __slots__ = ("node_id", "canonical_query", "group_by", "cells", "components", "charge", "midpoint", "bounds")
+    __slots__ = ("node_id", "canonical_query", "group_by", "cells", "components", "charge", "midpoint", "bounds", "budget")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_QUERY_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class QueryPlan(_message.Message):
     CHARGE_FIELD_NUMBER: _ClassVar[int]
     MIDPOINT_FIELD_NUMBER: _ClassVar[int]
     BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     canonical_query: str
     group_by: _containers.RepeatedScalarFieldContainer[str]
@@ -187,7 +188,8 @@ class QueryPlan(_message.Message):
     charge: PrivacyCost
     midpoint: float
     bounds: Bounds
-    def __init__(self, node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[int] = ..., components: _Optional[_Iterable[_Union[PlannedComponent, _Mapping]]] = ..., charge: _Optional[_Union[PrivacyCost, _Mapping]] = ..., midpoint: _Optional[float] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ...) -> None: ...
+    budget: BudgetReport
+    def __init__(self, node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[int] = ..., components: _Optional[_Iterable[_Union[PlannedComponent, _Mapping]]] = ..., charge: _Optional[_Union[PrivacyCost, _Mapping]] = ..., midpoint: _Optional[float] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ...) -> None: ...
 
 class PeriodBudget(_message.Message):
     __slots__ = ("label", "start", "end", "limit", "spent", "remaining")
