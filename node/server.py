@@ -97,7 +97,11 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
             )
             return answer_to_proto(answer)
 
-        return self._call(context, "Query", run)
+        # What was asked, for the log of refused callers: the shape, not the values.
+        kind = pb.QueryKind.Name(request.kind) if request.kind in pb.QueryKind.values() else "?"
+        cost = (request.cost.epsilon or request.cost.rho)[:20]
+        what = f"Query {kind} (id {request.query_id[:40]!r}, cost {cost})"
+        return self._call(context, what[:200], run)
 
 
 @dataclass
