@@ -378,6 +378,9 @@ class NullMirror:
     def record_outcome(self, query_id: str, outcome: NodeOutcome) -> None:
         pass
 
+    def record_outcomes(self, query_id: str, outcomes: Sequence[NodeOutcome]) -> None:
+        pass
+
 
 def federation_config(addresses: Sequence[str], ledger: Path) -> FederationConfig:
     """Plaintext loopback federation (the coordinator's ``insecure`` development mode)."""
