@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tiaki.files import describe_validation_error, yaml_problem
+
 
 class FederationConfigError(Exception):
     """The federation file is missing or invalid; the message says where and why."""
@@ -82,16 +84,6 @@ class FederationConfig(_Strict):
         raise FederationConfigError(f"unknown node {name!r}; nodes in the federation: {known}")
 
 
-def _describe(error: Any) -> str:
-    loc = ".".join(str(part) for part in error["loc"])
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        msg = "unknown key; check its spelling"
-    elif error["type"] == "missing":
-        msg = "required key is missing"
-    return f"{loc or '(top level)'}: {msg}"
-
-
 def load_federation(path: Path) -> FederationConfig:
     """Read and validate; the ledger path is made absolute relative to the file."""
     try:
@@ -103,16 +95,13 @@ def load_federation(path: Path) -> FederationConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise FederationConfigError(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "cannot be parsed"
-        raise FederationConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+        raise FederationConfigError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise FederationConfigError(f"{path}: expected a mapping (analyst, nodes, ...)")
     try:
         config = FederationConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
+        lines = "\n".join(f"  {describe_validation_error(e)}" for e in exc.errors())
         raise FederationConfigError(f"{path}: invalid federation file:\n{lines}") from None
 
     def near(p: Path) -> Path:

@@ -10,7 +10,6 @@ the analyst asked for all or nothing.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -26,6 +25,7 @@ from tiaki.budget import BudgetStatus, display_amount
 from tiaki.certs import CertError, tls_files
 from tiaki.convert import budget_from_proto, charged_from_proto
 from tiaki.errors import RemoteError
+from tiaki.files import is_loopback
 from tiaki.query import Query
 from tiaki.v1 import node_pb2 as pb
 
@@ -128,16 +128,6 @@ def channel_credentials(
         private_key=files.private_key,
         certificate_chain=files.cert_chain,
     )
-
-
-def is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _failure(exc: RemoteError) -> tuple[NodeStatus, str]:

@@ -57,21 +57,7 @@ def ask_federation(
     canonical = query.canonical()
     total = len(checks)
 
-    if require_all and len(ready) < total:
-        outcomes = _skipped(checks, "not asked: another node would not answer (--require-all)")
-        mirror.record_intent(
-            query_id=query_id,
-            analyst=analyst,
-            identity=federation.config.identity,
-            canonical_query=canonical,
-            nodes=list(checks),
-            requested=query.cost.amount,
-            definition=query.cost.definition,
-        )
-        mirror.record_outcomes(query_id, outcomes)
-        return FederatedAnswer(query_id, query, query.group_by, (), tuple(outcomes), False)
-
-    # The intent is durable before any node is asked.
+    # The intent is durable before any node is asked (or the question is dropped).
     mirror.record_intent(
         query_id=query_id,
         analyst=analyst,
@@ -81,6 +67,11 @@ def ask_federation(
         requested=query.cost.amount,
         definition=query.cost.definition,
     )
+    if require_all and len(ready) < total:
+        outcomes = _skipped(checks, "not asked: another node would not answer (--require-all)")
+        mirror.record_outcomes(query_id, outcomes)
+        return FederatedAnswer(query_id, query, query.group_by, (), tuple(outcomes), False)
+
     by_node: dict[str, NodeOutcome] = {}
     for name, check in checks.items():
         if not check.ok:

@@ -46,6 +46,7 @@ from pydantic import (
 from coordinator.query_spec import build_query
 from tiaki.budget import AmountError, parse_amount
 from tiaki.errors import InvalidQueryError, TiakiError
+from tiaki.files import yaml_problem
 from tiaki.query import Query, QueryKind
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -302,11 +303,7 @@ def load_query_file(path: Path) -> dict[str, NamedQuery]:
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}:" if mark else ""
-        raise QueryFileError(
-            f"{path}:{line} not valid YAML: {getattr(exc, 'problem', None) or exc}"
-        ) from None
+        raise QueryFileError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise QueryFileError(f"{path}: expected a mapping with 'version' and 'queries'")
     try:

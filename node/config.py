@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiaki.budget import AmountError, PrivacyDefinition, parse_amount
+from tiaki.files import describe_validation_error
 from tiaki.query import QueryKind
 
 
@@ -325,16 +326,10 @@ class NodeConfig(_Strict):
         return self.schema_
 
 
-def _describe(error: Any) -> str:
-    loc = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        msg = "unknown key; check its spelling against the example config"
-    elif error["type"] == "missing":
-        msg = "required key is missing"
-    elif error["type"] == "union_tag_invalid":
-        msg = "type must be one of: text, categorical, integer, float, date, derived"
-    return f"{loc or '(top level)'}: {msg}"
+_HINTS = {
+    "extra_forbidden": "unknown key; check its spelling against the example config",
+    "union_tag_invalid": "type must be one of: text, categorical, integer, float, date, derived",
+}
 
 
 def load_config(path: Path) -> NodeConfig:
@@ -358,7 +353,7 @@ def load_config(path: Path) -> NodeConfig:
     try:
         config = NodeConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
+        lines = "\n".join(f"  {describe_validation_error(e, _HINTS)}" for e in exc.errors())
         raise ConfigError(f"{path}: invalid config:\n{lines}") from None
 
     def near(p: Path) -> Path:

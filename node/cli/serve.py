@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import signal
 import sys
 import threading
@@ -18,6 +17,7 @@ from node.config import NodeConfig, load_config
 from node.server import create_server
 from node.service import open_service
 from node.tls import TlsError, server_credentials
+from tiaki.files import is_loopback
 
 RELOAD_CHECK_SECONDS = 2.0
 
@@ -40,16 +40,6 @@ def register(sub: Any) -> None:
         "coordinator's identity is then an unverified claim",
     )
     p.set_defaults(run=run)
-
-
-def is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def credentials_for(
