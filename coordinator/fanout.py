@@ -22,7 +22,7 @@ from coordinator.client import NodeClient
 from coordinator.config import FederationConfig, FederationConfigError, NodeEntry
 from coordinator.results import NodeOutcome, NodeStatus
 from tiaki.budget import BudgetStatus, display_amount
-from tiaki.certs import CertError, tls_files
+from tiaki.certs import CertError, identity_of, tls_files
 from tiaki.convert import budget_from_proto, charged_from_proto
 from tiaki.errors import RemoteError
 from tiaki.files import is_loopback
@@ -76,6 +76,13 @@ class Federation:
             for e in entries
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(64, len(entries))))
+
+    @property
+    def identity(self) -> str:
+        """Who the nodes will see: the certificate's identity under TLS, else the claim."""
+        if self.config.tls is not None and not self.config.insecure:
+            return identity_of(self.config.tls.cert.read_bytes())
+        return self.config.identity
 
     @property
     def names(self) -> list[str]:
@@ -134,6 +141,8 @@ def _failure(exc: RemoteError) -> tuple[NodeStatus, str]:
     if exc.status_code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return NodeStatus.UNREACHABLE, "unreachable: no answer before the deadline"
     if exc.status_code in TRANSIENT:
+        if "in flight" in exc.message:  # the node's own word: busy, try again shortly
+            return NodeStatus.UNREACHABLE, f"busy: {exc.message.splitlines()[0][:200]}"
         return NodeStatus.UNREACHABLE, (
             "unreachable: no connection, or the TLS handshake failed (untrusted or expired "
             "certificate, or the node's identity is not the expected one; the node's log says "

@@ -61,7 +61,7 @@ def ask_federation(
     mirror.record_intent(
         query_id=query_id,
         analyst=analyst,
-        identity=federation.config.identity,
+        identity=federation.identity,
         canonical_query=canonical,
         nodes=list(checks),
         requested=query.cost.amount,

@@ -30,9 +30,13 @@ ANONYMOUS = "anonymous"
 
 
 class TooManyConcurrentQueries(TiakiError):
-    """This identity already has as many queries in flight as the node allows."""
+    """This identity already has as many queries in flight as the node allows.
 
-    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    UNAVAILABLE, not RESOURCE_EXHAUSTED: it is transient, so coordinators
+    retry it (with the same query id), whereas an exhausted budget is final.
+    """
+
+    status_code = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)
