@@ -38,6 +38,7 @@ $(VENV)/.bench-installed: $(STAMP)
 bench: $(VENV)/.bench-installed
 	$(BIN)/python tests/bench/bench_node.py
 	$(BIN)/python tests/bench/bench_fanout.py
+	$(BIN)/python tests/bench/bench_load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
