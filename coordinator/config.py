@@ -94,6 +94,11 @@ def load_federation(path: Path) -> FederationConfig:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FederationConfigError(f"{path}: cannot read: {exc}") from None
+    except (ValueError, RecursionError):  # PyYAML raises these for odd scalars and deep nesting
+        raise FederationConfigError(
+            f"{path}: not valid YAML: a value cannot be read (an impossible date, an "
+            "enormous number or too deep nesting)"
+        ) from None
     except yaml.YAMLError as exc:
         raise FederationConfigError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
@@ -162,8 +167,15 @@ def add_node(
     if new:
         nodes.append(fields)
     raw["nodes"] = nodes
-    FederationConfig.model_validate(raw)
+    try:
+        FederationConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = "; ".join(describe_validation_error(e) for e in exc.errors())
+        raise FederationConfigError(f"{path}: {lines}") from None
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise FederationConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
     return new

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiaki.budget import AmountError, PrivacyDefinition, parse_amount
-from tiaki.files import describe_validation_error
+from tiaki.files import describe_validation_error, yaml_problem
 from tiaki.query import QueryKind
 
 
@@ -342,12 +342,13 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+    except (ValueError, RecursionError):  # PyYAML raises these for odd scalars and deep nesting
         raise ConfigError(
-            f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}"
+            f"{path}: not valid YAML: a value cannot be read (an impossible date, an "
+            "enormous number or too deep nesting)"
         ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (node_id, schema, policy, ...)")
     try:

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node.access import Caller, Gatekeeper, caller_of
 from node.config import CoordinatorGrant
 from node.service import MAX_REQUEST_BYTES, NodeService
 from tiaki.convert import answer_to_proto, budget_to_proto
-from tiaki.errors import TiakiError
+from tiaki.errors import InvalidQueryError, TiakiError
 from tiaki.v1 import node_pb2 as pb
 from tiaki.v1 import node_pb2_grpc
 
@@ -62,25 +63,33 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
         context: grpc.ServicerContext,
         what: str,
         fn: Callable[[Caller, CoordinatorGrant | None], T],
+        request: object = True,
     ) -> T:
         with _answering(context, what):
+            if request is None:  # bytes that are not a message of this method
+                raise InvalidQueryError("the request could not be decoded as a tiaki.v1 message")
             caller = caller_of(context)
             grant = self._gate.admit(caller, what)
             return fn(caller, grant)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
-        return self._call(context, "GetInfo", lambda caller, grant: self._service.info())
+        return self._call(context, "GetInfo", lambda caller, grant: self._service.info(), request)
 
     def GetBudget(
         self, request: pb.GetBudgetRequest, context: grpc.ServicerContext
     ) -> pb.BudgetReport:
         return self._call(
-            context, "GetBudget", lambda caller, grant: budget_to_proto(self._service.budget())
+            context,
+            "GetBudget",
+            lambda caller, grant: budget_to_proto(self._service.budget()),
+            request,
         )
 
     def Plan(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryPlan:
-        return self._call(context, "Plan", lambda caller, grant: self._service.plan(request))
+        return self._call(
+            context, "Plan", lambda caller, grant: self._service.plan(request), request
+        )
 
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
         def run(caller: Caller, grant: CoordinatorGrant | None) -> pb.QueryResponse:
@@ -98,10 +107,45 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
             return answer_to_proto(answer)
 
         # What was asked, for the log of refused callers: the shape, not the values.
+        if request is None:
+            return self._call(context, "Query", run, request)
         kind = pb.QueryKind.Name(request.kind) if request.kind in pb.QueryKind.values() else "?"
         cost = (request.cost.epsilon or request.cost.rho)[:20]
         what = f"Query {kind} (id {request.query_id[:40]!r}, cost {cost})"
         return self._call(context, what[:200], run)
+
+
+def _tolerant(message: Any) -> Callable[[bytes], Any]:
+    """Decode a request, or give None so the servicer can refuse it as INVALID_ARGUMENT
+    (grpc's own handler would answer undecodable bytes with INTERNAL)."""
+
+    def decode(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return None
+
+    return decode
+
+
+def _node_handlers(servicer: NodeServicer) -> grpc.GenericRpcHandler:
+    methods: dict[str, tuple[Callable[..., Any], Any, Any]] = {
+        "GetInfo": (servicer.GetInfo, pb.GetInfoRequest, pb.NodeInfo),
+        "GetBudget": (servicer.GetBudget, pb.GetBudgetRequest, pb.BudgetReport),
+        "Plan": (servicer.Plan, pb.QueryRequest, pb.QueryPlan),
+        "Query": (servicer.Query, pb.QueryRequest, pb.QueryResponse),
+    }
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            name: grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=_tolerant(request),
+                response_serializer=response.SerializeToString,
+            )
+            for name, (behaviour, request, response) in methods.items()
+        },
+    )
 
 
 @dataclass
@@ -163,7 +207,7 @@ def create_server(
     gatekeeper = Gatekeeper(
         service.config.policy, service.config.server.max_concurrent_per_identity
     )
-    node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(service, gatekeeper), server)
+    server.add_generic_rpc_handlers((_node_handlers(NodeServicer(service, gatekeeper)),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if credentials is None:

@@ -114,7 +114,7 @@ def create_ca(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
         .sign(key, hashes.SHA256())
     )
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_dir(directory, 0o700)
     _write_atomic(key_path, _key_pem(key), 0o600)
     _write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return crt_path, key_path
@@ -285,7 +285,7 @@ def _issue(
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     eku = x509.ExtendedKeyUsage([usage])
     cert = _build_leaf(subject, key.public_key(), ca_cert, ca_key, sans, eku, days, not_before)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(out_dir, 0o755)
     _write_atomic(key_path, _key_pem(key), 0o600)
     _write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return crt_path, key_path
@@ -458,9 +458,16 @@ def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
             raise CertError(f"{path} already exists; use force=True (--force) to replace it")
 
 
+def _make_dir(directory: Path, mode: int) -> None:
+    try:
+        directory.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CertError(f"cannot create the folder {directory}: {exc.strerror or exc}") from None
+
+
 def _check_days(days: int) -> None:
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise CertError(f"days must be a whole number of at least 1, not {days!r}")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 36_500:
+        raise CertError(f"days must be a whole number from 1 to 36500, not {days!r}")
 
 
 def _check_ca_name(name: str) -> str:

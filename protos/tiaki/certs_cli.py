@@ -94,6 +94,8 @@ def _run_show(args: argparse.Namespace) -> int:
 
 
 def _run_renew(args: argparse.Namespace) -> int:
+    if not args.certificate.name:
+        raise certs.CertError(f"{args.certificate} is not a certificate file")
     key = args.key or args.certificate.with_suffix(".key")
     if args.if_expiring_within is not None and not (
         certs.expires_within(args.certificate, args.if_expiring_within)

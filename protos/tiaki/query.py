@@ -195,7 +195,7 @@ class Query:
                 raise InvalidQueryError(f"a {kind} query needs a numeric column")
             _check_name(self.column, "column")
         elif self.column:
-            raise InvalidQueryError(f"a {kind} query takes no column (got {self.column!r})")
+            raise InvalidQueryError(f"a {kind} query takes no column (got {self.column[:40]!r})")
         if self.bounds is not None and kind not in (QueryKind.SUM, QueryKind.MEAN):
             raise InvalidQueryError(f"bounds apply only to sum and mean, not {kind}")
         if len(self.group_by) > MAX_GROUP_BY:
