@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tiaki.files import describe_validation_error, yaml_problem
+from tiaki.files import beside, describe_validation_error, yaml_problem
 
 
 class FederationConfigError(Exception):
@@ -109,14 +109,17 @@ def load_federation(path: Path) -> FederationConfig:
         lines = "\n".join(f"  {describe_validation_error(e)}" for e in exc.errors())
         raise FederationConfigError(f"{path}: invalid federation file:\n{lines}") from None
 
-    def near(p: Path) -> Path:
-        return (p if p.is_absolute() else path.parent / p).resolve()
-
-    update: dict[str, Any] = {"ledger": near(config.ledger)}
-    if config.tls is not None:
-        update["tls"] = CoordinatorTls(
-            ca=near(config.tls.ca), cert=near(config.tls.cert), key=near(config.tls.key)
-        )
+    update: dict[str, Any] = {}
+    try:
+        update["ledger"] = beside(path, config.ledger)
+        if config.tls is not None:
+            update["tls"] = CoordinatorTls(
+                ca=beside(path, config.tls.ca),
+                cert=beside(path, config.tls.cert),
+                key=beside(path, config.tls.key),
+            )
+    except ValueError as exc:
+        raise FederationConfigError(f"{path}: {exc}") from None
     return config.model_copy(update=update)
 
 

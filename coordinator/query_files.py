@@ -302,7 +302,7 @@ def load_query_file(path: Path) -> dict[str, NamedQuery]:
         raise QueryFileError(f"{path}: cannot read: {exc}") from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
-    except (ValueError, RecursionError):  # PyYAML raises these for odd scalars and deep nesting
+    except (ValueError, TypeError, RecursionError):  # PyYAML: odd scalars, unhashable keys, nesting
         raise QueryFileError(
             f"{path}: not valid YAML: a value cannot be read (an impossible date, an "
             "enormous number or too deep nesting)"

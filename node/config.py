@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiaki.budget import AmountError, PrivacyDefinition, parse_amount
-from tiaki.files import describe_validation_error, yaml_problem
+from tiaki.files import beside, describe_validation_error, yaml_problem
 from tiaki.query import QueryKind
 
 
@@ -357,16 +357,19 @@ def load_config(path: Path) -> NodeConfig:
         lines = "\n".join(f"  {describe_validation_error(e, _HINTS)}" for e in exc.errors())
         raise ConfigError(f"{path}: invalid config:\n{lines}") from None
 
-    def near(p: Path) -> Path:
-        return (p if p.is_absolute() else path.parent / p).resolve()
-
-    update: dict[str, Any] = {"data_dir": near(config.data_dir)}
+    update: dict[str, Any] = {}
     tls = config.server.tls
-    if tls is not None:
-        resolved = TlsSettings(
-            cert=near(tls.cert), key=near(tls.key), client_ca=near(tls.client_ca)
-        )
-        update["server"] = config.server.model_copy(update={"tls": resolved})
+    try:
+        update["data_dir"] = beside(path, config.data_dir)
+        if tls is not None:
+            resolved = TlsSettings(
+                cert=beside(path, tls.cert),
+                key=beside(path, tls.key),
+                client_ca=beside(path, tls.client_ca),
+            )
+            update["server"] = config.server.model_copy(update={"tls": resolved})
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if tls is not None and not config.policy.coordinators:
         raise ConfigError(
             f"{path}: policy.coordinators: with TLS on, list the coordinators allowed to ask "

@@ -8,6 +8,7 @@ line or key, and what to change.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -42,3 +43,14 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def beside(config_file: Path, path: Path) -> Path:
+    """``path`` made absolute relative to the folder of ``config_file``.
+
+    Raises ValueError for a path the operating system cannot use (such as one
+    with a NUL byte), for the caller to report against its own file.
+    """
+    if "\x00" in str(path):
+        raise ValueError(f"{str(path)[:60]!r} is not a usable path (it holds a NUL byte)")
+    return (path if path.is_absolute() else config_file.parent / path).resolve()
