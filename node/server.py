@@ -66,7 +66,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
         request: object = True,
     ) -> T:
         with _answering(context, what):
-            if request is None:  # bytes that are not a message of this method
+            if request is UNDECODABLE:
                 raise InvalidQueryError("the request could not be decoded as a tiaki.v1 message")
             caller = caller_of(context)
             grant = self._gate.admit(caller, what)
@@ -107,7 +107,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
             return answer_to_proto(answer)
 
         # What was asked, for the log of refused callers: the shape, not the values.
-        if request is None:
+        if request is UNDECODABLE:
             return self._call(context, "Query", run, request)
         kind = pb.QueryKind.Name(request.kind) if request.kind in pb.QueryKind.values() else "?"
         cost = (request.cost.epsilon or request.cost.rho)[:20]
@@ -115,15 +115,17 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
         return self._call(context, what[:200], run)
 
 
-def _tolerant(message: Any) -> Callable[[bytes], Any]:
-    """Decode a request, or give None so the servicer can refuse it as INVALID_ARGUMENT
-    (grpc's own handler would answer undecodable bytes with INTERNAL)."""
+# Stands for a request whose bytes do not decode (grpc itself would answer a
+# failed decode, or a None, with INTERNAL; this lets us say INVALID_ARGUMENT).
+UNDECODABLE = object()
 
+
+def _tolerant(message: Any) -> Callable[[bytes], Any]:
     def decode(data: bytes) -> Any:
         try:
             return message.FromString(data)
         except DecodeError:
-            return None
+            return UNDECODABLE
 
     return decode
 

@@ -52,19 +52,21 @@ def render(
     allow: Sequence[str] = (),
 ) -> str:
     text = template_text()
-    text = re.sub(r"(?m)^node_id: \S+", f"node_id: {node_id}", text, count=1)
-    text = re.sub(r"(?m)^  address: \S+", f"  address: {address}", text, count=1)
+    # Replacements are functions so that nothing in them is read as a regex escape;
+    # values are JSON-quoted, which YAML reads as plain strings (IPv6 brackets too).
+    text = re.sub(r"(?m)^node_id: \S+", lambda _: f"node_id: {node_id}", text, count=1)
+    text = re.sub(
+        r"(?m)^  address: \S+", lambda _: f"  address: {json.dumps(address)}", text, count=1
+    )
     if tls is not None:
         cert, key, client_ca = (json.dumps(str(Path(p).resolve())) for p in tls)
-        text = re.sub(
-            r"(?m)^  # tls:\n.*\n.*\n.*\n",
-            (f"  tls:\n    cert: {cert}\n    key: {key}\n    client_ca: {client_ca}\n"),
-            text,
-            count=1,
-        )
+        block = f"  tls:\n    cert: {cert}\n    key: {key}\n    client_ca: {client_ca}\n"
+        text = re.sub(r"(?m)^  # tls:\n.*\n.*\n.*\n", lambda _: block, text, count=1)
     if allow:
-        block = "".join(f"    - identity: {json.dumps(name)}\n" for name in allow)
-        text = re.sub(r"(?m)^  # coordinators:\n", f"  coordinators:\n{block}", text, count=1)
+        grants = "".join(f"    - identity: {json.dumps(name)}\n" for name in allow)
+        text = re.sub(
+            r"(?m)^  # coordinators:\n", lambda _: f"  coordinators:\n{grants}", text, count=1
+        )
     return text
 
 
