@@ -236,6 +236,8 @@ def renew(ca_dir: Path, cert_path: Path, key_path: Path, *, days: int = 397) -> 
 
 def expires_within(cert_path: Path, days: int) -> bool:
     """True if the certificate is expired or expires within ``days`` days from now."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= 36_500:
+        raise CertError(f"days must be a whole number from 0 to 36500, not {days!r}")
     return _load_cert(Path(cert_path)).not_valid_after_utc <= _now() + timedelta(days=days)
 
 

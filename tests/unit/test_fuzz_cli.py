@@ -11,10 +11,7 @@ documents, near-valid documents with wrong types and keys, and text-level
 damage. Each may succeed or raise its own error type, and nothing else.
 
 The bugs this fuzzing found are pinned, one minimal reproducer each, by the
-regression tests at the end of this file. A bug still open has a strict xfail
-test there, and ``open_bug`` lets the fuzz recognise it (and only it) by a
-precise signature so the fuzz stays deterministic; when the fix lands, the
-xfail test fails as strict and both go.
+regression tests at the end of this file.
 """
 
 from __future__ import annotations
@@ -574,21 +571,9 @@ def run_cli(
     return Run(argv, code, out, err)
 
 
-def open_bug(run: Run) -> str | None:
-    """The xfail test pinning this exit-1 run, if it is a bug still open."""
-    renew_within = "renew" in run.argv and any(w.startswith("--i") for w in run.argv)
-    if renew_within and re.search(r"^error: unexpected OverflowError", run.err, re.M):
-        return "test_renew_with_a_huge_if_expiring_within_is_a_usage_error"
-    return None
-
-
 def check_run(run: Run) -> None:
     assert isinstance(run.code, int) and not isinstance(run.code, bool), run
     assert "Traceback" not in run.err and "Traceback" not in run.out, run
-    bug = open_bug(run) if run.code == 1 else None
-    if bug is not None:
-        note(f"open bug: {bug}")
-        return
     assert run.code in (0, 2, 3, 4), f"exit {run.code} for {run.argv!r}:\n{run.err}"
     note(f"exit {run.code}: {run.err.splitlines()[0][:50] if run.err else ''}")
 
@@ -1004,14 +989,6 @@ def test_init_with_an_ipv6_address_works(
     assert run.code == 0, run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `tiaki certs renew certs/ngo-a.crt --ca ca --if-expiring-within 999999999` "
-    "exits 1 (unexpected OverflowError: date value out of range; 'Python int too large to "
-    "convert to C int' for 20 digits, also for large negatives): tiaki/certs.py "
-    "expires_within(cert, days) adds timedelta(days=days) unbounded, while _check_days now "
-    "bounds --days only",
-)
 @pytest.mark.parametrize("within", ["999999999", "99999999999999999999", "-99999999999999999999"])
 @pytest.mark.parametrize("which", ["tiaki", "tiaki-node"])
 def test_renew_with_a_huge_if_expiring_within_is_a_usage_error(
