@@ -488,3 +488,35 @@ def test_per_identity_caps_hold_under_concurrency(path: Path) -> None:
     with pytest.raises(InsufficientBudgetError) as info:
         ledger.check("coord-a", "new", "count new", step, identity_cap=caps["coord-a"])
     assert info.value.remaining == 0
+
+
+def test_racing_across_a_yearly_boundary_never_overspends_either_year(path: Path) -> None:
+    clock = Clock(datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC))
+    ledger = make(path, limit="1", period="yearly", lifetime="10", clock=clock)
+    step = F("0.15")
+    granted: list[tuple[str, Fraction]] = []
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        for i in range(20):
+            if w == 0 and i == 5:
+                clock.now = datetime(2027, 1, 1, 0, 0, 0, tzinfo=UTC)  # midnight, mid-race
+            try:
+                stored, _ = spend(ledger, f"w{w}-{i}", step)
+            except InsufficientBudgetError:
+                continue
+            with lock:
+                granted.append((f"w{w}-{i}", stored.charge))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    status = ledger.status()
+    by_period = {p.label: p.spent for p in status.periods}
+    assert set(by_period) <= {"2026", "2027"}
+    assert all(spent <= 1 for spent in by_period.values())  # neither year overspent
+    assert by_period.get("2027") == 6 * step  # the new year filled exactly as far as it can
+    assert status.lifetime_spent == sum((c for _, c in granted), Fraction(0))
+    ledger.verify()
