@@ -96,8 +96,8 @@ def filter_from_proto(msg: pb.Filter) -> Filter:
     if which == "date_range":
         return DateRange(
             msg.column,
-            parse_iso_date(msg.date_range.start, f"date range start on {msg.column!r}"),
-            parse_iso_date(msg.date_range.end, f"date range end on {msg.column!r}"),
+            parse_iso_date(msg.date_range.start, f"date range start on {msg.column[:40]!r}"),
+            parse_iso_date(msg.date_range.end, f"date range end on {msg.column[:40]!r}"),
         )
     raise InvalidQueryError(f"filter on {msg.column[:40]!r} has no condition")
 

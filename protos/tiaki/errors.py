@@ -18,8 +18,12 @@ class TiakiError(Exception):
     """Base of every error tiaki reports to a person or across the wire."""
 
     status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # Messages echo parts of a request; a hostile request must not make them huge.
+    MAX_MESSAGE_CHARS = 600
 
     def __init__(self, message: str) -> None:
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            message = message[: self.MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.message = message
 

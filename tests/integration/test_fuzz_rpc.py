@@ -700,3 +700,22 @@ def test_a_long_column_on_a_count_is_refused_briefly(
     )
     outcome = check(node, request, functools.partial(send, stub, request))
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("length", [1_000, 10_000])
+@pytest.mark.parametrize("where", ["filters-start", "filters-end", "condition-start"])
+def test_a_long_column_on_a_bad_date_range_is_refused_briefly(
+    node: LiveNode, stub: Any, where: str, length: int
+) -> None:
+    field, end = where.split("-")
+    dates = pb.DateRange(start="x") if end == "start" else pb.DateRange(end="2020-13-01")
+    flt = pb.Filter(column="q" * length, date_range=dates)
+    request = pb.QueryRequest(
+        query_id=f"date-{uuid.uuid4()}",
+        analyst="a",
+        kind=pb.COUNT if field == "filters" else pb.PROPORTION,
+        cost=pb.PrivacyCost(epsilon="0.1"),
+    )
+    getattr(request, field).append(flt)
+    outcome = check(node, request, functools.partial(send, stub, request))
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
