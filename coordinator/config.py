@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tiaki.files import beside, describe_validation_error, yaml_problem
+from tiaki.files import beside, describe_validation_error, read_yaml
 
 
 class FederationConfigError(Exception):
@@ -86,21 +86,11 @@ class FederationConfig(_Strict):
 
 def load_federation(path: Path) -> FederationConfig:
     """Read and validate; the ledger path is made absolute relative to the file."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FederationConfigError(
-            f"{path}: no such file; create it with 'tiaki nodes add NAME HOST:PORT --config {path}'"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FederationConfigError(f"{path}: cannot read: {exc}") from None
-    except (ValueError, RecursionError):  # PyYAML raises these for odd scalars and deep nesting
-        raise FederationConfigError(
-            f"{path}: not valid YAML: a value cannot be read (an impossible date, an "
-            "enormous number or too deep nesting)"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise FederationConfigError(f"{path}: {yaml_problem(exc)}") from None
+    raw = read_yaml(
+        path,
+        FederationConfigError,
+        missing=f"no such file; create it with 'tiaki nodes add NAME HOST:PORT --config {path}'",
+    )
     if not isinstance(raw, dict):
         raise FederationConfigError(f"{path}: expected a mapping (analyst, nodes, ...)")
     try:

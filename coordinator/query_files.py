@@ -46,7 +46,7 @@ from pydantic import (
 from coordinator.query_spec import build_query
 from tiaki.budget import AmountError, parse_amount
 from tiaki.errors import InvalidQueryError, TiakiError
-from tiaki.files import yaml_problem
+from tiaki.files import read_yaml
 from tiaki.query import Query, QueryKind
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -294,21 +294,7 @@ def _describe(error: Any) -> str:
 
 def load_query_file(path: Path) -> dict[str, NamedQuery]:
     """Read and validate a query file; the queries in the order the file gives them."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QueryFileError(f"{path}: no such query file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QueryFileError(f"{path}: cannot read: {exc}") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
-    except (ValueError, TypeError, RecursionError):  # PyYAML: odd scalars, unhashable keys, nesting
-        raise QueryFileError(
-            f"{path}: not valid YAML: a value cannot be read (an impossible date, an "
-            "enormous number or too deep nesting)"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise QueryFileError(f"{path}: {yaml_problem(exc)}") from None
+    raw = read_yaml(path, QueryFileError, missing="no such query file", loader=_UniqueKeyLoader)
     if not isinstance(raw, dict):
         raise QueryFileError(f"{path}: expected a mapping with 'version' and 'queries'")
     try:

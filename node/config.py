@@ -13,11 +13,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiaki.budget import AmountError, PrivacyDefinition, parse_amount
-from tiaki.files import beside, describe_validation_error, yaml_problem
+from tiaki.files import beside, describe_validation_error, read_yaml
 from tiaki.query import QueryKind
 
 
@@ -334,21 +333,7 @@ _HINTS = {
 
 def load_config(path: Path) -> NodeConfig:
     """Read and validate a node config; ``data_dir`` is made absolute relative to the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; create one with 'tiaki-node init'") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except (ValueError, RecursionError):  # PyYAML raises these for odd scalars and deep nesting
-        raise ConfigError(
-            f"{path}: not valid YAML: a value cannot be read (an impossible date, an "
-            "enormous number or too deep nesting)"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
+    raw = read_yaml(path, ConfigError, missing="no such file; create one with 'tiaki-node init'")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (node_id, schema, policy, ...)")
     try:

@@ -54,3 +54,31 @@ def beside(config_file: Path, path: Path) -> Path:
     if "\x00" in str(path):
         raise ValueError(f"{str(path)[:60]!r} is not a usable path (it holds a NUL byte)")
     return (path if path.is_absolute() else config_file.parent / path).resolve()
+
+
+def read_yaml(
+    path: Path,
+    error: type[Exception],
+    *,
+    missing: str,
+    loader: type[yaml.SafeLoader] = yaml.SafeLoader,
+) -> Any:
+    """Parse a YAML file people write; every failure becomes ``error`` naming the file.
+
+    ``missing`` is what to say when the file does not exist (how to create it).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read: {exc}") from None
+    try:
+        return yaml.load(text, Loader=loader)
+    except (ValueError, TypeError, RecursionError):  # PyYAML: odd scalars, unhashable keys, nesting
+        raise error(
+            f"{path}: not valid YAML: a value cannot be read (an impossible date, an "
+            "enormous number, an unhashable key or too deep nesting)"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: {yaml_problem(exc)}") from None
