@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 def _check_address(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         raise ValueError(f"address {value!r} must be host:port, e.g. 127.0.0.1:50051")
     return value
 
@@ -146,8 +146,9 @@ def add_node(
         entry = NodeEntry(name=name, address=address, server_name=server_name)
     except ValidationError:
         raise FederationConfigError(
-            f"node name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (starting with a "
-            f"letter or digit), and address {address!r} must be host:port"
+            f"node name {name[:64]!r} must be 1-64 letters, digits, '.', '_' or '-' (starting "
+            f"with a letter or digit), address {address[:80]!r} must be host:port, and a "
+            "server name, if given, must be 1-253 characters"
         ) from None
     new = True
     fields: dict[str, str] = {"name": entry.name, "address": entry.address}

@@ -307,7 +307,8 @@ class ServerSettings(_Strict):
     @classmethod
     def _address(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        numeric = port.isascii() and port.isdigit()  # str.isdigit alone admits other scripts
+        if not sep or not host or not numeric or not 0 <= int(port) <= 65535:
             raise ValueError(f"address {v!r} must be host:port, e.g. 127.0.0.1:50051")
         return v
 

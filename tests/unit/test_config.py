@@ -109,3 +109,21 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 def test_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
     path = write(tmp_path, _set("data_dir", "records"))
     assert load_config(path).data_dir == (tmp_path / "records").resolve()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:١٢", "127.0.0.1:port", "127.0.0.1:70000"])
+def test_addresses_need_an_ascii_port(tmp_path: Path, address: str) -> None:
+    from coordinator.config import FederationConfigError, add_node
+
+    with pytest.raises(ConfigError, match="host:port"):
+        load_config(write(tmp_path, _set("server.address", address)))
+    with pytest.raises(FederationConfigError, match="host:port"):
+        add_node(tmp_path / "federation.yaml", "ngo-a", address)
+    assert not (tmp_path / "federation.yaml").exists()
+
+
+def test_an_empty_server_name_is_refused_and_named(tmp_path: Path) -> None:
+    from coordinator.config import FederationConfigError, add_node
+
+    with pytest.raises(FederationConfigError, match="server name"):
+        add_node(tmp_path / "federation.yaml", "ngo-a", "127.0.0.1:5", server_name="")
