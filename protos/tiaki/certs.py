@@ -24,9 +24,7 @@ node a certificate, key and the CA bundle it trusts for clients
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +41,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tiaki.files import write_atomic
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -115,8 +115,8 @@ def create_ca(
         .sign(key, hashes.SHA256())
     )
     _make_dir(directory, 0o700)
-    _write_atomic(key_path, _key_pem(key), 0o600)
-    _write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return crt_path, key_path
 
 
@@ -230,7 +230,7 @@ def renew(ca_dir: Path, cert_path: Path, key_path: Path, *, days: int = 397) -> 
             "issue a new certificate instead"
         ) from None
     cert = _build_leaf(old.subject, old.public_key(), ca_cert, ca_key, san, eku, days, None)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path
 
 
@@ -288,8 +288,8 @@ def _issue(
     eku = x509.ExtendedKeyUsage([usage])
     cert = _build_leaf(subject, key.public_key(), ca_cert, ca_key, sans, eku, days, not_before)
     _make_dir(out_dir, 0o755)
-    _write_atomic(key_path, _key_pem(key), 0o600)
-    _write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return crt_path, key_path
 
 
@@ -434,22 +434,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a same-directory temp file created with ``mode`` (never wider), then rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _refuse_existing(paths: Sequence[Path], force: bool) -> None:

@@ -8,6 +8,8 @@ line or key, and what to change.
 from __future__ import annotations
 
 import ipaddress
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,19 @@ def read_yaml(
         ) from None
     except yaml.YAMLError as exc:
         raise error(f"{path}: {yaml_problem(exc)}") from None
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write via a same-directory temp file created with ``mode`` (never wider), then rename."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -250,7 +250,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "version", "definition", "identifier_column", "columns", "allowed_kinds", "max_records_per_client", "per_query_max", "budget_period", "max_group_by", "max_cells", "dataset_version")
+    __slots__ = ("node_id", "version", "definition", "identifier_column", "columns", "allowed_kinds", "max_records_per_client", "per_query_max", "budget_period", "max_group_by", "max_cells", "dataset_version", "signing_key", "ledger_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +263,8 @@ class NodeInfo(_message.Message):
     MAX_GROUP_BY_FIELD_NUMBER: _ClassVar[int]
     MAX_CELLS_FIELD_NUMBER: _ClassVar[int]
     DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     version: str
     definition: PrivacyDefinition
@@ -275,4 +277,18 @@ class NodeInfo(_message.Message):
     max_group_by: int
     max_cells: int
     dataset_version: str
-    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., definition: _Optional[_Union[PrivacyDefinition, str]] = ..., identifier_column: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., allowed_kinds: _Optional[_Iterable[_Union[QueryKind, str]]] = ..., max_records_per_client: _Optional[int] = ..., per_query_max: _Optional[str] = ..., budget_period: _Optional[str] = ..., max_group_by: _Optional[int] = ..., max_cells: _Optional[int] = ..., dataset_version: _Optional[str] = ...) -> None: ...
+    signing_key: str
+    ledger_id: str
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., definition: _Optional[_Union[PrivacyDefinition, str]] = ..., identifier_column: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., allowed_kinds: _Optional[_Iterable[_Union[QueryKind, str]]] = ..., max_records_per_client: _Optional[int] = ..., per_query_max: _Optional[str] = ..., budget_period: _Optional[str] = ..., max_group_by: _Optional[int] = ..., max_cells: _Optional[int] = ..., dataset_version: _Optional[str] = ..., signing_key: _Optional[str] = ..., ledger_id: _Optional[str] = ...) -> None: ...
+
+class ExportLedgerRequest(_message.Message):
+    __slots__ = ("from_seq",)
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    from_seq: int
+    def __init__(self, from_seq: _Optional[int] = ...) -> None: ...
+
+class ExportLedgerLine(_message.Message):
+    __slots__ = ("line",)
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    line: str
+    def __init__(self, line: _Optional[str] = ...) -> None: ...

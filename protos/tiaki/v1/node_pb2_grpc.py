@@ -54,6 +54,11 @@ class NodeStub:
                 request_serializer=tiaki_dot_v1_dot_node__pb2.QueryRequest.SerializeToString,
                 response_deserializer=tiaki_dot_v1_dot_node__pb2.QueryPlan.FromString,
                 _registered_method=True)
+        self.ExportLedger = channel.unary_stream(
+                '/tiaki.v1.Node/ExportLedger',
+                request_serializer=tiaki_dot_v1_dot_node__pb2.ExportLedgerRequest.SerializeToString,
+                response_deserializer=tiaki_dot_v1_dot_node__pb2.ExportLedgerLine.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -88,6 +93,15 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportLedger(self, request, context):
+        """The node's hash-chained privacy ledger as a signed export, one line of
+        the JSON Lines export format per message (docs/audit.md). For allowed
+        coordinators and auditors; spends nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +124,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Plan,
                     request_deserializer=tiaki_dot_v1_dot_node__pb2.QueryRequest.FromString,
                     response_serializer=tiaki_dot_v1_dot_node__pb2.QueryPlan.SerializeToString,
+            ),
+            'ExportLedger': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportLedger,
+                    request_deserializer=tiaki_dot_v1_dot_node__pb2.ExportLedgerRequest.FromString,
+                    response_serializer=tiaki_dot_v1_dot_node__pb2.ExportLedgerLine.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +239,33 @@ class Node:
             '/tiaki.v1.Node/Plan',
             tiaki_dot_v1_dot_node__pb2.QueryRequest.SerializeToString,
             tiaki_dot_v1_dot_node__pb2.QueryPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tiaki.v1.Node/ExportLedger',
+            tiaki_dot_v1_dot_node__pb2.ExportLedgerRequest.SerializeToString,
+            tiaki_dot_v1_dot_node__pb2.ExportLedgerLine.FromString,
             options,
             channel_credentials,
             insecure,
