@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from coordinator.cli import budget, nodes, query
+from coordinator.cli import audit, budget, ledger, nodes, query
 from coordinator.cli.common import EXIT_CODES_HELP, CommandError, ExitCode
 from coordinator.config import FederationConfigError
 from coordinator.mirror import MirrorError
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tiaki {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (nodes, query, budget, certs_cli):
+    for command in (nodes, query, budget, ledger, audit, certs_cli):
         command.register(sub)
     return parser
 
