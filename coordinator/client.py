@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from types import TracebackType
 
 import grpc
@@ -90,6 +91,27 @@ class NodeClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         return answer_from_proto(response)
+
+    def export_ledger(self, from_seq: int = 0) -> Iterator[str]:
+        """The node's signed ledger export, one line at a time (each without its newline).
+
+        ``from_seq`` 0 or 1 asks for the whole ledger. The client's timeout
+        bounds the whole stream. Lines are yielded exactly as received: joined
+        with newlines they are the bytes the node signed. Stopping early
+        cancels the call.
+        """
+        call = self._stub.ExportLedger(
+            pb.ExportLedgerRequest(from_seq=from_seq),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+        try:
+            for message in call:
+                yield message.line
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
 
     def close(self) -> None:
         self._channel.close()

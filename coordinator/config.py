@@ -1,5 +1,8 @@
 """The federation file: which nodes to ask, who is asking, where the mirror ledger lives.
 
+Paths in the file (``ledger``, ``signing_key``, the ``tls`` files) are relative
+to the file's own folder.
+
 Validated at load with messages naming the file and the key; ``tiaki nodes add``
 creates and updates it.
 """
@@ -14,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiaki.files import beside, describe_validation_error, read_yaml
+
+DEFAULT_SIGNING_KEY = "coordinator-signing.key"
 
 
 class FederationConfigError(Exception):
@@ -63,6 +68,9 @@ class FederationConfig(_Strict):
     analyst: str = Field(min_length=1, max_length=128)
     identity: str = Field(default="coordinator", min_length=1, max_length=128)
     ledger: Path = Path("coordinator-ledger.sqlite")
+    # The Ed25519 key that signs this coordinator's ledger exports; default:
+    # DEFAULT_SIGNING_KEY beside the mirror ledger. Created on first export.
+    signing_key: Path | None = None
     defaults: Defaults = Defaults()
     tls: CoordinatorTls | None = None
     insecure: bool = False  # development only: plaintext, loopback nodes only
@@ -76,6 +84,13 @@ class FederationConfig(_Strict):
             raise ValueError(f"node names must be unique; repeated: {', '.join(dupes)}")
         return self
 
+    @property
+    def signing_key_path(self) -> Path:
+        """Where the ledger signing key lives (set, or the default beside the ledger)."""
+        if self.signing_key is not None:
+            return self.signing_key
+        return self.ledger.parent / DEFAULT_SIGNING_KEY
+
     def node(self, name: str) -> NodeEntry:
         for entry in self.nodes:
             if entry.name == name:
@@ -85,7 +100,11 @@ class FederationConfig(_Strict):
 
 
 def load_federation(path: Path) -> FederationConfig:
-    """Read and validate; the ledger path is made absolute relative to the file."""
+    """Read and validate; every path is made absolute relative to the file.
+
+    ``signing_key`` is always set on the result: the file's value, or the
+    default beside the (resolved) mirror ledger.
+    """
     raw = read_yaml(
         path,
         FederationConfigError,
@@ -102,6 +121,9 @@ def load_federation(path: Path) -> FederationConfig:
     update: dict[str, Any] = {}
     try:
         update["ledger"] = beside(path, config.ledger)
+        update["signing_key"] = beside(
+            path, config.signing_key or update["ledger"].parent / DEFAULT_SIGNING_KEY
+        )
         if config.tls is not None:
             update["tls"] = CoordinatorTls(
                 ca=beside(path, config.tls.ca),

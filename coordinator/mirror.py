@@ -13,6 +13,17 @@ coordinator's durable copy, so the ministry and an auditor can compare the two
   answered by replay (or that fails) never changes or adds to it, and a
   trigger in the file refuses any change to a recorded charge.
 
+The ``questions`` and ``outcomes`` tables are the queryable state. Beside them
+the file keeps a hash chain (:mod:`tiaki.chain`, schema version 2): every
+change to the tables appends its entry in the *same* transaction, so the
+chain is the tamper-evident log of how the tables came to be, and
+:meth:`MirrorLedger.verify` checks that the two agree. Entries: ``opened``
+when the file is created, a ``question`` when a question is first recorded
+(and again listing only the new nodes when a re-send asks more), an
+``outcome`` per node reply, and a ``signing_key`` whenever exports start to be
+signed by a new key (see ``tiaki ledger export``). A schema-1 file is upgraded
+in place, in one transaction, the first time it is opened.
+
 Amounts are exact: Fractions written with :func:`tiaki.budget.format_amount`,
 read with :func:`tiaki.budget.read_amount`, summed only as Fractions. One
 connection per object, serialised by a lock, so threads may share it; writes
@@ -22,21 +33,44 @@ same file. This module must never import the ``node`` package.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from coordinator.results import NodeOutcome, NodeStatus
 from tiaki.budget import PrivacyDefinition, format_amount, read_amount
+from tiaki.chain import (
+    ChainEntry,
+    ChainFormatError,
+    append_entry,
+    chain_head,
+    check_links,
+    create_chain_table,
+    genesis_hash,
+    last_of_type,
+    read_entries,
+)
+from tiaki.ledger_records import (
+    COORDINATOR_LEDGER,
+    COORDINATOR_TYPES,
+    Opened,
+    OutcomeRecord,
+    QuestionRecord,
+    SigningKeyRecord,
+    parse_record,
+)
+from tiaki.signing import parse_public_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KIND = "tiaki-coordinator-mirror"
 BUSY_TIMEOUT_MS = 30_000
 PENDING: Literal["pending"] = "pending"
@@ -87,7 +121,8 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _timestamp(when: datetime) -> str:
+def timestamp(when: datetime) -> str:
+    """A chain and table timestamp: UTC, microseconds, ``Z``."""
     when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -146,6 +181,7 @@ class MirrorLedger:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
+        self._ledger_id = ""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn: sqlite3.Connection | None = sqlite3.connect(
@@ -168,45 +204,100 @@ class MirrorLedger:
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if self._tables():  # check whose file it is before changing anything in it
-                self._check_meta()
+                self._check_kind(self._meta())
             mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
             if mode != "wal":
                 raise MirrorError(f"{self.path}: cannot use WAL journal mode (got {mode!r})")
             conn.execute("PRAGMA synchronous = FULL")
+            # Decided inside the write transaction: another process may be creating or
+            # upgrading the same file at the same moment.
             with self._tx():
                 if not self._tables():
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
-                    conn.executemany(
-                        "INSERT INTO meta (key, value) VALUES (?, ?)",
-                        [
-                            ("kind", KIND),
-                            ("schema_version", str(SCHEMA_VERSION)),
-                            ("created_at", _timestamp(self._clock())),
-                        ],
-                    )
-                self._check_meta()
+                    self._create(conn)
+                elif self._meta().get("schema_version") == "1":
+                    self._upgrade_from_v1(conn)
+                self._ledger_id = self._check_meta(self._meta())
         except sqlite3.DatabaseError as exc:
             raise MirrorError(f"{self.path}: not a usable mirror ledger: {exc}") from None
 
     def _tables(self) -> set[str]:
         return {str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master")}
 
-    def _check_meta(self) -> None:
-        meta: dict[str, str] = {}
-        if "meta" in self._tables():
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+    def _meta(self) -> dict[str, str]:
+        if "meta" not in self._tables():
+            return {}
+        return {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+
+    def _check_kind(self, meta: dict[str, str]) -> None:
         if meta.get("kind") != KIND:
             raise MirrorError(
                 f"{self.path}: an SQLite file, but not a tiaki coordinator mirror ledger; "
                 "refusing to write to it (check the mirror path in the coordinator config)"
             )
+
+    def _check_meta(self, meta: dict[str, str]) -> str:
+        """Refuse a file this release cannot read; its ledger id if it can."""
+        self._check_kind(meta)
         version = meta.get("schema_version", "")
         if version != str(SCHEMA_VERSION):
             raise MirrorError(
                 f"{self.path}: mirror schema version {version or 'unknown'}, this tiaki reads "
                 f"version {SCHEMA_VERSION}; use the tiaki release that wrote it"
             )
+        ledger_id = meta.get("ledger_id", "")
+        if not ledger_id or "chain" not in self._tables():
+            raise MirrorError(
+                f"{self.path}: the mirror ledger has no hash chain or ledger id; it was damaged "
+                "or written by something other than tiaki"
+            )
+        return ledger_id
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        """A new, empty mirror whose chain starts with its ``opened`` entry."""
+        now = timestamp(self._clock())
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        create_chain_table(conn)
+        ledger_id = uuid.uuid4().hex
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [
+                ("kind", KIND),
+                ("schema_version", str(SCHEMA_VERSION)),
+                ("created_at", now),
+                ("ledger_id", ledger_id),
+            ],
+        )
+        opened = Opened(COORDINATOR_LEDGER, ledger_id, SCHEMA_VERSION)
+        append_entry(conn, ledger_id, opened.type, now, opened.body())
+
+    def _upgrade_from_v1(self, conn: sqlite3.Connection) -> None:
+        """Give a schema-1 mirror its chain, in the caller's transaction.
+
+        The chain is rebuilt from the tables as they stand: ``opened`` (at the
+        file's creation time), a ``question`` per question listing every node
+        it asked (at its ``created_at``), then an ``outcome`` per answered or
+        failed row carrying its stored charge (at its ``updated_at``). Questions
+        come first so every outcome follows the question that asked its node.
+        Rows still pending get no outcome entry: nothing has happened to them.
+        """
+        now = timestamp(self._clock())
+        meta = self._meta()
+        create_chain_table(conn)
+        ledger_id = uuid.uuid4().hex
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [("ledger_id", ledger_id), ("upgraded_from_1_at", now)],
+        )
+        opened = Opened(COORDINATOR_LEDGER, ledger_id, SCHEMA_VERSION)
+        append_entry(conn, ledger_id, opened.type, meta.get("created_at") or now, opened.body())
+        for question, at in _v1_questions(conn):
+            append_entry(conn, ledger_id, question.type, at, question.body())
+        for outcome, at in _v1_outcomes(conn):
+            append_entry(conn, ledger_id, outcome.type, at, outcome.body())
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
 
     # ------------------------------------------------------------ plumbing
 
@@ -250,6 +341,10 @@ class MirrorLedger:
         identity, query, cost and definition) keeps the original intent and its
         rows; only nodes not asked before get new ``pending`` rows. Reusing a
         ``query_id`` for anything else raises :class:`MirrorError`.
+
+        Chained in the same transaction: a ``question`` entry listing the nodes
+        newly asked (all of them the first time; none, so no entry, when a
+        re-send adds nobody). Durable when this returns.
         """
         if not query_id or not identity or not analyst:
             raise ValueError("query_id, analyst and identity must be non-empty")
@@ -260,7 +355,7 @@ class MirrorLedger:
         definition = PrivacyDefinition(definition)
         intent = (analyst, identity, canonical_query, format_amount(requested), definition.value)
         with self._lock, self._tx() as conn:
-            now = _timestamp(self._clock())
+            now = timestamp(self._clock())
             row = conn.execute(
                 "SELECT analyst, identity, canonical_query, requested, definition "
                 "FROM questions WHERE query_id = ?",
@@ -278,11 +373,27 @@ class MirrorLedger:
                     "(analyst, identity, query, cost or definition differ); nodes refuse a "
                     "reused id, so use a new query id"
                 )
+            asked = {
+                str(r[0])
+                for r in conn.execute("SELECT node FROM outcomes WHERE query_id = ?", (query_id,))
+            }
+            new_nodes = tuple(node for node in nodes if node not in asked)
+            if not new_nodes:
+                return
             conn.executemany(
-                "INSERT OR IGNORE INTO outcomes (query_id, node, status, updated_at) "
-                "VALUES (?, ?, ?, ?)",
-                [(query_id, node, PENDING, now) for node in nodes],
+                "INSERT INTO outcomes (query_id, node, status, updated_at) VALUES (?, ?, ?, ?)",
+                [(query_id, node, PENDING, now) for node in new_nodes],
             )
+            question = QuestionRecord(
+                query_id,
+                analyst,
+                identity,
+                canonical_query,
+                requested,
+                definition.value,
+                new_nodes,
+            )
+            append_entry(conn, self.ledger_id, question.type, now, question.body())
 
     def record_outcome(self, query_id: str, outcome: NodeOutcome) -> None:
         """Commit one node's outcome for a question whose intent is recorded."""
@@ -296,6 +407,11 @@ class MirrorLedger:
         outcome that reports one and never changes after (the node charged
         once). A later replay reporting a different charge is noted in the
         reason, not counted.
+
+        Chained in the same transaction: one ``outcome`` entry per outcome,
+        carrying the charge *this* reply reported (None unless answered or
+        replayed) and the reason as stored. Durable when this returns; if any
+        outcome is refused, none of them is recorded.
         """
         with self._lock, self._tx() as conn:
             for outcome in outcomes:
@@ -303,6 +419,8 @@ class MirrorLedger:
 
     def _write_outcome(self, conn: sqlite3.Connection, query_id: str, outcome: NodeOutcome) -> None:
         status = NodeStatus(outcome.status)
+        if outcome.attempts < 0:
+            raise MirrorError(f"node {outcome.node!r}: negative attempt count {outcome.attempts}")
         reported: Fraction | None = None
         if outcome.answered:
             reported = outcome.charged
@@ -330,6 +448,11 @@ class MirrorLedger:
                 f"{charged}, recorded first"
             )
             reason = f"{reason}; {note}" if reason else note
+        now = timestamp(self._clock())
+        # An empty version or node id (no answer) keeps the stored one, so the
+        # table holds the last one reported: what the chain's entries replay to.
+        version = answer.dataset_version if answer is not None else ""
+        node_id = answer.node_id if answer is not None else ""
         conn.execute(
             "UPDATE outcomes SET status = ?, reason = ?, charged = ?, "
             "attempts = attempts + ?, seconds = seconds + ?, "
@@ -342,13 +465,24 @@ class MirrorLedger:
                 charged,
                 outcome.attempts,
                 outcome.seconds,
-                answer.dataset_version if answer is not None else None,
-                answer.node_id if answer is not None else None,
-                _timestamp(self._clock()),
+                version or None,
+                node_id or None,
+                now,
                 query_id,
                 outcome.node,
             ),
         )
+        record = OutcomeRecord(
+            query_id,
+            outcome.node,
+            status.value,
+            reason,
+            reported,
+            outcome.attempts,
+            version,
+            node_id,
+        )
+        append_entry(conn, self.ledger_id, record.type, now, record.body())
 
     def spent_by_node(self) -> dict[str, Fraction]:
         """Exact sum of the charges each node reported to this coordinator (0 if none).
@@ -415,6 +549,75 @@ class MirrorLedger:
             for qid, analyst, identity, canonical, requested, definition, created in qrows
         ]
 
+    # ------------------------------------------------------------ the chain
+
+    @property
+    def ledger_id(self) -> str:
+        """This mirror's random id: its chain's genesis hash derives from it."""
+        return self._ledger_id
+
+    def chain_entries(self, from_seq: int = 1) -> list[ChainEntry]:
+        """The chain's entries from ``from_seq`` on, oldest first, exactly as stored."""
+        with self._lock, self._tx() as conn:
+            return list(read_entries(conn, from_seq))
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the chain's last entry."""
+        with self._lock, self._tx() as conn:
+            return chain_head(conn, self.ledger_id)
+
+    def record_signing_key(self, public_text: str) -> bool:
+        """Chain ``public_text`` as the key that signs this ledger's exports from here on.
+
+        Appends a ``signing_key`` entry only if it differs from the last one
+        recorded; True if it did. Durable when this returns.
+        """
+        parse_public_key(public_text)  # refuse to chain something that is not a key
+        with self._lock, self._tx() as conn:
+            last = last_of_type(conn, SigningKeyRecord.type)
+            if last is not None and last.body.get("public_key") == public_text:
+                return False
+            record = SigningKeyRecord(public_text)
+            append_entry(conn, self.ledger_id, record.type, timestamp(self._clock()), record.body())
+            return True
+
+    def verify(self) -> int:
+        """Check the chain and that it accounts for the tables exactly; the entries checked.
+
+        The chain must link unbroken from this ledger's genesis hash, start
+        with its ``opened`` entry and hold only well-formed coordinator
+        entries; replaying its ``question`` and ``outcome`` entries must give
+        every row of ``questions`` and ``outcomes`` as stored (all but the
+        ``seconds`` timing, which the chain does not carry). Raises
+        :class:`MirrorError` naming the first entry (or row) that disagrees.
+        Changes nothing.
+        """
+        with self._lock, self._tx() as conn:
+            rows = conn.execute(
+                "SELECT seq, type, at, body, prev, hash FROM chain ORDER BY seq"
+            ).fetchall()
+            questions = conn.execute(
+                "SELECT query_id, analyst, identity, canonical_query, requested, definition, "
+                "created_at FROM questions ORDER BY seq"
+            ).fetchall()
+            outcomes = conn.execute(
+                "SELECT query_id, node, status, reason, charged, attempts, dataset_version, "
+                "node_id, updated_at FROM outcomes ORDER BY rowid"
+            ).fetchall()
+        try:
+            entries = [_stored_entry(row) for row in rows]
+            breaks = check_links(entries, genesis_hash(self.ledger_id))
+            if breaks:
+                raise _Disagreement(f"chain entry {breaks[0].seq}: {breaks[0].problem}")
+            replay = _Replay(self.ledger_id)
+            for entry in entries:
+                replay.apply(entry)
+            replay.compare_questions(questions)
+            replay.compare_outcomes(outcomes)
+        except _Disagreement as exc:
+            raise MirrorError(f"{self.path}: the mirror ledger does not verify: {exc}") from None
+        return len(entries)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -431,6 +634,285 @@ class MirrorLedger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------- the chain, rebuilt and replayed
+
+
+def _v1_questions(conn: sqlite3.Connection) -> list[tuple[QuestionRecord, str]]:
+    """A schema-1 file's questions as ``question`` entries, with their creation times."""
+    asked: dict[str, list[str]] = {}
+    for query_id, node in conn.execute("SELECT query_id, node FROM outcomes ORDER BY rowid"):
+        asked.setdefault(str(query_id), []).append(str(node))
+    rows = conn.execute(
+        "SELECT query_id, analyst, identity, canonical_query, requested, definition, created_at "
+        "FROM questions ORDER BY seq"
+    ).fetchall()
+    return [
+        (
+            QuestionRecord(
+                str(qid),
+                str(analyst),
+                str(identity),
+                str(canonical),
+                read_amount(requested),
+                str(definition),
+                tuple(asked.get(str(qid), ())),
+            ),
+            str(created),
+        )
+        for qid, analyst, identity, canonical, requested, definition, created in rows
+    ]
+
+
+def _v1_outcomes(conn: sqlite3.Connection) -> list[tuple[OutcomeRecord, str]]:
+    """A schema-1 file's settled outcome rows as ``outcome`` entries, oldest update first."""
+    rows = conn.execute(
+        "SELECT query_id, node, status, reason, charged, attempts, dataset_version, node_id, "
+        "updated_at FROM outcomes WHERE status != ? ORDER BY updated_at, rowid",
+        (PENDING,),
+    ).fetchall()
+    return [
+        (
+            OutcomeRecord(
+                str(qid),
+                str(node),
+                str(status),
+                str(reason),
+                None if charged is None else read_amount(charged),
+                int(attempts),
+                str(version),
+                str(node_id),
+            ),
+            str(updated),
+        )
+        for qid, node, status, reason, charged, attempts, version, node_id, updated in rows
+    ]
+
+
+class _Disagreement(Exception):
+    """Where the chain breaks or disagrees with the tables (turned into a MirrorError)."""
+
+
+def _stored_entry(row: tuple[Any, ...]) -> ChainEntry:
+    seq, type_, at, body, prev, hash_ = row
+    try:
+        parsed = json.loads(body)
+    except (TypeError, ValueError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise _Disagreement(f"chain entry {seq}: its body is not a JSON object (it was altered)")
+    return ChainEntry(int(seq), str(type_), str(at), parsed, str(prev), str(hash_))
+
+
+def _amount_or_text(text: str) -> Fraction | str:
+    """A stored amount, or its raw text if it is not one (so a comparison shows it)."""
+    try:
+        return read_amount(text)
+    except (ValueError, ZeroDivisionError):
+        return text
+
+
+def _show(value: object) -> str:
+    return format_amount(value) if isinstance(value, Fraction) else repr(value)
+
+
+def _first_difference(
+    chained: dict[str, object], stored: dict[str, object]
+) -> tuple[str, object, object] | None:
+    for key, value in chained.items():
+        if stored[key] != value:
+            return key, value, stored[key]
+    return None
+
+
+@dataclass
+class _AskedQuestion:
+    """A question as the chain recorded it: its first entry, and every node asked since."""
+
+    seq: int
+    at: str
+    record: QuestionRecord
+    nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _ReplayedRow:
+    """What the chain says one ``outcomes`` row holds, and the last entry that said so."""
+
+    seq: int
+    status: str = PENDING
+    reason: str = ""
+    charged: Fraction | None = None
+    attempts: int = 0
+    dataset_version: str = ""
+    node_id: str = ""
+    # Set by outcome entries only: a row added by a re-send before schema 2 has no
+    # entry of its own saying when it was added.
+    updated_at: str | None = None
+
+    def apply(self, seq: int, at: str, outcome: OutcomeRecord) -> None:
+        """The same rules :meth:`MirrorLedger._write_outcome` applies to the row."""
+        self.seq = seq
+        self.status = outcome.status
+        self.reason = outcome.reason
+        if self.charged is None:
+            self.charged = outcome.charge
+        self.attempts += outcome.attempts
+        self.dataset_version = outcome.dataset_version or self.dataset_version
+        self.node_id = outcome.node_id or self.node_id
+        self.updated_at = at
+
+
+class _Replay:
+    """The tables as the chain's entries say they must be."""
+
+    def __init__(self, ledger_id: str) -> None:
+        self.ledger_id = ledger_id
+        self.questions: dict[str, _AskedQuestion] = {}
+        self.rows: dict[tuple[str, str], _ReplayedRow] = {}
+
+    def apply(self, entry: ChainEntry) -> None:
+        where = f"chain entry {entry.seq} ({entry.type})"
+        if entry.type not in COORDINATOR_TYPES:
+            raise _Disagreement(f"{where}: not a kind of entry a coordinator ledger holds")
+        try:
+            record = parse_record(entry)
+        except ChainFormatError as exc:
+            raise _Disagreement(f"{where}: malformed: {exc}") from None
+        if isinstance(record, Opened):
+            self._opened(entry.seq, record, where)
+        elif entry.seq == 1:
+            raise _Disagreement(f"{where}: the chain must begin with its 'opened' entry")
+        elif isinstance(record, QuestionRecord):
+            self._question(entry, record, where)
+        elif isinstance(record, OutcomeRecord):
+            self._outcome(entry, record, where)
+        # A signing_key entry has nothing in the tables to agree with.
+
+    def _opened(self, seq: int, record: Opened, where: str) -> None:
+        if seq != 1:
+            raise _Disagreement(f"{where}: a ledger is opened once, by its first entry")
+        if record.ledger != COORDINATOR_LEDGER or record.ledger_id != self.ledger_id:
+            raise _Disagreement(
+                f"{where}: opens {record.ledger} ledger {record.ledger_id!r}, not this "
+                f"coordinator mirror {self.ledger_id!r}"
+            )
+
+    def _question(self, entry: ChainEntry, record: QuestionRecord, where: str) -> None:
+        asked = self.questions.get(record.query_id)
+        if asked is None:
+            asked = self.questions[record.query_id] = _AskedQuestion(entry.seq, entry.at, record)
+        elif replace(record, nodes=()) != replace(asked.record, nodes=()):
+            raise _Disagreement(
+                f"{where}: re-records question {record.query_id!r} with another analyst, "
+                f"identity, query, cost or definition than entry {asked.seq}"
+            )
+        if not record.nodes:
+            raise _Disagreement(f"{where}: asks no nodes")
+        for node in record.nodes:
+            if (record.query_id, node) in self.rows:
+                raise _Disagreement(
+                    f"{where}: asks node {node!r} question {record.query_id!r} a second time"
+                )
+            self.rows[record.query_id, node] = _ReplayedRow(entry.seq)
+            asked.nodes.append(node)
+
+    def _outcome(self, entry: ChainEntry, record: OutcomeRecord, where: str) -> None:
+        row = self.rows.get((record.query_id, record.node))
+        if row is None:
+            raise _Disagreement(
+                f"{where}: an outcome of question {record.query_id!r} at node {record.node!r}, "
+                "but no earlier entry asked that node that question"
+            )
+        row.apply(entry.seq, entry.at, record)
+
+    def compare_questions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Every ``questions`` row must be a question the chain recorded, and vice versa."""
+        stored_ids: set[str] = set()
+        for qid, analyst, identity, canonical, requested, definition, created in rows:
+            stored_ids.add(qid)
+            asked = self.questions.get(qid)
+            if asked is None:
+                raise _Disagreement(
+                    f"question {qid!r} is in the questions table but no chain entry records it "
+                    "(it was added behind the chain's back)"
+                )
+            r = asked.record
+            difference = _first_difference(
+                {
+                    "analyst": r.analyst,
+                    "identity": r.identity,
+                    "canonical_query": r.canonical_query,
+                    "requested": r.requested,
+                    "definition": r.definition,
+                    "created_at": asked.at,
+                },
+                {
+                    "analyst": analyst,
+                    "identity": identity,
+                    "canonical_query": canonical,
+                    "requested": _amount_or_text(requested),
+                    "definition": definition,
+                    "created_at": created,
+                },
+            )
+            if difference is not None:
+                key, chained, stored = difference
+                raise _Disagreement(
+                    f"chain entry {asked.seq} (question {qid!r}): the chain says {key} "
+                    f"{_show(chained)} but the questions table holds {_show(stored)}"
+                )
+        for qid, asked in self.questions.items():
+            if qid not in stored_ids:
+                raise _Disagreement(
+                    f"chain entry {asked.seq} (question {qid!r}): the question is missing from "
+                    "the questions table"
+                )
+
+    def compare_outcomes(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Every ``outcomes`` row must be what the chain's entries for it replay to."""
+        stored_keys: set[tuple[str, str]] = set()
+        for qid, node, status, reason, charged, attempts, version, node_id, updated in rows:
+            stored_keys.add((qid, node))
+            row = self.rows.get((qid, node))
+            if row is None:
+                raise _Disagreement(
+                    f"the outcomes table has node {node!r} for question {qid!r}, but no chain "
+                    "entry asked that node that question (added behind the chain's back)"
+                )
+            chained: dict[str, object] = {
+                "status": row.status,
+                "reason": row.reason,
+                "charge": row.charged,
+                "attempts": row.attempts,
+                "dataset_version": row.dataset_version,
+                "node_id": row.node_id,
+            }
+            stored: dict[str, object] = {
+                "status": status,
+                "reason": reason,
+                "charge": None if charged is None else _amount_or_text(charged),
+                "attempts": attempts,
+                "dataset_version": version,
+                "node_id": node_id,
+                "updated_at": updated,
+            }
+            if row.updated_at is not None:
+                chained["updated_at"] = row.updated_at
+            difference = _first_difference(chained, stored)
+            if difference is not None:
+                key, said, held = difference
+                raise _Disagreement(
+                    f"chain entry {row.seq} (question {qid!r}, node {node!r}): the chain says "
+                    f"{key} {_show(said)} but the outcomes table holds {_show(held)}"
+                )
+        for (qid, node), row in self.rows.items():
+            if (qid, node) not in stored_keys:
+                raise _Disagreement(
+                    f"chain entry {row.seq} (question {qid!r}, node {node!r}): the outcomes "
+                    "table has no row for it"
+                )
 
 
 def reconcile(mirror: dict[str, Fraction], node_reported: dict[str, Fraction]) -> list[Discrepancy]:

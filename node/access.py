@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from node.config import CoordinatorGrant, Policy
+from node.config import AuditorGrant, CoordinatorGrant, Policy
 from tiaki.errors import PolicyViolationError, TiakiError
 from tiaki.metadata import IDENTITY_METADATA_KEY
 
@@ -66,27 +66,41 @@ def caller_of(context: grpc.ServicerContext) -> Caller:
     return Caller(ANONYMOUS, None, verified=False)
 
 
+def _names(grant: CoordinatorGrant | AuditorGrant, caller: Caller) -> bool:
+    """Does the policy entry name this caller, by certificate identity or fingerprint?"""
+    by_name = grant.identity is not None and grant.identity == caller.identity
+    by_print = (
+        grant.normalised_fingerprint is not None
+        and caller.fingerprint == grant.normalised_fingerprint
+    )
+    return by_name or by_print
+
+
 class Gatekeeper:
     """Applies the policy's list of allowed coordinators and per-identity concurrency."""
 
     def __init__(self, policy: Policy, max_concurrent_per_identity: int) -> None:
         self._grants = policy.coordinators
+        self._auditors = policy.auditors
         self._limit = max_concurrent_per_identity
         self._lock = threading.Lock()
         self._in_flight: dict[str, int] = {}
 
-    def admit(self, caller: Caller, what: str) -> CoordinatorGrant | None:
-        """The caller's grant, or PERMISSION_DENIED (logged, nothing spent)."""
+    def admit(
+        self, caller: Caller, what: str, *, auditors: bool = False
+    ) -> CoordinatorGrant | None:
+        """The caller's grant, or PERMISSION_DENIED (logged, nothing spent).
+
+        With ``auditors``, the policy's auditors are let in too (with no grant:
+        they may read the node's info, budget and ledger, never ask a query).
+        """
         if not self._grants:
             return None  # only possible without TLS: every claim is let in (development)
         for grant in self._grants:
-            by_name = grant.identity is not None and grant.identity == caller.identity
-            by_print = (
-                grant.normalised_fingerprint is not None
-                and caller.fingerprint == grant.normalised_fingerprint
-            )
-            if by_name or by_print:
+            if _names(grant, caller):
                 return grant
+        if auditors and any(_names(auditor, caller) for auditor in self._auditors):
+            return None
         log.warning(
             "refused %s from %s (%s, fingerprint %s): not an allowed coordinator",
             what,

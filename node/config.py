@@ -237,15 +237,34 @@ class BudgetPolicy(_Strict):
         return None if v is None else _amount(v, "lifetime limit")
 
 
-class CoordinatorGrant(_Strict):
+class _NamedCaller(_Strict):
+    """A caller named by exactly one of certificate identity or certificate fingerprint."""
+
+    identity: str | None = Field(default=None, min_length=1, max_length=128)
+    fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-fA-F:]{64,95}$")
+
+    @model_validator(mode="after")
+    def _named(self) -> _NamedCaller:
+        if (self.identity is None) == (self.fingerprint is None):
+            raise ValueError("name the caller by exactly one of identity or fingerprint")
+        return self
+
+    @property
+    def normalised_fingerprint(self) -> str | None:
+        return self.fingerprint.replace(":", "").lower() if self.fingerprint else None
+
+
+class AuditorGrant(_NamedCaller):
+    """An evaluator allowed to read the node's info, budget and signed ledger; never to ask."""
+
+
+class CoordinatorGrant(_NamedCaller):
     """One coordinator the NGO allows to ask, named by certificate identity or fingerprint.
 
     ``kinds`` narrows the node-wide allowed kinds for this coordinator;
     ``budget_cap`` is the most it may spend per budget period.
     """
 
-    identity: str | None = Field(default=None, min_length=1, max_length=128)
-    fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-fA-F:]{64,95}$")
     kinds: tuple[QueryKind, ...] | None = None
     budget_cap: Fraction | None = None
 
@@ -253,16 +272,6 @@ class CoordinatorGrant(_Strict):
     @classmethod
     def _cap(cls, v: Any) -> Fraction | None:
         return None if v is None else _amount(v, "budget cap")
-
-    @model_validator(mode="after")
-    def _named(self) -> CoordinatorGrant:
-        if (self.identity is None) == (self.fingerprint is None):
-            raise ValueError("name the coordinator by exactly one of identity or fingerprint")
-        return self
-
-    @property
-    def normalised_fingerprint(self) -> str | None:
-        return self.fingerprint.replace(":", "").lower() if self.fingerprint else None
 
 
 class Policy(_Strict):
@@ -275,6 +284,7 @@ class Policy(_Strict):
     allowed_kinds: tuple[QueryKind, ...] = tuple(QueryKind)
     max_cells: int = Field(default=10_000, ge=1, le=1_000_000)
     coordinators: tuple[CoordinatorGrant, ...] = ()
+    auditors: tuple[AuditorGrant, ...] = ()
 
     @field_validator("per_query_max", mode="before")
     @classmethod

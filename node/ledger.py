@@ -14,6 +14,15 @@ the commit has been synced to disk, so an answer that leaves the node has
 always been paid for, and a crash before the commit spends nothing and leaks
 nothing. Refusals and replays spend nothing. Entries are only ever appended.
 
+Tamper evidence: beside its working tables the ledger keeps an append-only
+hash chain (:mod:`tiaki.chain`; entry types in :mod:`tiaki.ledger_records`).
+Every charge appends a ``charge`` entry in the same transaction that spends
+it, preceded by a ``period`` entry when it is the first charge of a new
+budget period and by a ``policy`` entry when the policy of the process that
+charges differs from the last one recorded, so each charge is chained after
+the limits it was checked against. :func:`node.exports.export_ledger` signs
+the chain for auditors.
+
 Concurrency: one connection per ledger object, serialised by a lock, so any
 number of threads may share one object; other processes may open the same file
 (``BEGIN IMMEDIATE`` plus a busy timeout serialises writers across processes).
@@ -21,8 +30,10 @@ number of threads may share one object; other processes may open the same file
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from node.config import BudgetPolicy, Policy
+from node.config import BudgetPolicy, CoordinatorGrant, Policy
 from tiaki.budget import (
     BudgetStatus,
     PeriodBudget,
@@ -40,9 +51,28 @@ from tiaki.budget import (
     format_amount,
     read_amount,
 )
+from tiaki.chain import (
+    ChainEntry,
+    append_entry,
+    chain_head,
+    check_links,
+    create_chain_table,
+    genesis_hash,
+    last_of_type,
+    read_entries,
+)
 from tiaki.errors import InsufficientBudgetError, QueryIdConflictError
+from tiaki.ledger_records import (
+    NODE_LEDGER,
+    ChargeRecord,
+    GrantRecord,
+    Opened,
+    PeriodRecord,
+    PolicyRecord,
+    SigningKeyRecord,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 LIFETIME = "lifetime"
 
@@ -64,8 +94,8 @@ CREATE TABLE IF NOT EXISTS entries (
     dataset_version TEXT NOT NULL,
     created_at      TEXT NOT NULL,
     response        BLOB NOT NULL,
-    prev_hash       TEXT,  -- reserved for the audit hash chain
-    entry_hash      TEXT,
+    prev_hash       TEXT,  -- unused: the chain table holds the links
+    entry_hash      TEXT,  -- the hash of this charge's entry in the chain
     UNIQUE (identity, query_id)
 );
 CREATE TABLE IF NOT EXISTS spending (
@@ -73,6 +103,8 @@ CREATE TABLE IF NOT EXISTS spending (
     spent  TEXT NOT NULL
 );
 """
+# Each charge looks up the last period and policy entries.
+_CHAIN_TYPE_INDEX = "CREATE INDEX chain_type ON chain (type, seq)"
 
 
 class LedgerError(Exception):
@@ -167,11 +199,16 @@ class PrivacyLedger:
         budget: BudgetPolicy,
         per_query_max: Fraction,
         clock: Callable[[], datetime] = utc_now,
+        *,
+        node_id: str = "",
+        grants: tuple[CoordinatorGrant, ...] = (),
     ) -> None:
         self.path = Path(path)
         self.definition = PrivacyDefinition(definition)
         self.budget = budget
         self.per_query_max = per_query_max
+        self.node_id = node_id
+        self.grants = tuple(grants)
         self._clock = clock
         self._lock = threading.Lock()
         try:
@@ -192,10 +229,23 @@ class PrivacyLedger:
 
     @classmethod
     def open(
-        cls, path: Path, policy: Policy, clock: Callable[[], datetime] = utc_now
+        cls,
+        path: Path,
+        policy: Policy,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        node_id: str = "",
     ) -> PrivacyLedger:
         """Open (creating if missing) the ledger for a node policy."""
-        return cls(path, policy.privacy_definition, policy.budget, policy.per_query_max, clock)
+        return cls(
+            path,
+            policy.privacy_definition,
+            policy.budget,
+            policy.per_query_max,
+            clock,
+            node_id=node_id,
+            grants=policy.coordinators,
+        )
 
     def _setup(self) -> None:
         conn = self._db
@@ -216,10 +266,15 @@ class PrivacyLedger:
                 if not meta:
                     self._init_meta()
                     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                if meta.get("schema_version") == "1":
+                    self._check_definition(meta)
+                    self._migrate_from_v1(str(meta["created_at"]))
+                    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
                 self._check_meta(meta)
                 if meta["period"] != self.budget.period:
                     self._rebuild_spending()
                 self._created = str(meta["created_at"])
+                self.ledger_id = str(meta["ledger_id"])
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: not a usable privacy ledger: {exc}") from None
 
@@ -231,6 +286,7 @@ class PrivacyLedger:
 
     def _init_meta(self) -> None:
         now = _timestamp(self._clock())
+        ledger_id = uuid.uuid4().hex
         self._db.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
             [
@@ -238,7 +294,42 @@ class PrivacyLedger:
                 ("definition", self.definition.value),
                 ("period", self.budget.period),
                 ("created_at", now),
+                ("ledger_id", ledger_id),
             ],
+        )
+        self._start_chain(ledger_id, now)
+
+    def _start_chain(self, ledger_id: str, at: str) -> None:
+        create_chain_table(self._db)
+        self._db.execute(_CHAIN_TYPE_INDEX)
+        opened = Opened(NODE_LEDGER, ledger_id, SCHEMA_VERSION)
+        append_entry(self._db, ledger_id, opened.type, at, opened.body())
+
+    def _migrate_from_v1(self, created_at: str) -> None:
+        """Give a ledger written before the hash chain its chain, in the same transaction.
+
+        The policy recorded first is the one in force at migration: earlier
+        policies were never written down, so an auditor checks the old charges
+        against today's limits.
+        """
+        conn = self._db
+        ledger_id = uuid.uuid4().hex
+        conn.execute("INSERT INTO meta (key, value) VALUES ('ledger_id', ?)", (ledger_id,))
+        self._start_chain(ledger_id, created_at)
+        self._ensure_policy(conn, ledger_id, created_at)
+        rows = conn.execute(
+            "SELECT seq, query_id, identity, analyst, kind, canonical_query, requested, charge, "
+            "period, dataset_version, created_at, response FROM entries ORDER BY seq"
+        ).fetchall()
+        for seq, qid, who, analyst, kind, canonical, req, charge, label, version, at, resp in rows:
+            record = ChargeRecord(
+                qid, who, analyst, kind, canonical, read_amount(req), read_amount(charge),
+                label, version, hashlib.sha256(bytes(resp)).hexdigest(),
+            )  # fmt: skip
+            chained = self._chain_charge(conn, ledger_id, str(at), record, policy=False)
+            conn.execute("UPDATE entries SET entry_hash = ? WHERE seq = ?", (chained.hash, seq))
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
         )
 
     def _check_meta(self, meta: dict[str, str]) -> None:
@@ -248,6 +339,9 @@ class PrivacyLedger:
                 f"{self.path}: ledger schema version {version}, this tiaki reads version "
                 f"{SCHEMA_VERSION}; use the tiaki release that wrote it"
             )
+        self._check_definition(meta)
+
+    def _check_definition(self, meta: dict[str, str]) -> None:
         stored = meta.get("definition")
         if stored != self.definition.value:
             raise LedgerError(
@@ -292,6 +386,52 @@ class PrivacyLedger:
                 raise
         except sqlite3.Error as exc:
             raise LedgerError(f"{self.path}: privacy ledger database error: {exc}") from exc
+
+    def policy_record(self) -> PolicyRecord:
+        """The policy this ledger object enforces, as the chain records it."""
+        return PolicyRecord(
+            node_id=self.node_id,
+            definition=self.definition.value,
+            period=self.budget.period,
+            limit=self.budget.limit,
+            lifetime_limit=self.budget.lifetime_limit,
+            per_query_max=self.per_query_max,
+            coordinators=tuple(
+                GrantRecord(
+                    grant.identity,
+                    grant.normalised_fingerprint,
+                    grant.budget_cap,
+                    None if grant.kinds is None else tuple(k.value for k in grant.kinds),
+                )
+                for grant in self.grants
+            ),
+        )
+
+    def _ensure_policy(self, conn: sqlite3.Connection, ledger_id: str, at: str) -> None:
+        """Chain this object's policy unless it is already the last one recorded."""
+        record = self.policy_record()
+        last = last_of_type(conn, record.type)
+        if last is None or dict(last.body) != record.body():
+            append_entry(conn, ledger_id, record.type, at, record.body())
+
+    def _chain_charge(
+        self,
+        conn: sqlite3.Connection,
+        ledger_id: str,
+        at: str,
+        record: ChargeRecord,
+        *,
+        policy: bool = True,
+    ) -> ChainEntry:
+        """Chain one charge after the policy it was checked against and its period's start."""
+        if policy:
+            self._ensure_policy(conn, ledger_id, at)
+        last = last_of_type(conn, PeriodRecord.type)
+        if last is None or last.body.get("period") != record.period:
+            start, end = period_bounds(record.period)
+            opened = PeriodRecord(record.period, start, end)
+            append_entry(conn, ledger_id, opened.type, at, opened.body())
+        return append_entry(conn, ledger_id, record.type, at, record.body())
 
     def _spending(self) -> dict[str, Fraction]:
         rows = self._db.execute("SELECT period, spent FROM spending").fetchall()
@@ -428,10 +568,16 @@ class PrivacyLedger:
             )
             if stored is not None:
                 return stored, True
+            at = _timestamp(now)
+            record = ChargeRecord(
+                query_id, identity, analyst, kind, canonical_query, requested, charge, label,
+                dataset_version, hashlib.sha256(response).hexdigest(),
+            )  # fmt: skip
+            chained = self._chain_charge(conn, self.ledger_id, at, record)
             cursor = conn.execute(
                 "INSERT INTO entries (query_id, identity, analyst, kind, canonical_query, "
-                "requested, charge, period, dataset_version, created_at, response) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "requested, charge, period, dataset_version, created_at, response, entry_hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     query_id,
                     identity,
@@ -442,8 +588,9 @@ class PrivacyLedger:
                     format_amount(charge),
                     label,
                     dataset_version,
-                    _timestamp(now),
+                    at,
                     response,
+                    chained.hash,
                 ),
             )
             row = conn.execute("SELECT spent FROM spending WHERE period = ?", (label,)).fetchone()
@@ -489,13 +636,86 @@ class PrivacyLedger:
             ).fetchall()
         return [_entry(row) for row in rows]
 
+    def record_policy(self) -> None:
+        """Chain the policy this object enforces, if it differs from the last one recorded."""
+        with self._lock, self._tx(immediate=True) as conn:
+            self._ensure_policy(conn, self.ledger_id, _timestamp(self._clock()))
+
+    def record_signing_key(self, public_key: str) -> None:
+        """Chain the key that signs exports from now on, if it is not the last one recorded."""
+        record = SigningKeyRecord(public_key)
+        with self._lock, self._tx(immediate=True) as conn:
+            last = last_of_type(conn, record.type)
+            if last is None or dict(last.body) != record.body():
+                append_entry(
+                    conn, self.ledger_id, record.type, _timestamp(self._clock()), record.body()
+                )
+
+    def chain(self, from_seq: int = 1) -> tuple[tuple[int, str], list[ChainEntry]]:
+        """The anchor ``(from_seq - 1, its hash)`` and the entries from ``from_seq`` on.
+
+        Read in one transaction, so the entries are one consistent snapshot.
+        """
+        with self._lock, self._tx(immediate=False) as conn:
+            last, _ = chain_head(conn, self.ledger_id)
+            if not 1 <= from_seq <= last + 1:
+                raise ValueError(f"the chain has entries 1 to {last}; cannot start at {from_seq}")
+            anchor = genesis_hash(self.ledger_id)
+            if from_seq > 1:
+                row = conn.execute(
+                    "SELECT hash FROM chain WHERE seq = ?", (from_seq - 1,)
+                ).fetchone()
+                anchor = str(row[0])
+            return (from_seq - 1, anchor), list(read_entries(conn, from_seq))
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the chain's last entry."""
+        with self._lock, self._tx(immediate=False) as conn:
+            return chain_head(conn, self.ledger_id)
+
     def verify(self) -> None:
-        """Recompute every period total from the entries; raise :class:`LedgerError` on mismatch."""
-        with self._lock, self._tx(immediate=False):
+        """Check the ledger against itself; raise :class:`LedgerError` naming what is wrong.
+
+        Every period total is recomputed from the entries; the hash chain is
+        unbroken from the ledger's genesis; every charged entry has its chain
+        entry (same query, identity, charge, period and stored answer) and no
+        chain charge is missing from the entries.
+        """
+        with self._lock, self._tx(immediate=False) as conn:
             totals = self._entry_totals()
             spending = self._spending()
+            chained = list(read_entries(conn))
+            rows = conn.execute(
+                "SELECT seq, query_id, identity, charge, period, canonical_query, response, "
+                "entry_hash FROM entries ORDER BY seq"
+            ).fetchall()
         if totals != {k: v for k, v in spending.items() if v}:
             raise LedgerError(f"{self.path}: period totals do not match the entries")
+        breaks = check_links(chained, genesis_hash(self.ledger_id))
+        if breaks:
+            first = breaks[0]
+            raise LedgerError(
+                f"{self.path}: hash chain broken at entry {first.seq}: {first.problem}"
+            )
+        by_hash = {e.hash: e for e in chained if e.type == ChargeRecord.type}
+        if len(by_hash) != len(rows):
+            raise LedgerError(
+                f"{self.path}: {len(rows)} charged queries but {len(by_hash)} charges in the chain"
+            )
+        for seq, qid, identity, charge, period, canonical, response, entry_hash in rows:
+            entry = by_hash.get(str(entry_hash))
+            expected = {
+                "query_id": qid,
+                "identity": identity,
+                "charge": format_amount(read_amount(charge)),
+                "period": period,
+                "canonical_query": canonical,
+                "response_sha256": hashlib.sha256(bytes(response)).hexdigest(),
+            }
+            if entry is None or any(entry.body.get(k) != v for k, v in expected.items()):
+                raise LedgerError(
+                    f"{self.path}: charged query {seq} ({qid!r}) does not match its chain entry"
+                )
 
     def close(self) -> None:
         with self._lock:

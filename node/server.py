@@ -64,17 +64,21 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
         what: str,
         fn: Callable[[Caller, CoordinatorGrant | None], T],
         request: object = True,
+        *,
+        auditors: bool = False,
     ) -> T:
         with _answering(context, what):
             if request is UNDECODABLE:
                 raise InvalidQueryError("the request could not be decoded as a tiaki.v1 message")
             caller = caller_of(context)
-            grant = self._gate.admit(caller, what)
+            grant = self._gate.admit(caller, what, auditors=auditors)
             return fn(caller, grant)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
-        return self._call(context, "GetInfo", lambda caller, grant: self._service.info(), request)
+        return self._call(
+            context, "GetInfo", lambda caller, grant: self._service.info(), request, auditors=True
+        )
 
     def GetBudget(
         self, request: pb.GetBudgetRequest, context: grpc.ServicerContext
@@ -84,7 +88,21 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
             "GetBudget",
             lambda caller, grant: budget_to_proto(self._service.budget()),
             request,
+            auditors=True,
         )
+
+    def ExportLedger(
+        self, request: pb.ExportLedgerRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ExportLedgerLine]:
+        def run(caller: Caller, grant: CoordinatorGrant | None) -> list[str]:
+            # Read and signed before the first line is sent: a slow reader holds
+            # no ledger lock, and what it receives is one consistent snapshot.
+            lines = list(self._service.export_ledger(request.from_seq))
+            log.info("ledger export for %s: %d lines", caller.identity, len(lines))
+            return lines
+
+        for line in self._call(context, "ExportLedger", run, request, auditors=True):
+            yield pb.ExportLedgerLine(line=line)
 
     def Plan(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryPlan:
         return self._call(
@@ -137,17 +155,20 @@ def _node_handlers(servicer: NodeServicer) -> grpc.GenericRpcHandler:
         "Plan": (servicer.Plan, pb.QueryRequest, pb.QueryPlan),
         "Query": (servicer.Query, pb.QueryRequest, pb.QueryResponse),
     }
-    return grpc.method_handlers_generic_handler(
-        SERVICE_NAME,
-        {
-            name: grpc.unary_unary_rpc_method_handler(
-                behaviour,
-                request_deserializer=_tolerant(request),
-                response_serializer=response.SerializeToString,
-            )
-            for name, (behaviour, request, response) in methods.items()
-        },
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=_tolerant(request),
+            response_serializer=response.SerializeToString,
+        )
+        for name, (behaviour, request, response) in methods.items()
+    }
+    handlers["ExportLedger"] = grpc.unary_stream_rpc_method_handler(
+        servicer.ExportLedger,
+        request_deserializer=_tolerant(pb.ExportLedgerRequest),
+        response_serializer=pb.ExportLedgerLine.SerializeToString,
     )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 @dataclass

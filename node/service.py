@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 from node import answering, engine
 from node.config import CoordinatorGrant, NodeConfig
 from node.dataset import Dataset
+from node.exports import export_ledger, node_signing_key
 from node.ledger import PrivacyLedger
 from node.store import load_dataset, store_path
 from tiaki import __version__
@@ -39,6 +40,7 @@ from tiaki.convert import (
 )
 from tiaki.errors import InvalidQueryError, NotReadyError, PolicyViolationError
 from tiaki.query import PrivacyCost, QueryKind
+from tiaki.signing import SigningKey
 from tiaki.v1 import node_pb2 as pb
 
 log = logging.getLogger("tiaki.node")
@@ -96,10 +98,17 @@ class DatasetHolder:
 class NodeService:
     """Answers queries for one node: its config, its records, its ledger."""
 
-    def __init__(self, config: NodeConfig, ledger: PrivacyLedger, datasets: DatasetHolder) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        ledger: PrivacyLedger,
+        datasets: DatasetHolder,
+        signing_key: SigningKey,
+    ) -> None:
         self.config = config
         self.ledger = ledger
         self.datasets = datasets
+        self.signing_key = signing_key
 
     # ------------------------------------------------------------ info
 
@@ -139,10 +148,22 @@ class NodeService:
             max_group_by=3,
             max_cells=policy.max_cells,
             dataset_version=version,
+            signing_key=self.signing_key.public_text,
+            ledger_id=self.ledger.ledger_id,
         )
 
     def budget(self) -> BudgetStatus:
         return self.ledger.status()
+
+    def export_ledger(self, from_seq: int) -> Iterator[str]:
+        """The signed export from entry ``from_seq`` (0 means 1); spends nothing."""
+        last, _ = self.ledger.head()
+        start = max(1, from_seq)
+        if start > last + 1:
+            raise InvalidQueryError(
+                f"the ledger has entries 1 to {last}; an export cannot start at {from_seq}"
+            )
+        return export_ledger(self.ledger, self.signing_key, self.config, start)
 
     # ------------------------------------------------------------ queries
 
@@ -249,14 +270,28 @@ def data_paths(config: NodeConfig) -> dict[str, Path]:
     }
 
 
+def open_ledger(config: NodeConfig) -> PrivacyLedger:
+    """The node's privacy ledger, opened for its configured policy."""
+    return PrivacyLedger.open(data_paths(config)["ledger"], config.policy, node_id=config.node_id)
+
+
 def open_service(config: NodeConfig) -> NodeService:
-    """Open the ledger and load the records; raises the store's errors if there are none."""
+    """Open the ledger and load the records; raises the store's errors if there are none.
+
+    The signing key is created on first start if ``init`` did not make one,
+    and the policy and key in force are chained before the first answer.
+    """
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    ledger = PrivacyLedger.open(data_paths(config)["ledger"], config.policy)
+    key, created = node_signing_key(config)
+    if created:
+        log.warning("created the ledger signing key %s (public key %s)", key.path, key.public_text)
+    ledger = open_ledger(config)
     datasets = DatasetHolder(config)
     try:
+        ledger.record_policy()
+        ledger.record_signing_key(key.public_text)
         datasets.load()
     except BaseException:
         ledger.close()
         raise
-    return NodeService(config, ledger, datasets)
+    return NodeService(config, ledger, datasets, key)

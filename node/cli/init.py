@@ -11,6 +11,7 @@ from typing import Any
 
 from node.cli.errors import CommandError
 from node.config import load_config
+from node.exports import node_signing_key
 from node.store import load_or_create_salt
 
 CONFIG_NAME = "node.yaml"
@@ -22,7 +23,8 @@ def register(sub: Any) -> None:
         "init",
         help="create a node directory with an annotated node.yaml",
         description="Write DIR/node.yaml (schema and policy, annotated, matching the records "
-        "that 'tiaki-node synth' makes) and DIR/data/ with the node's secret salt.",
+        "that 'tiaki-node synth' makes) and DIR/data/ with the node's secret salt and its "
+        "ledger signing key.",
     )
     p.add_argument("directory", type=Path, help="directory to create or fill")
     p.add_argument("--address", default="127.0.0.1:50051", help="host:port to serve on")
@@ -93,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(target)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     load_or_create_salt(config.data_dir)
+    key, _ = node_signing_key(config)
     print(f"created {target} (node id {node_id}, serving on {args.address})")
+    print(f"ledger signing key {key.path}; give auditors its public key:")
+    print(f"  {key.public_text}")
     print("next:")
     print("  tiaki-node synth --clients 5000 --seed 7 --out clients.csv   # or your own export")
     print(f"  tiaki-node import --config {target} clients.csv")

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from node.cli import budget, import_records, init, serve, synth
+from node.cli import budget, import_records, info, init, ledger, serve, synth
 from node.cli.errors import EXIT_CODES_HELP, CommandError, ExitCode, fail
 from node.config import ConfigError
 from node.ledger import LedgerError
@@ -15,8 +15,9 @@ from node.store import StoreError, StoreMissing
 from tiaki import __version__, certs_cli
 from tiaki.certs import CertError
 from tiaki.errors import TiakiError
+from tiaki.signing import SigningKeyError
 
-COMMANDS = (init, synth, import_records, serve, budget, certs_cli)
+COMMANDS = (init, synth, import_records, serve, budget, ledger, info, certs_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreMissing as exc:
         fail(str(exc))
         return int(ExitCode.NOT_READY)
-    except (StoreError, LedgerError, CertError) as exc:
+    except (StoreError, LedgerError, CertError, SigningKeyError) as exc:
         fail(str(exc))
         return int(ExitCode.USAGE)
     except TiakiError as exc:

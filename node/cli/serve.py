@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
+from concurrent import futures
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
+from node import logs
 from node.cli.errors import CommandError
 from node.config import NodeConfig, load_config
-from node.server import create_server
+from node.server import RunningNode, create_server
 from node.service import open_service
 from node.tls import TlsError, server_credentials
 from tiaki.files import is_loopback
@@ -34,6 +38,18 @@ def register(sub: Any) -> None:
     p.add_argument("--address", help="host:port to bind (default: server.address in the config)")
     p.add_argument("--verbose", action="store_true", help="log every query (never record values)")
     p.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        default="text",
+        help="text lines for people (default), or one JSON object per line for log collectors",
+    )
+    p.add_argument(
+        "--health-address",
+        metavar="HOST:PORT",
+        help="also serve the grpc.health.v1 service, plaintext, on this loopback address, for "
+        "local health checks that hold no client certificate (containers, monitoring agents)",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="development only: plaintext gRPC without TLS, loopback addresses only; the "
@@ -43,7 +59,7 @@ def register(sub: Any) -> None:
 
 
 def credentials_for(
-    config: NodeConfig, address: str, insecure: bool
+    config: NodeConfig, address: str, insecure: bool, warn: logs.Announcer | None = None
 ) -> grpc.ServerCredentials | None:
     """mTLS credentials, or None for --insecure (which only ever binds loopback)."""
     if insecure:
@@ -52,11 +68,10 @@ def credentials_for(
                 f"--insecure refuses to bind {address}: plaintext is for loopback development "
                 "only; configure server.tls to serve other hosts"
             )
-        print(
+        (warn or logs.Announcer("text", sys.stderr))(
             "WARNING: --insecure: no TLS, and coordinator identities are unverified claims. "
             "Never use this with real client records.",
-            file=sys.stderr,
-            flush=True,
+            level=logging.WARNING,
         )
         return None
     if config.server.tls is None:
@@ -70,21 +85,73 @@ def credentials_for(
         raise CommandError(str(exc)) from None
 
 
+def start_health_server(node: RunningNode, address: str) -> tuple[grpc.Server, str]:
+    """The node's own health servicer, plaintext, on a loopback address.
+
+    Plaintext is safe here because the address must be loopback (inside a
+    container that is the container's own network namespace) and the service
+    says only SERVING or NOT_SERVING; it lets a local checker look without a
+    client certificate. Sharing the servicer means it reports exactly what the
+    mTLS port reports, NOT_SERVING included while a stop drains queries.
+    """
+    if not is_loopback(address):
+        raise CommandError(
+            f"--health-address {address} is not a loopback address: the plaintext health "
+            "port is for checks on this host only (remote checks use the mTLS port)"
+        )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    health_pb2_grpc.add_HealthServicer_to_server(node.health, server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise CommandError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise CommandError(f"cannot listen on {address}")
+    server.start()
+    return server, f"{address.rpartition(':')[0]}:{port}"
+
+
 def run(args: argparse.Namespace) -> int:
+    log_format = getattr(args, "log_format", "text")
+    logs.configure(log_format, args.verbose)
+    say = logs.Announcer(log_format)
     config = load_config(args.config)
     address = args.address or config.server.address
-    credentials = credentials_for(config, address, args.insecure)
+    credentials = credentials_for(
+        config, address, args.insecure, logs.Announcer(log_format, sys.stderr)
+    )
     service = open_service(config)
     try:
         node = create_server(service, address, credentials)
     except (OSError, RuntimeError) as exc:
+        service.ledger.close()
         raise CommandError(f"cannot listen on {address}: {exc}") from None
+    health_server: grpc.Server | None = None
+    try:
+        if args.health_address:
+            health_server, health_address = start_health_server(node, args.health_address)
+    except BaseException:
+        node.stop(grace=0)
+        service.ledger.close()
+        raise
     dataset = service.datasets.current
-    print(
-        f"node {config.node_id} serving on {address.rpartition(':')[0]}:{node.port} "
+    bound = f"{address.rpartition(':')[0]}:{node.port}"
+    say(
+        f"node {config.node_id} serving on {bound} "
         f"({dataset.n_records} records, {dataset.n_clients} clients, version {dataset.version})",
-        flush=True,
+        event="serving",
+        node_id=config.node_id,
+        address=bound,
+        records=dataset.n_records,
+        clients=dataset.n_clients,
+        dataset_version=dataset.version,
     )
+    if health_server is not None:
+        say(
+            f"health service (plaintext, this host only) on {health_address}",
+            event="health",
+            health_address=health_address,
+        )
 
     stopping = threading.Event()
     check_now = threading.Event()
@@ -103,9 +170,12 @@ def run(args: argparse.Namespace) -> int:
         check_now.wait(RELOAD_CHECK_SECONDS)
         check_now.clear()
         if not stopping.is_set() and service.datasets.reload_if_changed():
-            print(f"records reloaded: version {service.datasets.current.version}", flush=True)
-    print("stopping: letting in-flight queries finish", flush=True)
+            version = service.datasets.current.version
+            say(f"records reloaded: version {version}", event="reloaded", dataset_version=version)
+    say("stopping: letting in-flight queries finish", event="stopping")
     node.stop()
+    if health_server is not None:
+        health_server.stop(0).wait()
     service.ledger.close()
-    print("stopped", flush=True)
+    say("stopped", event="stopped")
     return 0

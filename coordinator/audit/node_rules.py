@@ -1,0 +1,251 @@
+"""A node's ledger replayed against its own recorded policy.
+
+The node enforces its budget when it charges; this module checks, from the
+signed entries alone, that it did. Walking the entries in order it keeps the
+policy and the budget period in force and the running totals, and checks for
+every charge that:
+
+- a policy and a period entry precede it, and it is charged in the period in
+  force (a roll-over must be recorded by a ``period`` entry before the first
+  charge of the new period), at a time inside that period's dates;
+- it costs no more than was requested and no more than ``per_query_max``;
+- its period's total, including it, stays within the policy's ``limit``; the
+  total over all periods within ``lifetime_limit`` (if set); and its
+  identity's total in the period within that identity's ``budget_cap`` (if set);
+- its query id was not charged to the same identity before (replays are free).
+
+Each period entry's label must have the shape the policy's period kind gives
+("2026", "2026-Q4", "2026-11", or "lifetime" when the kind is "none") and the
+dates that label implies. Totals sum the charges by the period label each
+charge records.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from fractions import Fraction
+
+from coordinator.audit.findings import Finding, error, warning
+from coordinator.audit.ledgers import ParsedLedger, Placed, parse_time
+from tiaki.budget import format_amount
+from tiaki.ledger_records import ChargeRecord, PeriodRecord, PolicyRecord
+
+LIFETIME = "lifetime"
+_LABELS = {
+    "none": re.compile(r"lifetime"),
+    "yearly": re.compile(r"\d{4}"),
+    "quarterly": re.compile(r"\d{4}-Q[1-4]"),
+    "monthly": re.compile(r"\d{4}-(0[1-9]|1[0-2])"),
+}
+
+
+def period_dates(label: str) -> tuple[str, str] | None:
+    """ISO start and (exclusive) end dates a period label implies; ("", "") for lifetime.
+
+    None if the label has none of the known shapes.
+    """
+    if label == LIFETIME:
+        return "", ""
+    if not any(p.fullmatch(label) for p in _LABELS.values()):
+        return None
+    year, _, rest = label.partition("-")
+    y = int(year)
+    if not rest:
+        return date(y, 1, 1).isoformat(), date(y + 1, 1, 1).isoformat()
+    months = 3 if rest.startswith("Q") else 1
+    first = (int(rest[1:]) - 1) * 3 + 1 if rest.startswith("Q") else int(rest)
+    after = first - 1 + months  # months from January to the end, 0-based
+    return date(y, first, 1).isoformat(), date(y + after // 12, after % 12 + 1, 1).isoformat()
+
+
+def _amount(value: Fraction) -> str:
+    return format_amount(value)
+
+
+class _NodeWalk:
+    """The state in force while walking one node ledger's entries in order."""
+
+    def __init__(self, ledger: ParsedLedger) -> None:
+        self.ledger = ledger
+        self.findings: list[Finding] = []
+        self.policy: Placed[PolicyRecord] | None = None
+        self.period: Placed[PeriodRecord] | None = None
+        self.seen_periods: dict[str, int] = {}
+        self.period_spent: dict[str, Fraction] = {}
+        self.identity_spent: dict[tuple[str, str], Fraction] = {}
+        self.lifetime_spent = Fraction(0)
+        self.charged: dict[tuple[str, str], int] = {}
+        # A partial export read without the entries before it: the policy and
+        # period in force at its start are unknown, so their absence is no
+        # finding (the audit warns once that the earlier history went unchecked).
+        self.complete = ledger.history_complete
+
+    def fail(self, at: Placed[object], code: str, message: str) -> None:
+        self.findings.append(error(at.export, at.seq, code, message))
+
+    def on_policy(self, placed: Placed[PolicyRecord]) -> None:
+        policy = placed.record
+        if policy.period not in _LABELS:
+            self.findings.append(
+                warning(
+                    placed.export,
+                    placed.seq,
+                    "unknown-period-kind",
+                    f"the policy's period kind {policy.period!r:.40} is not one of "
+                    f"{', '.join(_LABELS)}; its period labels cannot be checked",
+                )
+            )
+        self.policy = placed
+
+    def on_period(self, placed: Placed[PeriodRecord]) -> None:
+        period = placed.record
+        label = period.period
+        if self.policy is None:
+            if self.complete:
+                self.fail(
+                    placed, "period-before-policy", f"period {label!r:.40} began before any policy"
+                )
+        else:
+            kind = self.policy.record.period
+            shape = _LABELS.get(kind)
+            if shape is not None and not shape.fullmatch(label):
+                self.fail(
+                    placed,
+                    "bad-period-label",
+                    f"period {label!r:.40} is not a {kind} period label, but the policy in force "
+                    f"(entry {self.policy.seq}) counts {kind}",
+                )
+        dates = period_dates(label)
+        if dates is not None and dates != (period.start, period.end):
+            self.fail(
+                placed,
+                "bad-period-dates",
+                f"period {label} runs from {dates[0] or '-'} to {dates[1] or '-'}, but the "
+                f"entry says {period.start or '-'} to {period.end or '-'}",
+            )
+        if label in self.seen_periods:
+            self.findings.append(
+                warning(
+                    placed.export,
+                    placed.seq,
+                    "period-repeated",
+                    f"period {label} began again (it first began at entry "
+                    f"{self.seen_periods[label]}); its spending continues from before",
+                )
+            )
+        self.seen_periods.setdefault(label, placed.seq)
+        self.period = placed
+
+    def on_charge(self, placed: Placed[ChargeRecord]) -> None:
+        charge = placed.record
+        what = f"query {charge.query_id!r:.60} by {charge.identity!r:.60}"
+        key = (charge.identity, charge.query_id)
+        if key in self.charged:
+            self.fail(
+                placed,
+                "charged-twice",
+                f"{what} was already charged at entry {self.charged[key]}; a repeated query id "
+                "must replay its stored answer for free",
+            )
+        self.charged.setdefault(key, placed.seq)
+        self._check_period(placed)
+        if charge.charge > charge.requested:
+            self.fail(
+                placed,
+                "charge-over-requested",
+                f"{what} was charged {_amount(charge.charge)}, more than the "
+                f"{_amount(charge.requested)} requested",
+            )
+        self._add(placed)
+
+    def _check_period(self, placed: Placed[ChargeRecord]) -> None:
+        label = placed.record.period
+        if self.period is None:
+            if not self.complete:
+                return
+            self.fail(
+                placed,
+                "charge-outside-period",
+                f"charged in period {label!r:.40}, but no period entry began any period before it",
+            )
+            return
+        current = self.period.record
+        if label != current.period:
+            self.fail(
+                placed,
+                "charge-outside-period",
+                f"charged in period {label!r:.40}, but the period in force is {current.period} "
+                f"(entry {self.period.seq}); a period entry must record a new period before "
+                "its first charge",
+            )
+            return
+        when = parse_time(placed.at)
+        if current.start and current.end and when is not None:
+            day = when.date().isoformat()
+            if not current.start <= day < current.end:
+                self.fail(
+                    placed,
+                    "charge-outside-period",
+                    f"charged on {day}, outside period {current.period} "
+                    f"({current.start} to {current.end})",
+                )
+
+    def _add(self, placed: Placed[ChargeRecord]) -> None:
+        charge = placed.record
+        label, amount = charge.period, charge.charge
+        self.period_spent[label] = self.period_spent.get(label, Fraction(0)) + amount
+        who = (label, charge.identity)
+        self.identity_spent[who] = self.identity_spent.get(who, Fraction(0)) + amount
+        self.lifetime_spent += amount
+        if self.policy is None:
+            if self.complete:
+                self.fail(placed, "charge-before-policy", "a charge before any policy entry")
+            return
+        policy, where = self.policy.record, f"(policy entry {self.policy.seq})"
+        if amount > policy.per_query_max:
+            self.fail(
+                placed,
+                "over-per-query-max",
+                f"charged {_amount(amount)}, more than the per-query maximum "
+                f"{_amount(policy.per_query_max)} {where}",
+            )
+        if self.period_spent[label] > policy.limit:
+            self.fail(
+                placed,
+                "over-period-limit",
+                f"this charge of {_amount(amount)} brings period {label}'s spending to "
+                f"{_amount(self.period_spent[label])}, over its limit {_amount(policy.limit)} "
+                f"{where}",
+            )
+        if policy.lifetime_limit is not None and self.lifetime_spent > policy.lifetime_limit:
+            self.fail(
+                placed,
+                "over-lifetime-limit",
+                f"this charge of {_amount(amount)} brings lifetime spending to "
+                f"{_amount(self.lifetime_spent)}, over the lifetime limit "
+                f"{_amount(policy.lifetime_limit)} {where}",
+            )
+        cap = policy.cap_for(charge.identity)
+        if cap is not None and self.identity_spent[who] > cap:
+            self.fail(
+                placed,
+                "over-identity-cap",
+                f"this charge of {_amount(amount)} brings {charge.identity!r:.60}'s spending in "
+                f"period {label} to {_amount(self.identity_spent[who])}, over its cap "
+                f"{_amount(cap)} {where}",
+            )
+
+
+def check_node_ledger(ledger: ParsedLedger) -> list[Finding]:
+    """Every place a node's ledger breaks its own recorded policy (see the module docs)."""
+    walk = _NodeWalk(ledger)
+    for placed in ledger.entries:
+        record = placed.record
+        if isinstance(record, PolicyRecord):
+            walk.on_policy(Placed(placed.export, placed.seq, placed.at, record))
+        elif isinstance(record, PeriodRecord):
+            walk.on_period(Placed(placed.export, placed.seq, placed.at, record))
+        elif isinstance(record, ChargeRecord):
+            walk.on_charge(Placed(placed.export, placed.seq, placed.at, record))
+    return walk.findings

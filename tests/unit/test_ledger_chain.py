@@ -1,0 +1,209 @@
+"""The node ledger's hash chain: what each charge appends, and that tampering is caught."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from datetime import UTC, datetime
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from node.config import BudgetPolicy, CoordinatorGrant
+from node.ledger import LedgerError, PrivacyLedger
+from tests.unit.test_ledger import Clock, make, spend
+from tiaki.budget import PrivacyDefinition
+from tiaki.chain import check_links, genesis_hash
+from tiaki.errors import InsufficientBudgetError
+from tiaki.ledger_records import ChargeRecord, PeriodRecord, PolicyRecord, parse_record
+
+F = Fraction
+
+
+def types(ledger: PrivacyLedger) -> list[str]:
+    return [e.type for e in ledger.chain()[1]]
+
+
+def test_a_new_ledger_opens_its_chain(tmp_path: Path) -> None:
+    with make(tmp_path / "l.sqlite") as ledger:
+        anchor, entries = ledger.chain()
+        assert anchor == (0, genesis_hash(ledger.ledger_id))
+        assert [e.type for e in entries] == ["opened"]
+        assert entries[0].body["ledger_id"] == ledger.ledger_id
+        assert ledger.head() == (1, entries[0].hash)
+
+
+def test_the_first_charge_chains_policy_period_and_charge(tmp_path: Path) -> None:
+    with make(tmp_path / "l.sqlite", limit="2", per_query_max="1") as ledger:
+        spend(ledger, "q1", F("0.25"), response=b"answer-bytes")
+        assert types(ledger) == ["opened", "policy", "period", "charge"]
+        entries = ledger.chain()[1]
+        policy = parse_record(entries[1])
+        assert isinstance(policy, PolicyRecord)
+        assert (policy.limit, policy.per_query_max, policy.period) == (F(2), F(1), "none")
+        period = parse_record(entries[2])
+        assert isinstance(period, PeriodRecord) and period.period == "lifetime"
+        charge = parse_record(entries[3])
+        assert isinstance(charge, ChargeRecord)
+        assert (charge.query_id, charge.identity, charge.charge) == ("q1", "coord-a", F("0.25"))
+        assert charge.response_sha256 == hashlib.sha256(b"answer-bytes").hexdigest()
+        spend(ledger, "q2", F("0.25"))
+        assert types(ledger)[-1] == "charge" and types(ledger).count("period") == 1
+        assert check_links(ledger.chain()[1], genesis_hash(ledger.ledger_id)) == []
+        ledger.verify()
+
+
+def test_replays_and_refusals_append_nothing(tmp_path: Path) -> None:
+    with make(tmp_path / "l.sqlite", limit="0.5") as ledger:
+        spend(ledger, "q1", F("0.25"))
+        before = ledger.head()
+        spend(ledger, "q1", F("0.25"))  # replay
+        with pytest.raises(InsufficientBudgetError):
+            spend(ledger, "q2", F("0.5"))  # over budget
+        assert ledger.head() == before
+
+
+def test_each_new_period_is_an_entry_before_its_first_charge(tmp_path: Path) -> None:
+    clock = Clock(datetime(2026, 11, 30, 12, tzinfo=UTC))
+    with make(tmp_path / "l.sqlite", period="monthly", clock=clock) as ledger:
+        spend(ledger, "nov", F("0.1"))
+        clock.now = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+        spend(ledger, "dec", F("0.1"))
+        entries = ledger.chain()[1]
+        periods = [parse_record(e) for e in entries if e.type == "period"]
+        assert periods == [
+            PeriodRecord("2026-11", "2026-11-01", "2026-12-01"),
+            PeriodRecord("2026-12", "2026-12-01", "2027-01-01"),
+        ]
+        order = [(e.type, e.body.get("period")) for e in entries if e.type in ("period", "charge")]
+        assert order == [
+            ("period", "2026-11"),
+            ("charge", "2026-11"),
+            ("period", "2026-12"),
+            ("charge", "2026-12"),
+        ]
+
+
+def test_a_changed_policy_is_chained_before_the_next_charge(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with make(path, limit="1") as ledger:
+        spend(ledger, "q1", F("0.1"))
+    with make(path, limit="1") as ledger:  # same policy: nothing new
+        ledger.record_policy()
+        assert types(ledger).count("policy") == 1
+    grants = (CoordinatorGrant.model_validate({"identity": "coord-a", "budget_cap": "0.5"}),)
+    budget = BudgetPolicy.model_validate({"limit": "3"})
+    with PrivacyLedger(
+        path, PrivacyDefinition.PURE, budget, F(1), node_id="ngo-x", grants=grants
+    ) as ledger:
+        spend(ledger, "q2", F("0.1"))
+        assert types(ledger)[-3:] == ["charge", "policy", "charge"]
+        policy = parse_record(ledger.chain()[1][-2])
+        assert isinstance(policy, PolicyRecord)
+        assert (policy.node_id, policy.limit, policy.cap_for("coord-a")) == ("ngo-x", F(3), F("0.5"))
+
+
+def test_signing_key_is_chained_once_per_change(tmp_path: Path) -> None:
+    with make(tmp_path / "l.sqlite") as ledger:
+        ledger.record_signing_key("ed25519:AAAA")
+        ledger.record_signing_key("ed25519:AAAA")
+        ledger.record_signing_key("ed25519:BBBB")
+        assert types(ledger) == ["opened", "signing_key", "signing_key"]
+
+
+def test_the_chain_table_refuses_updates_and_deletes(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with make(path) as ledger:
+        spend(ledger, "q1", F("0.1"))
+    raw = sqlite3.connect(path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        raw.execute("UPDATE chain SET body = '{}' WHERE seq = 4")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        raw.execute("DELETE FROM chain WHERE seq = 4")
+    raw.close()
+
+
+def _tamper(path: Path, *statements: str) -> None:
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TRIGGER chain_no_update")
+    raw.execute("DROP TRIGGER chain_no_delete")
+    for statement in statements:
+        raw.execute(statement)
+    raw.commit()
+    raw.close()
+
+
+@pytest.mark.parametrize(
+    ("statements", "message"),
+    [
+        (
+            ["UPDATE chain SET body = replace(body, '\"0.1\"', '\"0.01\"') WHERE seq = 4"],
+            "entry 4",
+        ),
+        (["DELETE FROM chain WHERE seq = 5"], "entry 6"),
+        (["UPDATE entries SET charge = '0.01' WHERE query_id = 'q1'"], "totals"),
+        (
+            [
+                "UPDATE entries SET charge = '0.01' WHERE query_id = 'q1'",
+                "UPDATE spending SET spent = '0.21'",
+            ],
+            "'q1'",
+        ),
+    ],
+)
+def test_verify_names_what_was_tampered_with(
+    tmp_path: Path, statements: list[str], message: str
+) -> None:
+    path = tmp_path / "l.sqlite"
+    with make(path) as ledger:
+        spend(ledger, "q1", F("0.1"))
+        spend(ledger, "q2", F("0.1"))
+        spend(ledger, "q3", F("0.1"))
+        ledger.verify()
+    _tamper(path, *statements)
+    with make(path) as ledger, pytest.raises(LedgerError, match=message):
+        ledger.verify()
+
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, query_id TEXT NOT NULL, identity TEXT NOT NULL,
+    analyst TEXT NOT NULL, kind TEXT NOT NULL, canonical_query TEXT NOT NULL,
+    requested TEXT NOT NULL, charge TEXT NOT NULL, period TEXT NOT NULL,
+    dataset_version TEXT NOT NULL, created_at TEXT NOT NULL, response BLOB NOT NULL,
+    prev_hash TEXT, entry_hash TEXT, UNIQUE (identity, query_id));
+CREATE TABLE spending (period TEXT PRIMARY KEY, spent TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1'), ('definition', 'pure'), ('period', 'yearly'),
+    ('created_at', '2025-03-01T00:00:00.000000Z');
+INSERT INTO entries (query_id, identity, analyst, kind, canonical_query, requested, charge,
+    period, dataset_version, created_at, response) VALUES
+    ('a', 'coord-a', 'jo', 'count', '{}', '0.2', '0.2', '2025', 'v1',
+     '2025-05-01T00:00:00.000000Z', X'01'),
+    ('b', 'coord-a', 'jo', 'count', '{}', '0.3', '0.3', '2026', 'v1',
+     '2026-02-01T00:00:00.000000Z', X'02');
+INSERT INTO spending VALUES ('2025', '0.2'), ('2026', '0.3');
+"""
+
+
+def test_a_ledger_from_before_the_chain_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    raw = sqlite3.connect(path)
+    raw.executescript(V1_SCHEMA)
+    raw.close()
+    with make(path, period="yearly", limit="1") as ledger:
+        entries = ledger.chain()[1]
+        assert [e.type for e in entries] == [
+            "opened", "policy", "period", "charge", "period", "charge",
+        ]  # fmt: skip
+        charges = [parse_record(e) for e in entries if e.type == "charge"]
+        assert [(c.query_id, c.charge, c.period) for c in charges] == [  # type: ignore[union-attr]
+            ("a", F("0.2"), "2025"),
+            ("b", F("0.3"), "2026"),
+        ]
+        assert entries[3].at == "2025-05-01T00:00:00.000000Z"
+        ledger.verify()
+        assert ledger.status().lifetime_spent == F("0.5")
+        spend(ledger, "c", F("0.1"))
+        ledger.verify()
