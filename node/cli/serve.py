@@ -85,6 +85,14 @@ def credentials_for(
         raise CommandError(str(exc)) from None
 
 
+def check_health_address(address: str | None) -> None:
+    if address is not None and not is_loopback(address):
+        raise CommandError(
+            f"--health-address {address} is not a loopback address: the plaintext health "
+            "port is for checks on this host only (remote checks use the mTLS port)"
+        )
+
+
 def start_health_server(node: RunningNode, address: str) -> tuple[grpc.Server, str]:
     """The node's own health servicer, plaintext, on a loopback address.
 
@@ -94,11 +102,6 @@ def start_health_server(node: RunningNode, address: str) -> tuple[grpc.Server, s
     client certificate. Sharing the servicer means it reports exactly what the
     mTLS port reports, NOT_SERVING included while a stop drains queries.
     """
-    if not is_loopback(address):
-        raise CommandError(
-            f"--health-address {address} is not a loopback address: the plaintext health "
-            "port is for checks on this host only (remote checks use the mTLS port)"
-        )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
     health_pb2_grpc.add_HealthServicer_to_server(node.health, server)
     try:
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     say = logs.Announcer(log_format)
     config = load_config(args.config)
     address = args.address or config.server.address
+    check_health_address(args.health_address)
     credentials = credentials_for(
         config, address, args.insecure, logs.Announcer(log_format, sys.stderr)
     )
@@ -127,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
         service.ledger.close()
         raise CommandError(f"cannot listen on {address}: {exc}") from None
     health_server: grpc.Server | None = None
+    health_address = ""
     try:
-        if args.health_address:
+        if args.health_address is not None:
             health_server, health_address = start_health_server(node, args.health_address)
     except BaseException:
         node.stop(grace=0)
