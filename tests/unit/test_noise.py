@@ -277,7 +277,7 @@ EXEMPT = {"node/synth.py"}  # synthetic demo data only, never a privacy mechanis
 SECRETS_ALLOWED = {
     "node/store.py",  # the node's secret salt for tie-breaking in per-client bounding
     "node/server.py",  # random references for internal-error messages
-    "protos/tiaki/certs.py",  # unguessable temporary file names while writing keys
+    "protos/tiaki/files.py",  # unguessable temporary file names while writing keys
 }
 ENABLE_FEATURES_ALLOWED = {"node/mechanisms.py"}
 
