@@ -33,24 +33,30 @@ same file. This module must never import the ``node`` package.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
+from coordinator.mirror_replay import (
+    PENDING,
+    ChainDisagreement,
+    ChainReplay,
+    stored_entry,
+    v1_outcomes,
+    v1_questions,
+)
 from coordinator.results import NodeOutcome, NodeStatus
 from tiaki.budget import PrivacyDefinition, format_amount, read_amount
 from tiaki.chain import (
     ChainEntry,
-    ChainFormatError,
     append_entry,
     chain_head,
     check_links,
@@ -61,19 +67,16 @@ from tiaki.chain import (
 )
 from tiaki.ledger_records import (
     COORDINATOR_LEDGER,
-    COORDINATOR_TYPES,
     Opened,
     OutcomeRecord,
     QuestionRecord,
     SigningKeyRecord,
-    parse_record,
 )
 from tiaki.signing import parse_public_key
 
 SCHEMA_VERSION = 2
 KIND = "tiaki-coordinator-mirror"
 BUSY_TIMEOUT_MS = 30_000
-PENDING: Literal["pending"] = "pending"
 
 _APPEND_ONLY = "BEGIN SELECT RAISE(ABORT, 'the mirror ledger is append-only'); END"
 _SCHEMA = (
@@ -291,9 +294,16 @@ class MirrorLedger:
         )
         opened = Opened(COORDINATOR_LEDGER, ledger_id, SCHEMA_VERSION)
         append_entry(conn, ledger_id, opened.type, meta.get("created_at") or now, opened.body())
-        for question, at in _v1_questions(conn):
+        try:
+            questions, outcomes = v1_questions(conn), v1_outcomes(conn)
+        except (ValueError, ZeroDivisionError) as exc:  # rolled back: the file stays schema 1
+            raise MirrorError(
+                f"{self.path}: cannot upgrade this schema-1 mirror ledger: a stored amount is "
+                f"unreadable ({exc}); it was changed outside tiaki"
+            ) from None
+        for question, at in questions:
             append_entry(conn, ledger_id, question.type, at, question.body())
-        for outcome, at in _v1_outcomes(conn):
+        for outcome, at in outcomes:
             append_entry(conn, ledger_id, outcome.type, at, outcome.body())
         conn.execute(
             "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
@@ -605,16 +615,16 @@ class MirrorLedger:
                 "node_id, updated_at FROM outcomes ORDER BY rowid"
             ).fetchall()
         try:
-            entries = [_stored_entry(row) for row in rows]
+            entries = [stored_entry(row) for row in rows]
             breaks = check_links(entries, genesis_hash(self.ledger_id))
             if breaks:
-                raise _Disagreement(f"chain entry {breaks[0].seq}: {breaks[0].problem}")
-            replay = _Replay(self.ledger_id)
+                raise ChainDisagreement(f"chain entry {breaks[0].seq}: {breaks[0].problem}")
+            replay = ChainReplay(self.ledger_id)
             for entry in entries:
                 replay.apply(entry)
             replay.compare_questions(questions)
             replay.compare_outcomes(outcomes)
-        except _Disagreement as exc:
+        except ChainDisagreement as exc:
             raise MirrorError(f"{self.path}: the mirror ledger does not verify: {exc}") from None
         return len(entries)
 
@@ -634,285 +644,6 @@ class MirrorLedger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-# ---------------------------------------------------------------- the chain, rebuilt and replayed
-
-
-def _v1_questions(conn: sqlite3.Connection) -> list[tuple[QuestionRecord, str]]:
-    """A schema-1 file's questions as ``question`` entries, with their creation times."""
-    asked: dict[str, list[str]] = {}
-    for query_id, node in conn.execute("SELECT query_id, node FROM outcomes ORDER BY rowid"):
-        asked.setdefault(str(query_id), []).append(str(node))
-    rows = conn.execute(
-        "SELECT query_id, analyst, identity, canonical_query, requested, definition, created_at "
-        "FROM questions ORDER BY seq"
-    ).fetchall()
-    return [
-        (
-            QuestionRecord(
-                str(qid),
-                str(analyst),
-                str(identity),
-                str(canonical),
-                read_amount(requested),
-                str(definition),
-                tuple(asked.get(str(qid), ())),
-            ),
-            str(created),
-        )
-        for qid, analyst, identity, canonical, requested, definition, created in rows
-    ]
-
-
-def _v1_outcomes(conn: sqlite3.Connection) -> list[tuple[OutcomeRecord, str]]:
-    """A schema-1 file's settled outcome rows as ``outcome`` entries, oldest update first."""
-    rows = conn.execute(
-        "SELECT query_id, node, status, reason, charged, attempts, dataset_version, node_id, "
-        "updated_at FROM outcomes WHERE status != ? ORDER BY updated_at, rowid",
-        (PENDING,),
-    ).fetchall()
-    return [
-        (
-            OutcomeRecord(
-                str(qid),
-                str(node),
-                str(status),
-                str(reason),
-                None if charged is None else read_amount(charged),
-                int(attempts),
-                str(version),
-                str(node_id),
-            ),
-            str(updated),
-        )
-        for qid, node, status, reason, charged, attempts, version, node_id, updated in rows
-    ]
-
-
-class _Disagreement(Exception):
-    """Where the chain breaks or disagrees with the tables (turned into a MirrorError)."""
-
-
-def _stored_entry(row: tuple[Any, ...]) -> ChainEntry:
-    seq, type_, at, body, prev, hash_ = row
-    try:
-        parsed = json.loads(body)
-    except (TypeError, ValueError):
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise _Disagreement(f"chain entry {seq}: its body is not a JSON object (it was altered)")
-    return ChainEntry(int(seq), str(type_), str(at), parsed, str(prev), str(hash_))
-
-
-def _amount_or_text(text: str) -> Fraction | str:
-    """A stored amount, or its raw text if it is not one (so a comparison shows it)."""
-    try:
-        return read_amount(text)
-    except (ValueError, ZeroDivisionError):
-        return text
-
-
-def _show(value: object) -> str:
-    return format_amount(value) if isinstance(value, Fraction) else repr(value)
-
-
-def _first_difference(
-    chained: dict[str, object], stored: dict[str, object]
-) -> tuple[str, object, object] | None:
-    for key, value in chained.items():
-        if stored[key] != value:
-            return key, value, stored[key]
-    return None
-
-
-@dataclass
-class _AskedQuestion:
-    """A question as the chain recorded it: its first entry, and every node asked since."""
-
-    seq: int
-    at: str
-    record: QuestionRecord
-    nodes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _ReplayedRow:
-    """What the chain says one ``outcomes`` row holds, and the last entry that said so."""
-
-    seq: int
-    status: str = PENDING
-    reason: str = ""
-    charged: Fraction | None = None
-    attempts: int = 0
-    dataset_version: str = ""
-    node_id: str = ""
-    # Set by outcome entries only: a row added by a re-send before schema 2 has no
-    # entry of its own saying when it was added.
-    updated_at: str | None = None
-
-    def apply(self, seq: int, at: str, outcome: OutcomeRecord) -> None:
-        """The same rules :meth:`MirrorLedger._write_outcome` applies to the row."""
-        self.seq = seq
-        self.status = outcome.status
-        self.reason = outcome.reason
-        if self.charged is None:
-            self.charged = outcome.charge
-        self.attempts += outcome.attempts
-        self.dataset_version = outcome.dataset_version or self.dataset_version
-        self.node_id = outcome.node_id or self.node_id
-        self.updated_at = at
-
-
-class _Replay:
-    """The tables as the chain's entries say they must be."""
-
-    def __init__(self, ledger_id: str) -> None:
-        self.ledger_id = ledger_id
-        self.questions: dict[str, _AskedQuestion] = {}
-        self.rows: dict[tuple[str, str], _ReplayedRow] = {}
-
-    def apply(self, entry: ChainEntry) -> None:
-        where = f"chain entry {entry.seq} ({entry.type})"
-        if entry.type not in COORDINATOR_TYPES:
-            raise _Disagreement(f"{where}: not a kind of entry a coordinator ledger holds")
-        try:
-            record = parse_record(entry)
-        except ChainFormatError as exc:
-            raise _Disagreement(f"{where}: malformed: {exc}") from None
-        if isinstance(record, Opened):
-            self._opened(entry.seq, record, where)
-        elif entry.seq == 1:
-            raise _Disagreement(f"{where}: the chain must begin with its 'opened' entry")
-        elif isinstance(record, QuestionRecord):
-            self._question(entry, record, where)
-        elif isinstance(record, OutcomeRecord):
-            self._outcome(entry, record, where)
-        # A signing_key entry has nothing in the tables to agree with.
-
-    def _opened(self, seq: int, record: Opened, where: str) -> None:
-        if seq != 1:
-            raise _Disagreement(f"{where}: a ledger is opened once, by its first entry")
-        if record.ledger != COORDINATOR_LEDGER or record.ledger_id != self.ledger_id:
-            raise _Disagreement(
-                f"{where}: opens {record.ledger} ledger {record.ledger_id!r}, not this "
-                f"coordinator mirror {self.ledger_id!r}"
-            )
-
-    def _question(self, entry: ChainEntry, record: QuestionRecord, where: str) -> None:
-        asked = self.questions.get(record.query_id)
-        if asked is None:
-            asked = self.questions[record.query_id] = _AskedQuestion(entry.seq, entry.at, record)
-        elif replace(record, nodes=()) != replace(asked.record, nodes=()):
-            raise _Disagreement(
-                f"{where}: re-records question {record.query_id!r} with another analyst, "
-                f"identity, query, cost or definition than entry {asked.seq}"
-            )
-        if not record.nodes:
-            raise _Disagreement(f"{where}: asks no nodes")
-        for node in record.nodes:
-            if (record.query_id, node) in self.rows:
-                raise _Disagreement(
-                    f"{where}: asks node {node!r} question {record.query_id!r} a second time"
-                )
-            self.rows[record.query_id, node] = _ReplayedRow(entry.seq)
-            asked.nodes.append(node)
-
-    def _outcome(self, entry: ChainEntry, record: OutcomeRecord, where: str) -> None:
-        row = self.rows.get((record.query_id, record.node))
-        if row is None:
-            raise _Disagreement(
-                f"{where}: an outcome of question {record.query_id!r} at node {record.node!r}, "
-                "but no earlier entry asked that node that question"
-            )
-        row.apply(entry.seq, entry.at, record)
-
-    def compare_questions(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Every ``questions`` row must be a question the chain recorded, and vice versa."""
-        stored_ids: set[str] = set()
-        for qid, analyst, identity, canonical, requested, definition, created in rows:
-            stored_ids.add(qid)
-            asked = self.questions.get(qid)
-            if asked is None:
-                raise _Disagreement(
-                    f"question {qid!r} is in the questions table but no chain entry records it "
-                    "(it was added behind the chain's back)"
-                )
-            r = asked.record
-            difference = _first_difference(
-                {
-                    "analyst": r.analyst,
-                    "identity": r.identity,
-                    "canonical_query": r.canonical_query,
-                    "requested": r.requested,
-                    "definition": r.definition,
-                    "created_at": asked.at,
-                },
-                {
-                    "analyst": analyst,
-                    "identity": identity,
-                    "canonical_query": canonical,
-                    "requested": _amount_or_text(requested),
-                    "definition": definition,
-                    "created_at": created,
-                },
-            )
-            if difference is not None:
-                key, chained, stored = difference
-                raise _Disagreement(
-                    f"chain entry {asked.seq} (question {qid!r}): the chain says {key} "
-                    f"{_show(chained)} but the questions table holds {_show(stored)}"
-                )
-        for qid, asked in self.questions.items():
-            if qid not in stored_ids:
-                raise _Disagreement(
-                    f"chain entry {asked.seq} (question {qid!r}): the question is missing from "
-                    "the questions table"
-                )
-
-    def compare_outcomes(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Every ``outcomes`` row must be what the chain's entries for it replay to."""
-        stored_keys: set[tuple[str, str]] = set()
-        for qid, node, status, reason, charged, attempts, version, node_id, updated in rows:
-            stored_keys.add((qid, node))
-            row = self.rows.get((qid, node))
-            if row is None:
-                raise _Disagreement(
-                    f"the outcomes table has node {node!r} for question {qid!r}, but no chain "
-                    "entry asked that node that question (added behind the chain's back)"
-                )
-            chained: dict[str, object] = {
-                "status": row.status,
-                "reason": row.reason,
-                "charge": row.charged,
-                "attempts": row.attempts,
-                "dataset_version": row.dataset_version,
-                "node_id": row.node_id,
-            }
-            stored: dict[str, object] = {
-                "status": status,
-                "reason": reason,
-                "charge": None if charged is None else _amount_or_text(charged),
-                "attempts": attempts,
-                "dataset_version": version,
-                "node_id": node_id,
-                "updated_at": updated,
-            }
-            if row.updated_at is not None:
-                chained["updated_at"] = row.updated_at
-            difference = _first_difference(chained, stored)
-            if difference is not None:
-                key, said, held = difference
-                raise _Disagreement(
-                    f"chain entry {row.seq} (question {qid!r}, node {node!r}): the chain says "
-                    f"{key} {_show(said)} but the outcomes table holds {_show(held)}"
-                )
-        for (qid, node), row in self.rows.items():
-            if (qid, node) not in stored_keys:
-                raise _Disagreement(
-                    f"chain entry {row.seq} (question {qid!r}, node {node!r}): the outcomes "
-                    "table has no row for it"
-                )
 
 
 def reconcile(mirror: dict[str, Fraction], node_reported: dict[str, Fraction]) -> list[Discrepancy]:

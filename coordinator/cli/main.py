@@ -15,6 +15,8 @@ from coordinator.query_files import QueryFileError
 from tiaki import __version__, certs_cli
 from tiaki.certs import CertError
 from tiaki.errors import RemoteError, TiakiError
+from tiaki.ledger_export import ExportFormatError
+from tiaki.signing import SigningKeyError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return int(exc.code)
-    except (FederationConfigError, QueryFileError, OutputError, MirrorError, CertError) as exc:
+    except (
+        FederationConfigError,
+        QueryFileError,
+        OutputError,
+        MirrorError,
+        CertError,
+        SigningKeyError,
+        ExportFormatError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except RemoteError as exc:
