@@ -58,6 +58,14 @@ class Preflight:
         return self.status is None
 
 
+def coordinator_identity(config: FederationConfig) -> str:
+    """The identity nodes record for this coordinator: its certificate's under TLS, else
+    the claimed ``identity`` (insecure development)."""
+    if config.tls is not None and not config.insecure:
+        return identity_of(config.tls.cert.read_bytes())
+    return config.identity
+
+
 class Federation:
     """Clients for every node of a federation file, closed together."""
 
@@ -80,9 +88,7 @@ class Federation:
     @property
     def identity(self) -> str:
         """Who the nodes will see: the certificate's identity under TLS, else the claim."""
-        if self.config.tls is not None and not self.config.insecure:
-            return identity_of(self.config.tls.cert.read_bytes())
-        return self.config.identity
+        return coordinator_identity(self.config)
 
     @property
     def names(self) -> list[str]:

@@ -279,9 +279,9 @@ class MirrorLedger:
 
         The chain is rebuilt from the tables as they stand: ``opened`` (at the
         file's creation time), a ``question`` per question listing every node
-        it asked (at its ``created_at``), then an ``outcome`` per answered or
-        failed row carrying its stored charge (at its ``updated_at``). Questions
-        come first so every outcome follows the question that asked its node.
+        it asked (at its ``created_at``) and an ``outcome`` per answered or
+        failed row carrying its stored charge (at its ``updated_at``), in time
+        order, so every outcome follows the question that asked its node.
         Rows still pending get no outcome entry: nothing has happened to them.
         """
         now = timestamp(self._clock())
@@ -301,10 +301,11 @@ class MirrorLedger:
                 f"{self.path}: cannot upgrade this schema-1 mirror ledger: a stored amount is "
                 f"unreadable ({exc}); it was changed outside tiaki"
             ) from None
-        for question, at in questions:
-            append_entry(conn, ledger_id, question.type, at, question.body())
-        for outcome, at in outcomes:
-            append_entry(conn, ledger_id, outcome.type, at, outcome.body())
+        # One timeline: each record at its own time (a stable sort keeps a
+        # question before the outcomes stamped in the same instant).
+        history: list[tuple[QuestionRecord | OutcomeRecord, str]] = [*questions, *outcomes]
+        for record, at in sorted(history, key=lambda item: item[1]):
+            append_entry(conn, ledger_id, record.type, at, record.body())
         conn.execute(
             "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
         )

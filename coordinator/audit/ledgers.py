@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from coordinator.audit.findings import Finding, error
 from tiaki.chain import ChainEntry, ChainFormatError
@@ -20,6 +20,7 @@ from tiaki.ledger_export import LedgerExport
 from tiaki.ledger_records import (
     COORDINATOR_LEDGER,
     COORDINATOR_TYPES,
+    EXACT_AMOUNT,
     NODE_TYPES,
     ChargeRecord,
     OutcomeRecord,
@@ -30,17 +31,25 @@ from tiaki.ledger_records import (
     parse_record,
 )
 
+# Amounts are exact decimal text ("0.125") or, rarely, "p/q"; anything else is
+# refused before Fraction sees it (an export is untrusted input).
+_AMOUNT = EXACT_AMOUNT
+_AMOUNT_KEYS = frozenset(
+    {"requested", "charge", "limit", "lifetime_limit", "per_query_max", "budget_cap"}
+)
+
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
 @dataclass(frozen=True)
-class Placed(Generic[R]):
+class Placed(Generic[R_co]):
     """A record and where it sits: export file, entry number and entry time."""
 
     export: str
     seq: int
     at: str
-    record: R
+    record: R_co
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,8 @@ class ParsedLedger:
         return self.export.from_seq == 1 or self.prefix_from is not None
 
     def of(self, kind: type[R]) -> list[Placed[R]]:
-        return [p for p in self.entries if isinstance(p.record, kind)]  # type: ignore[misc]
+        # isinstance narrows the record, not the Placed around it: say so explicitly.
+        return [cast("Placed[R]", p) for p in self.entries if isinstance(p.record, kind)]
 
     @property
     def charges(self) -> list[Placed[ChargeRecord]]:
@@ -90,6 +100,23 @@ class ParsedLedger:
     def own(self, placed: Placed[R]) -> bool:
         """Whether an entry is this export's own (not borrowed from an earlier export)."""
         return placed.export == self.name
+
+
+def _unsafe_amount(value: object) -> str | None:
+    """The name of the first amount field in a body that is not plain decimal text."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _AMOUNT_KEYS and isinstance(item, str) and not _AMOUNT.fullmatch(item):
+                return str(key)
+            found = _unsafe_amount(item) if isinstance(item, (dict, list)) else None
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _unsafe_amount(item)
+            if found is not None:
+                return found
+    return None
 
 
 def parse_entries(
@@ -118,11 +145,27 @@ def parse_entries(
                 )
             )
             continue
+        unsafe = _unsafe_amount(entry.body)
+        if unsafe is not None:
+            findings.append(
+                error(
+                    name,
+                    entry.seq,
+                    "unreadable-entry",
+                    f"the {entry.type} entry's {unsafe!r} is not an exact decimal amount",
+                )
+            )
+            continue
         try:
             record = parse_record(entry)
         except ChainFormatError as exc:
             findings.append(
-                error(name, entry.seq, "unreadable-entry", f"the {entry.type} entry is malformed: {exc}")
+                error(
+                    name,
+                    entry.seq,
+                    "unreadable-entry",
+                    f"the {entry.type} entry is malformed: {exc}",
+                )
             )
             continue
         placed.append(Placed(name, entry.seq, entry.at, record))
@@ -134,6 +177,6 @@ def parse_time(text: str) -> datetime | None:
     """An entry or export timestamp as an aware UTC datetime; None if it is not ISO 8601."""
     try:
         when = datetime.fromisoformat(text)
-    except ValueError:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):  # not ISO 8601, or out of range once in UTC
         return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)

@@ -16,13 +16,19 @@ every charge that:
 
 Each period entry's label must have the shape the policy's period kind gives
 ("2026", "2026-Q4", "2026-11", or "lifetime" when the kind is "none") and the
-dates that label implies. Totals sum the charges by the period label each
-charge records.
+dates that label implies.
+
+A period's total is what the node itself counts: every charge made within the
+period's dates, whatever label it was recorded under (after the policy's
+period kind changes, the node regroups earlier charges by time; with one kind
+throughout this is the same as summing by label). An identity's total in a
+period sums its charges recorded under that period's label, as the node does.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from datetime import date
 from fractions import Fraction
 
@@ -73,6 +79,11 @@ class _NodeWalk:
         self.period: Placed[PeriodRecord] | None = None
         self.seen_periods: dict[str, int] = {}
         self.period_spent: dict[str, Fraction] = {}
+        # Every charge so far by day (ISO date) with running totals, to sum a
+        # period's charges by time: days[i] is the i-th charge's day and
+        # running[i] the total of the charges before it.
+        self.days: list[str] = []
+        self.running: list[Fraction] = [Fraction(0)]
         self.identity_spent: dict[tuple[str, str], Fraction] = {}
         self.lifetime_spent = Fraction(0)
         self.charged: dict[tuple[str, str], int] = {}
@@ -191,10 +202,25 @@ class _NodeWalk:
                     f"({current.start} to {current.end})",
                 )
 
+    def _in_period(self, label: str) -> Fraction:
+        """The spending so far (this charge included) the node counts against ``label``."""
+        dates = period_dates(label)
+        if dates is None:  # a label of no known shape: count what was recorded under it
+            return self.period_spent[label]
+        if dates == ("", ""):
+            return self.running[-1]
+        # Times never go backwards (checked separately), so the days are sorted.
+        first = bisect_left(self.days, dates[0])
+        last = bisect_left(self.days, dates[1])
+        return self.running[last] - self.running[first]
+
     def _add(self, placed: Placed[ChargeRecord]) -> None:
         charge = placed.record
         label, amount = charge.period, charge.charge
         self.period_spent[label] = self.period_spent.get(label, Fraction(0)) + amount
+        when = parse_time(placed.at)
+        self.days.append(when.date().isoformat() if when is not None else "")
+        self.running.append(self.running[-1] + amount)
         who = (label, charge.identity)
         self.identity_spent[who] = self.identity_spent.get(who, Fraction(0)) + amount
         self.lifetime_spent += amount
@@ -210,13 +236,13 @@ class _NodeWalk:
                 f"charged {_amount(amount)}, more than the per-query maximum "
                 f"{_amount(policy.per_query_max)} {where}",
             )
-        if self.period_spent[label] > policy.limit:
+        in_period = self._in_period(label)
+        if in_period > policy.limit:
             self.fail(
                 placed,
                 "over-period-limit",
                 f"this charge of {_amount(amount)} brings period {label}'s spending to "
-                f"{_amount(self.period_spent[label])}, over its limit {_amount(policy.limit)} "
-                f"{where}",
+                f"{_amount(in_period)}, over its limit {_amount(policy.limit)} {where}",
             )
         if policy.lifetime_limit is not None and self.lifetime_spent > policy.lifetime_limit:
             self.fail(

@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad arguments, federation file, query file or query (nothing spent)
     REFUSED = 3  # nodes refused, or --require-all released nothing
     UNREACHABLE = 4  # no node could be reached
+    AUDIT_FAILED = 5  # tiaki audit found at least one error in the ledgers
 
 
 EXIT_CODES_HELP = """exit codes:
@@ -25,6 +26,7 @@ EXIT_CODES_HELP = """exit codes:
   2  bad arguments, federation file, query file or query (nothing spent anywhere)
   3  refused: no node answered, or --require-all released nothing
   4  unreachable: no node could be contacted
+  5  audit failed: tiaki audit found errors in the ledgers it was given
 """
 
 

@@ -24,7 +24,7 @@ from tabulate import tabulate
 from coordinator.cli.common import CommandError, ExitCode, add_config_argument, open_federation
 from coordinator.client import NodeClient
 from coordinator.config import FederationConfig, load_federation
-from coordinator.fanout import TRANSIENT
+from coordinator.fanout import TRANSIENT, coordinator_identity
 from coordinator.mirror import MirrorLedger, timestamp, utc_now
 from tiaki.chain import ChainEntry, genesis_hash
 from tiaki.errors import RemoteError
@@ -192,7 +192,7 @@ def coordinator_export(config: FederationConfig, from_seq: int = 1) -> Coordinat
     lines = list(
         export_lines(
             source="coordinator",
-            subject=config.identity,
+            subject=coordinator_identity(config),
             ledger_id=ledger_id,
             definition=None,
             policy={},

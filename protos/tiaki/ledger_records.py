@@ -18,6 +18,7 @@ Entry types, in the order a ledger usually meets them:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -44,8 +45,16 @@ def _optional_text(body: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
+# What format_amount writes: plain decimals (a float's exact expansion has at
+# most 1,074 fractional digits) or "p/q". Anything else is refused before
+# Fraction sees it: "1e999999999" would take Fraction hours to expand.
+EXACT_AMOUNT = re.compile(r"\d{1,20}(\.\d{1,1100})?|\d{1,1200}/\d{1,1200}")
+
+
 def _amount(body: Mapping[str, Any], key: str) -> Fraction:
     text = _text(body, key)
+    if not EXACT_AMOUNT.fullmatch(text):
+        raise ChainFormatError(f"'{key}' is not an exact amount: {text!r:.40}")
     try:
         value = read_amount(text)
     except (ValueError, ZeroDivisionError):

@@ -101,7 +101,11 @@ def test_a_changed_policy_is_chained_before_the_next_charge(tmp_path: Path) -> N
         assert types(ledger)[-3:] == ["charge", "policy", "charge"]
         policy = parse_record(ledger.chain()[1][-2])
         assert isinstance(policy, PolicyRecord)
-        assert (policy.node_id, policy.limit, policy.cap_for("coord-a")) == ("ngo-x", F(3), F("0.5"))
+        assert (policy.node_id, policy.limit, policy.cap_for("coord-a")) == (
+            "ngo-x",
+            F(3),
+            F("0.5"),
+        )
 
 
 def test_signing_key_is_chained_once_per_change(tmp_path: Path) -> None:

@@ -1,0 +1,250 @@
+"""The audit report as one self-contained HTML page, readable offline.
+
+Everything is inline: the style sheet, and the spending chart as a base64 PNG
+(or a note when matplotlib is not installed). A Content-Security-Policy in the
+page forbids scripts and any outside resource. Every string that comes from an
+export (names, identities, analysts, query ids, kinds, findings that quote
+them) is untrusted and passes through :func:`html.escape`; amounts are exact
+decimal text.
+
+Named so as not to shadow the standard library's ``html`` module.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+
+from coordinator.audit.findings import Finding
+from coordinator.audit.report import AuditReport, CoordinatorReport, NodeReport, Share
+from tiaki.budget import format_amount
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222;
+       padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
+.verdict { font-size: 1.2em; font-weight: bold; padding: 0.6em 1em; border-radius: 4px; }
+.passed { background: #e3f4e1; border: 1px solid #6a6; }
+.failed { background: #fbe3e3; border: 1px solid #c55; }
+table { border-collapse: collapse; margin: 0.8em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left;
+         vertical-align: top; }
+th { background: #f3f3f3; }
+td.amount { text-align: right; font-variant-numeric: tabular-nums; }
+tr.error td:first-child { color: #a00; font-weight: bold; }
+tr.warning td:first-child { color: #a60; }
+.note { color: #555; font-style: italic; }
+img { max-width: 100%; }
+"""
+
+_NO_NODES = '<p class="note">no node exports</p>'
+_NO_COORDINATORS = '<p class="note">no coordinator exports</p>'
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _amount(value: Fraction | None, field: str = "") -> str:
+    text = "-" if value is None else format_amount(value)
+    attr = f' data-field="{_e(field)}"' if field else ""
+    return f'<td class="amount"{attr}>{_e(text)}</td>'
+
+
+def _table(headers: Sequence[str], rows: Iterable[str], css: str = "", empty: str = "none") -> str:
+    """A table; ``rows`` are ready-made ``<tr>`` elements (their text already escaped)."""
+    body = list(rows)
+    if not body:
+        return f'<p class="note">{_e(empty)}</p>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    cls = f' class="{_e(css)}"' if css else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _row(*cells: str) -> str:
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _td(value: object) -> str:
+    return f"<td>{_e(value)}</td>"
+
+
+def _findings(findings: Sequence[Finding]) -> str:
+    rows = (
+        f'<tr class="{_e(f.severity.value)}">{_td(f.severity.value)}{_td(f.export or "-")}'
+        f"{_td('-' if f.seq is None else f.seq)}{_td(f.message)}</tr>"
+        for f in findings
+    )
+    return _table(["severity", "export", "entry", "finding"], rows, "findings", "no findings")
+
+
+def _shares(title: str, shares: Sequence[Share], css: str) -> str:
+    rows = (_row(_td(s.name), _td(s.queries), _amount(s.spent)) for s in shares)
+    return _table([title, "queries", "spent"], rows, css)
+
+
+def _node(node: NodeReport, number: int) -> str:
+    summary = _table(
+        [
+            "export",
+            "ledger id",
+            "definition",
+            "entries",
+            "queries",
+            "spent",
+            "lifetime limit",
+            "lifetime remaining",
+        ],
+        [
+            _row(
+                _td(node.export),
+                _td(node.ledger_id),
+                _td(node.definition),
+                _td(f"{node.from_seq}-{node.to_seq}"),
+                f'<td data-field="queries">{node.queries}</td>',
+                _amount(node.spent, "spent"),
+                _amount(node.lifetime_limit),
+                _amount(node.lifetime_remaining),
+            )
+        ],
+        "summary",
+    )
+    periods = _table(
+        ["period", "queries", "spent", "limit", "remaining"],
+        (
+            _row(
+                _td(p.period),
+                _td(p.queries),
+                _amount(p.spent, "period-spent"),
+                _amount(p.limit),
+                _amount(p.remaining),
+            )
+            for p in node.periods
+        ),
+        "periods",
+    )
+    identities = _table(
+        ["identity", "period", "queries", "spent", "cap", "remaining"],
+        (
+            _row(
+                _td(i.identity),
+                _td(i.period),
+                _td(i.queries),
+                _amount(i.spent),
+                _amount(i.cap),
+                _amount(i.remaining),
+            )
+            for i in node.identities
+        ),
+        "identities",
+    )
+    queries = _table(
+        ["entry", "time", "query id", "identity", "analyst", "kind", "period", "cost"],
+        (
+            _row(
+                _td(c.seq),
+                _td(c.at),
+                _td(c.record.query_id),
+                _td(c.record.identity),
+                _td(c.record.analyst),
+                _td(c.record.kind),
+                _td(c.record.period),
+                _amount(c.record.charge, "charge"),
+            )
+            for c in node.charges
+        ),
+        "queries",
+        "no queries were charged",
+    )
+    return (
+        f'<section class="node" id="node-{number}" data-subject="{_e(node.subject)}">'
+        f"<h3>node {_e(node.subject)}</h3>{summary}"
+        f"<h4>per period</h4>{periods}<h4>per identity</h4>{identities}"
+        f"<h4>per query kind</h4>{_shares('kind', node.kinds, 'kinds')}"
+        f"<h4>per analyst</h4>{_shares('analyst', node.analysts, 'analysts')}"
+        f"<h4>queries</h4>{queries}</section>"
+    )
+
+
+def _coordinator(c: CoordinatorReport, number: int) -> str:
+    outcomes = _table(
+        ["final outcome", "count"],
+        (_row(_td(status), _td(count)) for status, count in c.outcomes),
+        "outcomes",
+    )
+    nodes = _table(
+        ["node", "node id", "asked", "answered", "charges reported"],
+        (
+            _row(
+                _td(n.node),
+                _td(n.node_id or "-"),
+                _td(n.asked),
+                _td(n.answered),
+                _amount(n.charged),
+            )
+            for n in c.nodes
+        ),
+        "coordinator-nodes",
+    )
+    analysts = _table(
+        ["analyst", "questions"],
+        (_row(_td(s.name), _td(s.queries)) for s in c.analysts),
+        "analysts",
+    )
+    return (
+        f'<section class="coordinator" id="coordinator-{number}" '
+        f'data-subject="{_e(c.subject)}"><h3>coordinator {_e(c.subject)}</h3>'
+        f"<p>{_e(c.export)}: ledger {_e(c.ledger_id)}, "
+        f'<span data-field="questions">{c.questions}</span> questions asked.</p>'
+        f"{outcomes}{nodes}{analysts}</section>"
+    )
+
+
+def report_html(report: AuditReport, plot_png: bytes | None, plot_note: str = "") -> str:
+    """The whole page. ``plot_png`` is embedded if given, else ``plot_note`` says why not."""
+    v = report.verification
+    css = "passed" if v.passed else "failed"
+    keys = (
+        "Signatures were checked against the trusted keys given."
+        if v.keys_pinned
+        else "Signatures were checked only against the keys the exports carry (no trusted "
+        "keys were given)."
+    )
+    if plot_png is not None:
+        data = base64.b64encode(plot_png).decode("ascii")
+        chart = f'<img alt="cumulative privacy spent per node" src="data:image/png;base64,{data}">'
+    else:
+        chart = f'<p class="note">{_e(plot_note or "no chart")}</p>'
+    exports = _table(
+        ["export", "source", "subject", "entries", "exported at"],
+        (
+            _row(
+                _td(e.name),
+                _td(e.source),
+                _td(e.subject),
+                _td(f"{e.from_seq}-{e.to_seq}"),
+                _td(e.exported_at),
+            )
+            for e in v.exports
+        ),
+        "exports",
+    )
+    nodes = "".join(_node(n, i) for i, n in enumerate(report.nodes, start=1))
+    coordinators = "".join(_coordinator(c, i) for i, c in enumerate(report.coordinators, 1))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        f"<title>tiaki audit report</title><style>{_STYLE}</style></head><body>"
+        "<h1>tiaki audit report</h1>"
+        f'<p class="verdict {css}" id="verdict">{_e(v.verdict())}</p>'
+        f'<p class="note">{_e(keys)}</p>'
+        f"<h2>Findings</h2>{_findings(v.findings)}"
+        f"<h2>Exports</h2>{exports}"
+        f"<h2>Spending over time</h2>{chart}"
+        f"<h2>Nodes</h2>{nodes or _NO_NODES}"
+        f"<h2>Coordinators</h2>{coordinators or _NO_COORDINATORS}"
+        "</body></html>\n"
+    )

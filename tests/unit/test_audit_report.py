@@ -1,0 +1,285 @@
+"""``tiaki audit report``: totals that equal the ledgers, in JSON, tables and a safe HTML page.
+
+Totals are checked against sums computed here from the builders' own chain
+entries, not against the report's other numbers. The HTML page is read back
+with :mod:`html.parser` (what a browser would see), and strings planted in an
+export must come out as text, never as markup.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from fractions import Fraction
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.audit_ledgers import (
+    NGO_A_SPENT,
+    NGO_B_SPENT,
+    Federation,
+    LedgerBuilder,
+    at,
+    charge,
+    edit_lines,
+    federation,
+    run_audit,
+)
+from tiaki.budget import format_amount
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EVIL = "<script>alert('owned')</script>"
+EVIL_ATTRIBUTE = '"><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Federation:
+    return federation(tmp_path / "keys")
+
+
+@pytest.fixture
+def exports(fed: Federation, tmp_path: Path) -> tuple[Path, Path, Path]:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    return fed.export_all(folder)
+
+
+def _charges(builder: LedgerBuilder) -> list[dict[str, Any]]:
+    return [dict(e.body) for e in builder.entries if e.type == "charge"]
+
+
+def _total(charges: list[dict[str, Any]], **where: str) -> Fraction:
+    return sum(
+        (
+            Fraction(c["charge"])
+            for c in charges
+            if all(c[key] == value for key, value in where.items())
+        ),
+        Fraction(0),
+    )
+
+
+def test_json_totals_equal_the_sums_of_the_charges(
+    capsys: Any, fed: Federation, exports: tuple[Path, ...]
+) -> None:
+    run = run_audit(capsys, "report", *exports, "--format", "json")
+    assert run.code == 0, run.err
+    doc = run.doc()
+    assert doc["format"] == "tiaki-audit-report"
+    assert doc["verification"]["verdict"] == "passed"
+    nodes = {n["subject"]: n for n in doc["nodes"]}
+    for subject, builder, by_period in (
+        ("ngo-a", fed.ngo_a, NGO_A_SPENT),
+        ("ngo-b-id", fed.ngo_b, NGO_B_SPENT),
+    ):
+        charges = _charges(builder)
+        node = nodes[subject]
+        assert node["queries"] == len(charges)
+        assert node["spent"] == format_amount(_total(charges))
+        assert {p["period"]: p["spent"] for p in node["periods"]} == {
+            label: format_amount(_total(charges, period=label)) for label in by_period
+        }
+        assert {p["period"]: Fraction(p["spent"]) for p in node["periods"]} == by_period
+        for group, key in (("kinds", "kind"), ("analysts", "analyst")):
+            assert {row[key]: row["spent"] for row in node[group]} == {
+                name: format_amount(_total(charges, **{key: name}))
+                for name in {c[key] for c in charges}
+            }
+        assert {(i["identity"], i["period"]): i["spent"] for i in node["identities"]} == {
+            (c["identity"], c["period"]): format_amount(
+                _total(charges, identity=c["identity"], period=c["period"])
+            )
+            for c in charges
+        }
+        assert [c["charge"] for c in node["charges"]] == [c["charge"] for c in charges]
+    a = nodes["ngo-a"]
+    assert a["lifetime_limit"] == "5" and a["lifetime_remaining"] == "3.125"
+    q1 = next(p for p in a["periods"] if p["period"] == "2026-Q1")
+    assert (q1["limit"], q1["remaining"]) == ("2", "0.75")
+    ministry_q1 = next(
+        i for i in a["identities"] if (i["identity"], i["period"]) == ("ministry", "2026-Q1")
+    )
+    assert (ministry_q1["cap"], ministry_q1["remaining"]) == ("1.5", "0.5")
+
+    [coordinator] = doc["coordinators"]
+    assert coordinator["questions"] == 3
+    assert coordinator["outcomes"] == {"answered": 4, "refused": 1, "replayed": 1}
+    reported = {n["node"]: n["charged"] for n in coordinator["nodes"]}
+    # What the coordinator recorded equals what each node charged the ministry.
+    assert reported == {
+        "ngo-a": format_amount(_total(_charges(fed.ngo_a), identity="ministry")),
+        "ngo-b": format_amount(_total(_charges(fed.ngo_b), identity="ministry")),
+    }
+
+
+def test_the_table_report_starts_with_the_verdict(capsys: Any, exports: tuple[Path, ...]) -> None:
+    run = run_audit(capsys, "report", *exports)
+    assert run.code == 0
+    assert run.out.startswith("audit passed")
+    assert "2026-Q2" in run.out and "remaining" in run.out
+    assert "coordinator ministry" in run.out
+
+
+class _Page(HTMLParser):
+    """What a browser would make of the page: tags, and the numbers marked for reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.images: list[str] = []
+        self.text: list[str] = []
+        self.verdict = ""
+        self.node: str | None = None
+        self.fields: dict[tuple[str, str], list[str]] = {}
+        self._field: str | None = None
+        self._in_verdict = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        found = dict(attrs)
+        if tag == "img":
+            self.images.append(found.get("src") or "")
+        if tag == "section" and found.get("class") == "node":
+            self.node = found.get("data-subject")
+        self._field = found.get("data-field")
+        self._in_verdict = found.get("id") == "verdict"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self.node = None
+        self._field = None
+        self._in_verdict = False
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._in_verdict:
+            self.verdict += data
+        if self._field and self.node is not None:
+            self.fields.setdefault((self.node, self._field), []).append(data)
+
+
+def _page(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def test_html_totals_equal_the_ledgers(
+    capsys: Any, fed: Federation, exports: tuple[Path, ...], tmp_path: Path
+) -> None:
+    out = tmp_path / "report.html"
+    run = run_audit(capsys, "report", *exports, "--format", "html", "--out", out)
+    assert run.code == 0, run.err
+    assert f"wrote {out}" in run.err
+    text = out.read_text(encoding="utf-8")
+    page = _page(text)
+    assert page.verdict.startswith("audit passed")
+    assert text.index('id="verdict"') < text.index('class="node"')  # the verdict is on top
+    assert "script" not in page.tags and "link" not in page.tags
+    for subject, builder in (("ngo-a", fed.ngo_a), ("ngo-b-id", fed.ngo_b)):
+        charges = _charges(builder)
+        assert page.fields[(subject, "spent")] == [format_amount(_total(charges))]
+        assert page.fields[(subject, "queries")] == [str(len(charges))]
+        listed = page.fields[(subject, "charge")]
+        assert sorted(listed) == sorted(c["charge"] for c in charges)
+        per_period = sum((Fraction(x) for x in page.fields[(subject, "period-spent")]), Fraction(0))
+        assert per_period == _total(charges)
+
+
+def test_html_embeds_the_chart_when_matplotlib_is_there(
+    capsys: Any, exports: tuple[Path, ...]
+) -> None:
+    pytest.importorskip("matplotlib")
+    run = run_audit(capsys, "report", *exports, "--format", "html")
+    assert run.code == 0
+    [image] = _page(run.out).images
+    assert image.startswith("data:image/png;base64,")
+
+
+def test_strings_from_an_export_are_escaped_in_html(
+    capsys: Any, fed: Federation, tmp_path: Path
+) -> None:
+    fed.ngo_a.add(
+        charge("q9", "0.125", "2026-Q2", identity="university", analyst=EVIL),
+        at("2026-04-02", "11:00"),
+    )
+    fed.ngo_a.add(
+        charge(EVIL_ATTRIBUTE, "0.125", "2026-Q2", identity="university", analyst="x"),
+        at("2026-04-02", "11:01"),
+    )
+    path = fed.ngo_a.export(tmp_path / "ngo-a.jsonl")
+    run = run_audit(capsys, "report", path, "--format", "html")
+    assert run.code == 0, run.err
+    page = _page(run.out)
+    assert "script" not in page.tags
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert "<script>" not in run.out and "onerror=alert(1)>" not in run.out
+    assert "&lt;script&gt;" in run.out
+    # A browser shows the strings as they were, as text.
+    assert EVIL in page.text and EVIL_ATTRIBUTE in page.text
+
+
+def test_the_table_report_shows_control_characters_as_escapes(
+    capsys: Any, fed: Federation, tmp_path: Path
+) -> None:
+    fed.ngo_a.add(
+        charge("q9", "0.125", "2026-Q2", identity="university", analyst="x\x1b[2Jy"),
+        at("2026-04-02", "11:00"),
+    )
+    run = run_audit(capsys, "report", fed.ngo_a.export(tmp_path / "a.jsonl"))
+    assert "\x1b" not in run.out
+    assert "x\\x1b[2Jy" in run.out
+
+
+def test_plot_writes_a_png(capsys: Any, exports: tuple[Path, ...], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "spend.png"
+    run = run_audit(capsys, "report", *exports, "--plot", plot)
+    assert run.code == 0, run.err
+    assert plot.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_without_matplotlib_plot_is_a_clear_error_and_html_says_so(
+    capsys: Any, exports: tuple[Path, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, module, None)
+    run = run_audit(capsys, "report", *exports, "--plot", tmp_path / "spend.png")
+    assert run.code == 2
+    assert "pip install 'tiaki[plot]'" in run.error_line()
+    assert not (tmp_path / "spend.png").exists()
+
+    page = run_audit(capsys, "report", *exports, "--format", "html")
+    assert page.code == 0
+    assert _page(page.out).images == []
+    assert "No chart: plotting needs the" in page.out
+
+
+def test_a_report_on_a_failing_audit_is_written_and_exits_5(
+    capsys: Any, fed: Federation, tmp_path: Path
+) -> None:
+    path = fed.ngo_a.export(tmp_path / "a.jsonl")
+
+    def inflate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for r in records:
+            if r["record"] == "entry" and r["type"] == "charge":
+                r["body"]["charge"] = "0.001"
+        return records
+
+    edit_lines(path, inflate)
+    out = tmp_path / "report.json"
+    run = run_audit(capsys, "report", path, "--format", "json", "--out", out)
+    assert run.code == 5
+    assert "AUDIT FAILED" in run.err
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["verification"]["verdict"] == "failed"
+
+
+def test_plot_must_be_png(capsys: Any, exports: tuple[Path, ...], tmp_path: Path) -> None:
+    run = run_audit(capsys, "report", *exports, "--plot", tmp_path / "spend.svg")
+    assert run.code == 2
+    assert "PNG" in run.error_line()
