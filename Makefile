@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck protos bench clean
+.PHONY: demo test lint typecheck protos bench clean federation federation-status federation-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python deploy/demo.py
+
+# Three nodes as background processes over mTLS, and federation-run/federation.yaml
+# for `tiaki --config federation-run/federation.yaml ...`; stop them with federation-stop.
+federation: $(STAMP)
+	$(BIN)/python deploy/local_federation.py start --nodes 3 --dir federation-run
+
+federation-status: $(STAMP)
+	$(BIN)/python deploy/local_federation.py status --dir federation-run
+
+federation-stop: $(STAMP)
+	$(BIN)/python deploy/local_federation.py stop --dir federation-run
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -87,7 +87,7 @@ class Gatekeeper:
         self._in_flight: dict[str, int] = {}
 
     def admit(
-        self, caller: Caller, what: str, *, auditors: bool = False
+        self, caller: Caller, what: str, *, auditors: bool = False, kind: str | None = None
     ) -> CoordinatorGrant | None:
         """The caller's grant, or PERMISSION_DENIED (logged, nothing spent).
 
@@ -107,6 +107,13 @@ class Gatekeeper:
             caller.identity,
             "verified certificate" if caller.verified else "unverified claim",
             caller.fingerprint or "-",
+            extra={
+                "identity": caller.identity,
+                "verified": caller.verified,
+                "fingerprint": caller.fingerprint,
+                "kind": kind,
+                "outcome": "refused",
+            },
         )
         raise PolicyViolationError(
             f"this node does not accept requests from {caller.identity!r}; ask the NGO to add "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -65,47 +64,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-# The node's existing log calls (node/server.py, node/access.py) format their
-# facts into the message. Until they pass ``extra=`` themselves, these two are
-# recognised by their templates so their facts also arrive as fields; a test
-# pins the templates, so a reworded message is noticed rather than silently
-# losing its fields.
-QUERY_TEMPLATE = "query %s from %s: %s charged %s%s"
-REFUSAL_TEMPLATE = "refused %s from %s (%s, fingerprint %s): not an allowed coordinator"
-_KIND = re.compile(r'"kind":"([a-z_]+)"|^Query ([A-Z_]+)')
-
-
-def _kind(text: str) -> str | None:
-    match = _KIND.search(text)
-    if match is None:
-        return None
-    return (match.group(1) or match.group(2)).lower()
-
-
-class KnownMessageFields(logging.Filter):
-    """Adds fields to the query and refusal lines the node already writes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if not isinstance(args, tuple) or getattr(record, "outcome", None) is not None:
-            return True
-        if record.msg == QUERY_TEMPLATE and len(args) == 5:
-            query_id, identity, canonical, charged, replayed = args
-            record.query_id = str(query_id)
-            record.identity = str(identity)
-            record.kind = _kind(str(canonical))
-            record.charge = str(charged)
-            record.outcome = "replayed" if replayed else "answered"
-        elif record.msg == REFUSAL_TEMPLATE and len(args) == 4:
-            what, identity, how, fingerprint = args
-            record.identity = str(identity)
-            record.kind = _kind(str(what))
-            record.verified = how == "verified certificate"
-            record.fingerprint = None if fingerprint == "-" else str(fingerprint)
-            record.outcome = "refused"
-        return True
-
-
 def configure(log_format: str, verbose: bool, stream: TextIO | None = None) -> None:
     """Route every log line through one handler in the chosen format (replacing any)."""
     if log_format not in LOG_FORMATS:
@@ -113,7 +71,6 @@ def configure(log_format: str, verbose: bool, stream: TextIO | None = None) -> N
     handler = logging.StreamHandler(stream or sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
-        handler.addFilter(KnownMessageFields())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(

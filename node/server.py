@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -66,12 +67,13 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
         request: object = True,
         *,
         auditors: bool = False,
+        kind: str | None = None,
     ) -> T:
         with _answering(context, what):
             if request is UNDECODABLE:
                 raise InvalidQueryError("the request could not be decoded as a tiaki.v1 message")
             caller = caller_of(context)
-            grant = self._gate.admit(caller, what, auditors=auditors)
+            grant = self._gate.admit(caller, what, auditors=auditors, kind=kind)
             return fn(caller, grant)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
@@ -110,27 +112,58 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
         )
 
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
+        started = time.monotonic()
+        # What was asked, for the log: the shape and the cost, never a value.
+        kind = (
+            pb.QueryKind.Name(request.kind).lower()
+            if request is not UNDECODABLE and request.kind in pb.QueryKind.values()
+            else None
+        )
+
         def run(caller: Caller, grant: CoordinatorGrant | None) -> pb.QueryResponse:
-            identity = caller.identity
-            with self._gate.slot(caller):
-                answer = self._service.query(identity, request, grant)
+            fields: dict[str, object] = {
+                "query_id": request.query_id[:64],
+                "identity": caller.identity,
+                "kind": kind,
+            }
+            try:
+                with self._gate.slot(caller):
+                    answer = self._service.query(caller.identity, request, grant)
+            except TiakiError as exc:
+                fields.update(outcome=exc.status_code.name.lower(), duration_ms=_ms(started))
+                log.info(
+                    "query %s from %s refused (%s)",
+                    fields["query_id"],
+                    caller.identity,
+                    exc.status_code.name,
+                    extra=fields,
+                )
+                raise
+            fields.update(
+                outcome="replayed" if answer.replayed else "answered",
+                charge=str(answer.charged),
+                duration_ms=_ms(started),
+            )
             log.info(
                 "query %s from %s: %s charged %s%s",
                 answer.query_id,
-                identity,
+                caller.identity,
                 answer.canonical_query[:200],
                 answer.charged,
                 " (replayed)" if answer.replayed else "",
+                extra=fields,
             )
             return answer_to_proto(answer)
 
-        # What was asked, for the log of refused callers: the shape, not the values.
         if request is UNDECODABLE:
             return self._call(context, "Query", run, request)
-        kind = pb.QueryKind.Name(request.kind) if request.kind in pb.QueryKind.values() else "?"
         cost = (request.cost.epsilon or request.cost.rho)[:20]
-        what = f"Query {kind} (id {request.query_id[:40]!r}, cost {cost})"
-        return self._call(context, what[:200], run)
+        what = f"Query {(kind or '?').upper()} (id {request.query_id[:40]!r}, cost {cost})"
+        return self._call(context, what[:200], run, kind=kind)
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
 
 
 # Stands for a request whose bytes do not decode (grpc itself would answer a

@@ -29,6 +29,12 @@ def register(sub: Any) -> None:
     p.add_argument("directory", type=Path, help="directory to create or fill")
     p.add_argument("--address", default="127.0.0.1:50051", help="host:port to serve on")
     p.add_argument("--node-id", default=None, help="the node's name (default: directory name)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="where records, ledger, salt and signing key live (default: DIR/data); "
+        "relative paths are taken from DIR",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing node.yaml")
     p.add_argument("--cert", help="this node's TLS certificate (turns on mutual TLS)")
     p.add_argument("--key", help="this node's TLS key")
@@ -52,6 +58,7 @@ def render(
     address: str,
     tls: tuple[str, str, str] | None = None,
     allow: Sequence[str] = (),
+    data_dir: str | None = None,
 ) -> str:
     text = template_text()
     # Replacements are functions so that nothing in them is read as a regex escape;
@@ -60,6 +67,10 @@ def render(
     text = re.sub(
         r"(?m)^  address: \S+", lambda _: f"  address: {json.dumps(address)}", text, count=1
     )
+    if data_dir is not None:
+        text = re.sub(
+            r"(?m)^data_dir: \S+", lambda _: f"data_dir: {json.dumps(data_dir)}", text, count=1
+        )
     if tls is not None:
         cert, key, client_ca = (json.dumps(str(Path(p).resolve())) for p in tls)
         block = f"  tls:\n    cert: {cert}\n    key: {key}\n    client_ca: {client_ca}\n"
@@ -87,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         tls = (args.cert, args.key, args.client_ca) if all(parts) else None
         if tls is not None and not args.allow:
             raise CommandError("with TLS on, name at least one coordinator with --allow")
-        tmp.write_text(render(node_id, args.address, tls, args.allow), encoding="utf-8")
+        text = render(node_id, args.address, tls, args.allow, args.data_dir)
+        tmp.write_text(text, encoding="utf-8")
         load_config(tmp)  # never leave a config the node would refuse
         tmp.replace(target)
     except OSError as exc:

@@ -115,12 +115,12 @@ def start_health_server(node: RunningNode, address: str) -> tuple[grpc.Server, s
 
 
 def run(args: argparse.Namespace) -> int:
+    check_health_address(args.health_address)
+    config = load_config(args.config)
+    address = args.address or config.server.address
     log_format = getattr(args, "log_format", "text")
     logs.configure(log_format, args.verbose)
     say = logs.Announcer(log_format)
-    config = load_config(args.config)
-    address = args.address or config.server.address
-    check_health_address(args.health_address)
     credentials = credentials_for(
         config, address, args.insecure, logs.Announcer(log_format, sys.stderr)
     )

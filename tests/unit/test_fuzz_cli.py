@@ -998,3 +998,18 @@ def test_renew_with_a_huge_if_expiring_within_is_a_usage_error(
     with fresh_copy(workspace, tmp_path):
         run = run_cli(tiaki_main if which == "tiaki" else node_main, argv, capsys)
     assert run.code == 2, run
+
+
+@pytest.mark.parametrize("data_dir", ["elsewhere/dāta", "ABSOLUTE"])
+def test_init_with_a_data_dir_puts_the_salt_and_signing_key_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data_dir: str
+) -> None:
+    wanted = str(tmp_path / "var" / "tiaki") if data_dir == "ABSOLUTE" else data_dir
+    run = run_cli(node_main, ["init", str(tmp_path / "d"), "--data-dir", wanted], capsys)
+    assert run.code == 0, run
+    config = load_config(tmp_path / "d" / "node.yaml")
+    expected = Path(wanted) if Path(wanted).is_absolute() else tmp_path / "d" / wanted
+    assert config.data_dir == expected.resolve()
+    assert (expected / "node.salt").exists() and (expected / "signing.key").exists()
+    assert (expected / "signing.key").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "d" / "data").exists()
