@@ -4,6 +4,8 @@ Three NGOs with different sizes and mixes of synthetic clients each run a node
 (a separate process). The ministry adds them to its federation file, checks
 them, plans a question, asks it, runs the shipped outcome measurements by name,
 draws a plot, and compares every node's budget with its own mirror ledger.
+Then an evaluator verifies every signed ledger against the keys the parties
+gave, and writes an HTML report.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
 import local_federation  # noqa: E402
+
+from coordinator.config import load_federation  # noqa: E402
+from coordinator.fanout import coordinator_identity  # noqa: E402
+from tiaki.signing import load_signing_key  # noqa: E402
 
 WORK = ROOT / "demo-run"
 BIN = Path(sys.executable).parent
@@ -34,6 +40,19 @@ def tiaki(*args: str, refused: bool = False) -> None:
     done = subprocess.run([str(BIN / "tiaki"), *args], check=False, cwd=WORK)
     if (done.returncode != 0) != refused:
         raise SystemExit(f"unexpected exit code {done.returncode} from tiaki {shown}")
+
+
+def write_trusted_keys(nodes: list[local_federation.RunningNgo]) -> None:
+    """The public keys each party handed the evaluator (in life: by a channel of their own)."""
+    keys = {
+        node.spec.name: load_signing_key(node.config.parent / "data" / "signing.key").public_text
+        for node in nodes
+    }
+    config = load_federation(WORK / "federation.yaml")
+    keys[coordinator_identity(config)] = load_signing_key(config.signing_key_path).public_text
+    (WORK / "trusted-keys.yaml").write_text(
+        "".join(f"{name}: {text}\n" for name, text in keys.items()), encoding="utf-8"
+    )
 
 
 def main() -> int:
@@ -97,8 +116,22 @@ def main() -> int:
         tiaki("query", "count", "--epsilon", "5", "--require-all", refused=True)
         step("7. Budgets: each node's own ledger beside the ministry's mirror")
         tiaki("budget")
+        step(
+            "8. An evaluator checks every signed ledger (chains, signatures, budgets, and that "
+            "the ministry's record agrees with each NGO's) against the keys the parties gave"
+        )
+        tiaki("ledger", "fetch", "--out-dir", "audit")
+        write_trusted_keys(nodes)
+        exports = sorted(str(p.relative_to(WORK)) for p in (WORK / "audit").glob("*.jsonl"))
+        tiaki("audit", "verify", *exports, "--keys", "trusted-keys.yaml")
+        tiaki("audit", "report", *exports, "--keys", "trusted-keys.yaml", "--format", "html",
+              "--out", "audit/report.html")  # fmt: skip
+        step("9. What NGO A's staff see: their own ledger, in plain words")
+        node_a = nodes[0].config
+        print(f"\n$ tiaki-node ledger --config {node_a.relative_to(WORK)}", flush=True)
+        subprocess.run([str(BIN / "tiaki-node"), "ledger", "--config", str(node_a)], check=True)
     finally:
-        step("8. Stopping the nodes")
+        step("10. Stopping the nodes")
         local_federation.stop(nodes)
     print(f"\nDone in {time.monotonic() - started:.0f} s. Files (and the plot) are in {WORK}.")
     return 0
