@@ -45,8 +45,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from coordinator.mirror_replay import PENDING as PENDING  # re-exported: callers name it here
 from coordinator.mirror_replay import (
-    PENDING,
     ChainDisagreement,
     ChainReplay,
     stored_entry,
