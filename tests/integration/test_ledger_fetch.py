@@ -11,18 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from coordinator.cli.main import main
+from coordinator.client import new_query_id
 from coordinator.config import load_federation
 from coordinator.mirror import MirrorLedger
 from node.synth import write_csv
 from tests.conftest import FederationPki
 from tests.integration.conftest import LiveNode
+from tiaki.budget import PrivacyDefinition
 from tiaki.ledger_export import integrity_problems, read_export
+from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.signing import load_signing_key
 
 NAMES = ("ngo-a", "ngo-b", "ngo-c")
@@ -203,3 +207,39 @@ def test_a_node_named_coordinator_is_refused_before_anything_is_fetched(
     assert run.code == 2 and run.out == ""
     assert run.err.startswith("error: a node is named 'coordinator'")
     assert not out.exists()
+
+
+def test_an_auditor_listed_by_the_nodes_fetches_but_may_not_ask(
+    tmp_path: Path,
+    make_node_config: Callable[..., Path],
+    start_node: Callable[..., LiveNode],
+    csvs: list[Path],
+    pki: FederationPki,
+    cli: Cli,
+) -> None:
+    policy = {
+        **POLICY,
+        "coordinators": [{"identity": "coordinator-a"}],
+        "auditors": [{"identity": "privacy-commissioner"}],
+    }
+    node = start_node(make_node_config(node_id="ngo-a", policy=policy), csvs[0])
+    with node.client("coordinator-a") as client:
+        query = Query(QueryKind.COUNT, PrivacyCost.parse(PrivacyDefinition.PURE, "0.5"))
+        client.query(query, query_id=new_query_id(), analyst="ana")
+
+    path = tmp_path / "auditor" / "federation.yaml"
+    path.parent.mkdir()
+    tls = pki.federation_tls("privacy-commissioner")
+    argv = ["nodes", "add", "ngo-a", node.address, "--config", path, "--analyst", "auditor"]
+    argv += ["--tls-ca", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
+    assert cli(*argv).code == 0
+    out = tmp_path / "ledgers"
+    run = cli("ledger", "fetch", "--config", path, "--out-dir", out)
+    assert run.code == 0, run.err
+    export = read_export(out / "ngo-a.jsonl")
+    assert integrity_problems(export) == []
+    assert [e.body["identity"] for e in export.entries if e.type == "charge"] == ["coordinator-a"]
+
+    refused = cli("query", "count", "--epsilon", "0.1", "--config", path, "--quiet")
+    assert refused.code != 0
+    assert node.budget().lifetime_spent == Fraction("0.5")
