@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +177,43 @@ def pums_dup() -> Iterator[Path]:
     if not path.exists():
         pytest.fail(f"{path} is missing: the shared data folder must sit beside the repository")
     yield path
+
+
+# ---------------------------------------------------------------- the tiaki CLI, in-process
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one ``tiaki`` invocation returned and printed."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def error_line(self) -> str:
+        """The one ``error:`` line a failing command prints, and nothing else."""
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1, self.err
+        assert lines[0].startswith("error: "), self.err
+        return lines[0]
+
+
+Cli = Callable[..., Run]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Run ``tiaki ARGV`` through its ``main``; whatever happens, never a traceback."""
+    from coordinator.cli.main import main
+
+    def run(*argv: str | Path) -> Run:
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err + captured.out
+        return Run(code, captured.out, captured.err)
+
+    return run

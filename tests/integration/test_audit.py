@@ -23,12 +23,11 @@ from typing import Any
 import pytest
 import yaml
 
-from coordinator.cli.main import main
 from coordinator.config import load_federation
 from node.cli.main import main as node_main
 from node.exports import signing_key_path
 from node.synth import write_csv
-from tests.conftest import FederationPki
+from tests.conftest import Cli, FederationPki
 from tests.integration.conftest import LiveNode
 from tiaki.budget import format_amount
 from tiaki.signing import load_signing_key
@@ -40,33 +39,11 @@ TIGHT: dict[str, Any] = {"budget": {"limit": "0.75", "period": "none"}, "per_que
 
 
 @dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@dataclass(frozen=True)
 class Federation:
     nodes: list[LiveNode]
     configs: list[Path]
     fed: Path  # coordinator-a's federation file
     other: Path  # coordinator-b's, asking ngo-a only
-
-
-Cli = Callable[..., Run]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*argv: str | Path) -> Run:
-        capsys.readouterr()
-        code = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        assert "Traceback" not in captured.err + captured.out
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture(scope="module")

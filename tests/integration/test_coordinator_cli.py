@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from coordinator.config import load_federation
 from coordinator.mirror import MirrorLedger
 from coordinator.query_files import load_query_file
 from node.synth import write_csv
-from tests.conftest import ROOT, TEMPLATE, FederationPki
+from tests.conftest import ROOT, TEMPLATE, Cli, FederationPki
 from tests.integration.conftest import LiveNode
 from tiaki.budget import format_amount
 from tiaki.v1 import node_pb2 as pb
@@ -54,40 +52,6 @@ Ledgers = list[tuple[Fraction, int]]
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@dataclass(frozen=True)
-class Run:
-    """What one ``tiaki`` invocation returned and printed."""
-
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def error_line(self) -> str:
-        """The one ``error:`` line a failing command prints, and nothing else."""
-        assert "Traceback" not in self.err + self.out
-        lines = self.err.strip().splitlines()
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("error: "), self.err
-        return lines[0]
-
-
-Cli = Callable[..., Run]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*argv: str | Path) -> Run:
-        capsys.readouterr()
-        code = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture(scope="module")

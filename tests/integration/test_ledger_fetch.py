@@ -10,19 +10,17 @@ follows the table (0 all fetched, 2 usage, 3 some failed, 4 none reachable).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coordinator.cli.main import main
 from coordinator.client import new_query_id
 from coordinator.config import load_federation
 from coordinator.mirror import MirrorLedger
 from node.synth import write_csv
-from tests.conftest import FederationPki
+from tests.conftest import Cli, FederationPki, Run
 from tests.integration.conftest import LiveNode
 from tiaki.budget import PrivacyDefinition
 from tiaki.ledger_export import integrity_problems, read_export
@@ -31,28 +29,6 @@ from tiaki.signing import load_signing_key
 
 NAMES = ("ngo-a", "ngo-b", "ngo-c")
 POLICY: dict[str, Any] = {"budget": {"limit": "10", "period": "none"}, "per_query_max": "1"}
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Run]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*argv: str | Path) -> Run:
-        capsys.readouterr()
-        code = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        assert "Traceback" not in captured.err + captured.out
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from coordinator.cli.main import main
 from coordinator.config import load_federation
 from coordinator.mirror import MirrorError, MirrorLedger
 from coordinator.results import NodeOutcome, NodeStatus
+from tests.conftest import Cli
 from tests.unit.test_mirror import answered, failed, intent
 from tiaki.chain import ChainEntry, genesis_hash
 from tiaki.ledger_export import integrity_problems, parse_export, read_export
@@ -435,28 +433,6 @@ def test_the_signing_key_lives_beside_the_ledger_unless_the_file_says(tmp_path: 
 
 
 # ---------------------------------------------------------------- tiaki ledger export / verify
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Run]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*argv: str | Path) -> Run:
-        capsys.readouterr()
-        code = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        assert "Traceback" not in captured.err
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture
