@@ -20,6 +20,7 @@ from fractions import Fraction
 from coordinator.audit.findings import Finding
 from coordinator.audit.report import AuditReport, CoordinatorReport, NodeReport, Share
 from tiaki.budget import format_amount
+from tiaki.plain_words import describe_query
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222;
@@ -142,7 +143,7 @@ def _node(node: NodeReport, number: int) -> str:
         "identities",
     )
     queries = _table(
-        ["entry", "time", "query id", "identity", "analyst", "kind", "period", "cost"],
+        ["entry", "time", "query id", "identity", "analyst", "what was asked", "period", "cost"],
         (
             _row(
                 _td(c.seq),
@@ -150,7 +151,7 @@ def _node(node: NodeReport, number: int) -> str:
                 _td(c.record.query_id),
                 _td(c.record.identity),
                 _td(c.record.analyst),
-                _td(c.record.kind),
+                _td(describe_query(c.record.canonical_query)),
                 _td(c.record.period),
                 _amount(c.record.charge, "charge"),
             )

@@ -49,6 +49,7 @@ def _series(node: NodeReport) -> tuple[list[datetime], list[float]]:
 def spend_png(nodes: tuple[NodeReport, ...]) -> bytes:
     """The chart as PNG bytes: one step line per node, cumulative spend against time."""
     try:
+        from matplotlib import dates as mdates
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
@@ -74,7 +75,11 @@ def spend_png(nodes: tuple[NodeReport, ...]) -> bytes:
     axes.set_title("cumulative privacy spent per node")
     axes.set_xlabel("time (UTC)")
     axes.set_ylabel("spent")
-    figure.autofmt_xdate()
+    # Concise dates ("12:26\nNov 25") rather than matplotlib's default ticks,
+    # which for a short span show only seconds with microseconds.
+    locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
