@@ -46,10 +46,30 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-bench: $(VENV)/.bench-installed
-	$(BIN)/python tests/bench/bench_node.py
-	$(BIN)/python tests/bench/bench_fanout.py
+# Benchmarks (not part of `make test`): bench-results/results.md and its plots. The peers
+# Tumult Analytics and SmartNoise SQL get virtual environments of their own under
+# .venv-peers/ (their pins conflict with tiaki's); one that cannot be installed here is
+# reported as not available, with the reason, and the rest still run.
+.PHONY: bench-large bench-peers
+PEERS := .venv-peers
+
+bench: $(VENV)/.bench-installed bench-peers
+	$(BIN)/python -m tests.bench.bench_engines --profile
+	$(BIN)/python -m tests.bench.bench_fanout
+	$(BIN)/python -m tests.bench.bench_accuracy
+	$(BIN)/python -m tests.bench.report
+	$(BIN)/python tests/bench/bench_node.py --skip-peer
 	$(BIN)/python tests/bench/bench_load.py
+
+# The same comparison at 10M records (about 30 minutes the first time, which builds the data).
+bench-large: $(VENV)/.bench-installed bench-peers
+	$(BIN)/python -m tests.bench.bench_engines --records 10000000 --out engines-large.json
+	$(BIN)/python -m tests.bench.report
+
+bench-peers: $(PEERS)/tumult/.installed $(PEERS)/smartnoise/.installed
+
+$(PEERS)/%/.installed: tests/bench/peers/%-requirements.txt
+	$(PYTHON) -m tests.bench.peers.setup_venv $*
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

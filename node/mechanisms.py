@@ -71,8 +71,13 @@ def _d_in(definition: PrivacyDefinition, sensitivity: float) -> int | float:
     return float(sensitivity)
 
 
+@lru_cache(maxsize=4096)
 def privacy_cost(definition: PrivacyDefinition, scale: float, sensitivity: float) -> Fraction:
-    """OpenDP's privacy map at this sensitivity, as an exact Fraction."""
+    """OpenDP's privacy map at this sensitivity, as an exact Fraction.
+
+    Cached: the map is a pure function of its arguments, and asking OpenDP
+    costs a few hundred microseconds on every release otherwise.
+    """
     cost = _measurement(definition, scale).map(_d_in(definition, sensitivity))
     return Fraction(cost)
 

@@ -1,8 +1,8 @@
-"""Coordinator fan-out latency to 1, 10 and 50 nodes on loopback.
+"""Coordinator fan-out latency to 1, 10, 50 and 200 nodes on loopback.
 
 Run with ``make bench`` or::
 
-    .venv/bin/python tests/bench/bench_fanout.py [--nodes 1,10,50] [--runs N]
+    .venv/bin/python -m tests.bench.bench_fanout [--nodes 1,10,50,200] [--runs N]
                                                    [--records N] [--servers-per-process N]
 
 One question, a group-by count of records by ``region`` (16 cells) at ε = 0.1,
@@ -11,13 +11,15 @@ asked with :func:`coordinator.federated.ask_federation` (pre-flight ``Plan`` +
 ``Query`` fan-out, one durable mirror write per outcome, combination) with a
 fresh query id per run.
 
-Every node holds the same ``--records`` synthetic records (100,000): one
-store is imported once and cached under ``bench-results/cache/`` keyed by
-(records, seed); each node gets its own directory whose ``data/`` hard-links
-that store and salt (copies if links fail) beside a fresh ledger of its own.
-Node servers run in separate processes (``--servers-per-process`` of them per
-process, 1 by default), plaintext on 127.0.0.1 (the coordinator's ``insecure``
-loopback mode). Each process prints its ports on stdout, answers CPU and
+Every node holds the same ``--records`` synthetic records (100,000): the
+store ``workload.py`` caches under ``bench-results/cache/``; each node gets
+its own directory whose ``data/`` hard-links that store and salt (copies if
+links fail) beside a fresh ledger of its own. Node servers run in separate
+processes, up to ``--servers-per-process`` of them per process (20 by
+default: 200 processes of a few hundred MB each would not fit in memory), the
+nodes dealt out in turn so that the first N nodes, which a row of N asks,
+spread over as many processes as they can; plaintext on 127.0.0.1 (the
+coordinator's ``insecure`` loopback mode). Each process prints its ports on stdout, answers CPU and
 memory requests on stdin and stops its servers at EOF; every process is
 stopped on exit, Ctrl-C, SIGTERM and errors included.
 
@@ -27,7 +29,8 @@ Also measured, to locate the time: one node's ``Query`` / ``Plan`` /
 does); pre-flight, the ``Query`` fan-out, the mirror writes and the
 combination each alone; and the CPU the coordinator process and the node
 processes spend per call. The tables go to stdout and to
-``bench-results/fanout.md``.
+``bench-results/fanout.md``, the latencies also to ``fanout.json`` for
+``report.py``.
 """
 
 from __future__ import annotations
@@ -61,18 +64,19 @@ from coordinator.federated import ask_federation
 from coordinator.mirror import MirrorLedger
 from coordinator.results import FederatedAnswer, NodeOutcome
 from node.config import load_config
-from node.importer import import_csv
 from node.server import create_server
 from node.service import NodeService, open_service
-from node.store import SALT_FILE, STORE_FILE, StoreError, load_dataset
-from node.synth import generate, write_csv
+from node.store import SALT_FILE, STORE_FILE, load_dataset
+from tests.bench import workload
 from tiaki.budget import PrivacyDefinition
 from tiaki.query import PrivacyCost, Query, QueryKind
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench-results"
+NODE_LOG = RESULTS / "logs" / "fanout-nodes.log"
+MODULE = "tests.bench.bench_fanout"  # node processes run this module with --serve
 EPSILON = Fraction(1, 10)
-RATIO_TARGET = 2.0  # median(N = max) / median(N = 1)
+RATIO_TARGET = 3.0  # median(N = max) / median(N = 1)
 OVERHEAD_TARGET_MS = 2.0  # coordinator overhead per node
 WARMUP = 3
 IDLE_SECONDS = 2.0
@@ -152,49 +156,10 @@ class Store:
     facts: dict[str, Any]
 
 
-def clients_for(records: int, seed: int) -> int:
-    """The client count whose synthetic CSV has closest to ``records`` rows."""
-    clients = max(1, round(records / 3))
-    best = clients
-    best_gap = math.inf
-    for _ in range(6):
-        rows = generate(clients, seed).n_rows
-        gap = abs(rows - records)
-        if gap < best_gap:
-            best, best_gap = clients, gap
-        if gap <= records // 1000:
-            break
-        clients = max(1, clients + round((records - rows) * clients / rows))
-    return best
-
-
-def prepare_store(records: int, seed: int) -> Store:
-    """The cached CSV and imported store for (records, seed), built on first use."""
-    from tests.conftest import write_node_config  # the test suite's node.yaml writer
-
-    cache = RESULTS / "cache" / f"fanout-records{records}-seed{seed}"
-    csv, marker = cache / "clients.csv", cache / "built.json"
-    config_path = write_node_config(cache / "node", node_id="ngo-store", policy=POLICY)
-    config = load_config(config_path)
-    facts: dict[str, Any] = json.loads(marker.read_text()) if marker.exists() else {}
-    try:
-        load_dataset(config)
-    except StoreError:
-        facts = {}
-    if not facts:
-        print(f"building the cache in {cache} (once) ...", flush=True)
-        start = time.perf_counter()
-        clients = clients_for(records, seed)
-        facts["csv_rows"] = write_csv(csv, clients, seed)
-        facts["synth_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        report = import_csv(config, csv)
-        facts["import_s"] = time.perf_counter() - start
-        if not report.committed:
-            raise SystemExit(f"import failed: {report.bad_row_count} bad rows")
-        facts["clients"] = report.clients
-        marker.write_text(json.dumps(facts))
-    return Store(cache / "node", facts)
+def prepare_store(records: int) -> Store:
+    """The cached CSV and imported store of about ``records`` records, built on first use."""
+    cached = workload.prepare_records(workload.clients_for(records))
+    return Store(cached.config_path.parent, cached.facts)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -257,14 +222,17 @@ def serve_nodes(config_paths: Sequence[Path]) -> None:
 class NodeHost:
     """One process serving one or more nodes on loopback ports."""
 
-    def __init__(self, config_paths: Sequence[Path]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", *map(str, config_paths)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches only this process, which stops them
-        )
+    def __init__(self, config_paths: Sequence[Path], log: Path) -> None:
+        with log.open("a", encoding="utf-8") as stderr:  # the nodes' own logging, kept aside
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", MODULE, "--serve", *map(str, config_paths)],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                start_new_session=True,  # Ctrl-C reaches only this process, which stops them
+            )
         self.ports: list[int] = []
         self.hello: dict[str, Any] = {}
 
@@ -272,7 +240,9 @@ class NodeHost:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"a node process exited with {self.proc.wait()}")
+            raise RuntimeError(
+                f"a node process exited with {self.proc.wait()}; see {NODE_LOG.relative_to(ROOT)}"
+            )
         self.hello = json.loads(line)
         self.ports = [int(p) for p in self.hello["ports"]]
 
@@ -319,12 +289,18 @@ class Cluster:
     _probes: int = 0
 
     def start(self, configs: Sequence[Path], per_process: int) -> None:
-        groups = [configs[i : i + per_process] for i in range(0, len(configs), per_process)]
-        for group in groups:  # all start at once; then wait for each
-            self.hosts.append(NodeHost(group))
+        """Deal the nodes out in turn: node i to process i mod P, so any first N spread out."""
+        processes = math.ceil(len(configs) / per_process)
+        NODE_LOG.parent.mkdir(parents=True, exist_ok=True)
+        NODE_LOG.write_text("", encoding="utf-8")
+        for p in range(processes):  # all start at once; then wait for each
+            self.hosts.append(NodeHost(configs[p::processes], NODE_LOG))
         for host in self.hosts:
             host.wait_ready()
-            self.addresses += [f"127.0.0.1:{port}" for port in host.ports]
+        self.addresses = [
+            f"127.0.0.1:{self.hosts[i % processes].ports[i // processes]}"
+            for i in range(len(configs))
+        ]
 
     def cpu_seconds(self) -> float:
         """The node processes' CPU so far, less what asking for it has cost them."""
@@ -601,7 +577,7 @@ def run(args: argparse.Namespace) -> str:
     most = counts[-1]
     per_process = args.servers_per_process
     RESULTS.mkdir(exist_ok=True)
-    store = prepare_store(args.records, args.seed)
+    store = prepare_store(args.records)
     facts = store.facts
     cores = os.cpu_count() or 1
     workdir = Path(tempfile.mkdtemp(prefix="fanout-run-", dir=store.node_dir.parent))
@@ -611,7 +587,7 @@ def run(args: argparse.Namespace) -> str:
         processes = math.ceil(most / per_process)
         print(
             f"{facts['csv_rows']:,} records of {facts['clients']:,} clients per node; "
-            f"starting {most} nodes in {processes} processes ...",
+            f"starting {most} nodes in {processes} process{'es' if processes > 1 else ''} ...",
             flush=True,
         )
         start = time.perf_counter()
@@ -646,8 +622,8 @@ def run(args: argparse.Namespace) -> str:
         shutil.rmtree(workdir, ignore_errors=True)
 
     def layout(nodes: int) -> str:
-        used = math.ceil(nodes / per_process)
-        return str(used) if per_process == 1 else f"{used} (≤ {per_process} servers each)"
+        used = min(nodes, processes)
+        return str(used) if nodes <= processes else f"{used} (≤ {math.ceil(nodes / used)} each)"
 
     total = sum(cell.estimate for cell in results[-1].answer.cells)
     notes = [
@@ -661,7 +637,7 @@ def run(args: argparse.Namespace) -> str:
         f"({facts['clients']:,} clients, {bounded:,} after bounding to k = 4; a hard link of "
         "one imported store and salt) and its own fresh ledger (WAL, synchronous=FULL). "
         f"{most} node servers in {processes} processes "
-        f"({per_process} server{'s' if per_process > 1 else ''} per process, "
+        f"(at most {per_process} per process, node i in process i mod {processes}, "
         f"`node.service.open_service` + `node.server.create_server` on 127.0.0.1:0), "
         f"started concurrently in {startup_s:.1f} s; their RSS together "
         f"{rss_total / 1024:.1f} GB; idle, they use {idle_ms:.1f} ms CPU per second "
@@ -691,6 +667,29 @@ def run(args: argparse.Namespace) -> str:
         f"{len(results[-1].answer.cells)} cells ({results[-1].nodes} × {bounded:,} = "
         f"{results[-1].nodes * bounded:,} before noise).",
     ]
+    summary = {
+        "environment": environment(),
+        "records_per_node": facts["csv_rows"],
+        "processes": processes,
+        "servers_per_process": per_process,
+        "nodes_rss_gb": rss_total / 1024,  # memory_mb() gives MB
+        "cores": cores,
+        "single_query_ms": single_query_ms,
+        "rows": [
+            {
+                "nodes": r.nodes,
+                "processes": layout(r.nodes),
+                "samples_ms": list(r.e2e.samples_ms),
+                "median_ms": r.e2e.median,
+                "p99_ms": r.e2e.p99,
+                "coordinator_cpu_ms": r.e2e.coordinator_cpu_ms,
+                "nodes_cpu_ms": r.e2e.nodes_cpu_ms,
+                "slowest_node_ms": r.slowest_node_ms,
+            }
+            for r in results
+        ],
+    }
+    (RESULTS / "fanout.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     lines = [
         f"# Fan-out benchmark: {', '.join(map(str, counts))} nodes × {facts['csv_rows']:,} records",
         "",
@@ -712,8 +711,8 @@ def _counts(text: str) -> list[int]:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected numbers like 1,10,50") from None
-    if not counts or min(counts) < 1 or max(counts) > 100:
-        raise argparse.ArgumentTypeError(f"{text!r}: node counts must be 1..100")
+    if not counts or min(counts) < 1 or max(counts) > 500:
+        raise argparse.ArgumentTypeError(f"{text!r}: node counts must be 1..500")
     return counts
 
 
@@ -730,12 +729,11 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--nodes", type=_counts, default=[1, 10, 50], help="e.g. 1,10,50")
+    parser.add_argument("--nodes", type=_counts, default=[1, 10, 50, 200], help="e.g. 1,10,50")
     parser.add_argument("--runs", type=_positive, default=20, help="timed questions per row")
     parser.add_argument("--records", type=_positive, default=100_000, help="records per node")
-    parser.add_argument("--seed", type=int, default=2, help="NGO profile (2: ~3 records/client)")
     parser.add_argument(
-        "--servers-per-process", type=_positive, default=1, help="node servers per process"
+        "--servers-per-process", type=_positive, default=20, help="most node servers per process"
     )
     parser.add_argument("--serve", type=Path, nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
