@@ -641,15 +641,26 @@ class PrivacyLedger:
         with self._lock, self._tx(immediate=True) as conn:
             self._ensure_policy(conn, self.ledger_id, _timestamp(self._clock()))
 
-    def record_signing_key(self, public_key: str) -> None:
-        """Chain the key that signs exports from now on, if it is not the last one recorded."""
+    def signing_key(self) -> str | None:
+        """The public key the chain last recorded as signing its exports, if any."""
+        with self._lock, self._tx(immediate=False) as conn:
+            last = last_of_type(conn, SigningKeyRecord.type)
+        return None if last is None else str(last.body.get("public_key"))
+
+    def record_signing_key(self, public_key: str) -> bool:
+        """Chain the key that signs exports from now on, if it is not the last one recorded.
+
+        True if an entry was appended (durable when this returns).
+        """
         record = SigningKeyRecord(public_key)
         with self._lock, self._tx(immediate=True) as conn:
             last = last_of_type(conn, record.type)
-            if last is None or dict(last.body) != record.body():
-                append_entry(
-                    conn, self.ledger_id, record.type, _timestamp(self._clock()), record.body()
-                )
+            if last is not None and dict(last.body) == record.body():
+                return False
+            append_entry(
+                conn, self.ledger_id, record.type, _timestamp(self._clock()), record.body()
+            )
+            return True
 
     def chain(self, from_seq: int = 1) -> tuple[tuple[int, str], list[ChainEntry]]:
         """The anchor ``(from_seq - 1, its hash)`` and the entries from ``from_seq`` on.

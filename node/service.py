@@ -284,12 +284,21 @@ def open_service(config: NodeConfig) -> NodeService:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     key, created = node_signing_key(config)
     if created:
-        log.warning("created the ledger signing key %s (public key %s)", key.path, key.public_text)
+        log.info("created the ledger signing key %s (public key %s)", key.path, key.public_text)
     ledger = open_ledger(config)
     datasets = DatasetHolder(config)
     try:
         ledger.record_policy()
-        ledger.record_signing_key(key.public_text)
+        previous = ledger.signing_key()
+        if ledger.record_signing_key(key.public_text) and previous is not None:
+            # Not an error (keys may be rotated), but auditors will ask why.
+            log.warning(
+                "the ledger signing key changed from %s to %s (%s); give auditors the new "
+                "public key and the reason",
+                previous,
+                key.public_text,
+                "the old key file was missing, so a new one was created" if created else key.path,
+            )
         datasets.load()
     except BaseException:
         ledger.close()

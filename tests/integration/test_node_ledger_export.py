@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +13,10 @@ import pytest
 
 from coordinator.client import new_query_id
 from node.cli.main import main as node_main
+from node.config import load_config
+from node.exports import signing_key_path
+from node.importer import import_csv
+from node.service import open_service
 from tests.conftest import ALLOWED_COORDINATORS
 from tests.integration.conftest import LiveNode
 from tiaki.budget import PrivacyDefinition, format_amount
@@ -173,3 +178,27 @@ def test_node_cli_ledger_mistakes_are_explained(
     assert node_main([*argv, "--config", config]) == 2
     assert fragment in capsys.readouterr().err
     assert node.running.service.ledger.head() == before
+
+
+def test_a_lost_signing_key_is_replaced_visibly(
+    make_node_config: Callable[..., Path], synth_csv: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(make_node_config(node_id="ngo-rotating"))
+    assert import_csv(config, synth_csv).committed
+    service = open_service(config)
+    first = service.signing_key.public_text
+    assert service.ledger.signing_key() == first
+    service.ledger.close()
+
+    signing_key_path(config).unlink()  # lost, e.g. a restore without it
+    with caplog.at_level(logging.INFO, logger="tiaki.node"):
+        service = open_service(config)
+    try:
+        second = service.signing_key.public_text
+        assert second != first and service.ledger.signing_key() == second
+        keys = [e.body["public_key"] for e in service.ledger.chain()[1] if e.type == "signing_key"]
+        assert keys == [first, second]
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "signing key changed" in warnings[0].getMessage()
+    finally:
+        service.ledger.close()
