@@ -6,8 +6,8 @@ Run with ``make bench`` or::
                                                    [--records N] [--servers-per-process N]
 
 One question, a group-by count of records by ``region`` (16 cells) at ε = 0.1,
-asked with :func:`coordinator.federated.ask_federation` (pre-flight ``Plan`` +
-``GetBudget`` to every node, the mirror ledger's durable intent, concurrent
+asked with :func:`coordinator.federated.ask_federation` (pre-flight ``Plan``,
+which carries each node's budget, the mirror ledger's durable intent, concurrent
 ``Query`` fan-out, one durable mirror write per outcome, combination) with a
 fresh query id per run.
 
@@ -629,7 +629,7 @@ def run(args: argparse.Namespace) -> str:
     notes = [
         "Question: count of records by `region` (16 cells), ε = 0.1 (pure DP), a fresh "
         "query id per run, through `ask_federation` on one warm `Federation` and mirror: "
-        "pre-flight (`Plan` then `GetBudget` per node), the mirror's durable intent, the "
+        "pre-flight (one `Plan` per node, carrying its budget), the mirror's durable intent, the "
         "concurrent `Query` fan-out, one durable mirror write per outcome, combination. "
         f"{WARMUP} warm-up questions per row; p99 of {args.runs} runs is interpolated "
         "(at 20 runs it is close to the maximum).",

@@ -374,7 +374,7 @@ def fanout_verdict(fanout: dict[str, Any]) -> str:
             f"of the {fanout['cores']} cores per question. With a machine per node the node "
             f"work would run in parallel; the coordinator spent "
             f"{ms(most['coordinator_cpu_ms'])} ms of CPU per question ({per_node:.2f} ms per "
-            "node: a `Plan`, a `GetBudget` and a `Query` RPC and a mirror write per node, in "
+            "node: a `Plan` and a `Query` RPC and a mirror write per node, in "
             f"Python), {'itself above' if above else 'within'} the target. The breakdown is "
             "in `fanout.md`."
         )
@@ -504,7 +504,7 @@ def build() -> tuple[str, list[str]]:
         if verdict_text:
             lines += [verdict_text, ""]
         lines += [
-            "End-to-end: `ask_federation` (pre-flight `Plan` and `GetBudget` to every node, "
+            "End-to-end: `ask_federation` (pre-flight `Plan`, with the budget, to every node, "
             "the mirror ledger's durable intent, the concurrent `Query` fan-out, one durable "
             "mirror write per outcome, combination). CPU floor: all the CPU the coordinator "
             "and the nodes spent on a question, divided by the cores; every node here shares "
