@@ -98,12 +98,18 @@ def read_amount(text: str) -> Fraction:
 
 
 def display_amount(value: Fraction, digits: int = 6) -> str:
-    """Rounded text for people; never used for arithmetic or storage."""
+    """``value`` to about ``digits`` significant digits, for people; never used for
+    arithmetic or storage.
+
+    The rounding is exact decimal rounding of the Fraction (half to even), so
+    what is shown never carries a float's artefacts.
+    """
     if value == 0:
         return "0"
+    # The logarithms only choose how many decimal places to keep.
     magnitude = math.floor(math.log10(abs(value.numerator)) - math.log10(value.denominator))
     places = max(0, digits - 1 - magnitude)
-    return f"{float(round(value, places)):.{places}f}".rstrip("0").rstrip(".") or "0"
+    return format_amount(round(value, places))
 
 
 @dataclass(frozen=True)

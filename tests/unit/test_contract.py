@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tiaki.answer import Answer, Cell, Component
-from tiaki.budget import AmountError, PrivacyDefinition, format_amount, parse_amount, read_amount
+from tiaki.budget import (
+    AmountError,
+    PrivacyDefinition,
+    display_amount,
+    format_amount,
+    parse_amount,
+    read_amount,
+)
 from tiaki.convert import answer_from_proto, answer_to_proto, query_from_proto, query_to_proto
 from tiaki.errors import InvalidQueryError
 from tiaki.query import Bounds, DateRange, InSet, NumericRange, PrivacyCost, Query, QueryKind
@@ -55,6 +62,26 @@ def test_format_amount_is_exact_for_2a5b(num: int, a: int, b: int) -> None:
 @given(st.floats(min_value=1e-12, max_value=1e6, allow_nan=False))
 def test_opendp_floats_format_exactly(x: float) -> None:
     assert read_amount(format_amount(Fraction(x))) == Fraction(x)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (Fraction(0), "0"),
+        (Fraction("0.29999999999999998889776975374843459576368331909179688"), "0.3"),
+        (Fraction(1, 3), "0.333333"),
+        (Fraction(5, 2), "2.5"),
+        (Fraction(-5, 2), "-2.5"),
+        (Fraction(10), "10"),
+        (Fraction(100_000), "100000"),  # whole numbers keep their zeros
+        (Fraction(10**6), "1000000"),
+        (Fraction(123_456_789, 1000), "123457"),
+        (Fraction(1, 10**30), "0.000000000000000000000000000001"),  # no float digits
+        (Fraction(2, 3 * 10**8), "0.00000000666667"),
+    ],
+)
+def test_display_amount_rounds_exactly(value: Fraction, shown: str) -> None:
+    assert display_amount(value) == shown
 
 
 def test_format_amount_never_rounds_other_fractions() -> None:

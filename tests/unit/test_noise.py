@@ -228,6 +228,21 @@ CALIBRATIONS: list[tuple[float, Fraction]] = [
 ]
 
 
+def test_calibration_judges_the_budget_exactly_where_floats_would_overspend() -> None:
+    """float(1/10) is a little above 1/10: at the textbook scale OpenDP's map is
+    float(0.1), which a float comparison accepts and an exact one must not."""
+    budget = Fraction(1, 10)
+    textbook = 1 / float(budget)
+    at_textbook = mechanisms.privacy_cost(PURE, textbook, 1)
+    assert float(at_textbook) <= float(budget)  # a float comparison would let it through
+    assert at_textbook > budget  # ...and overspend the exact budget
+    scale = mechanisms.calibrate(PURE, 1.0, budget)
+    assert scale > textbook
+    assert mechanisms.privacy_cost(PURE, scale, 1) <= budget
+    released = mechanisms.release(np.zeros(3, dtype=np.int64), 1, budget, PURE)
+    assert released.charge <= budget and released.scale == scale
+
+
 @pytest.mark.parametrize(
     ("definition", "sensitivity", "budget"),
     [
