@@ -58,11 +58,12 @@ from tiaki.budget import PrivacyDefinition, format_amount, read_amount
 from tiaki.chain import (
     ChainEntry,
     append_entry,
+    append_if_changed,
     chain_head,
+    chain_time,
     check_links,
     create_chain_table,
     genesis_hash,
-    last_of_type,
     read_entries,
 )
 from tiaki.ledger_records import (
@@ -122,12 +123,6 @@ class MirrorError(Exception):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def timestamp(when: datetime) -> str:
-    """A chain and table timestamp: UTC, microseconds, ``Z``."""
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -257,7 +252,7 @@ class MirrorLedger:
 
     def _create(self, conn: sqlite3.Connection) -> None:
         """A new, empty mirror whose chain starts with its ``opened`` entry."""
-        now = timestamp(self._clock())
+        now = chain_time(self._clock())
         for statement in _SCHEMA:
             conn.execute(statement)
         create_chain_table(conn)
@@ -284,7 +279,7 @@ class MirrorLedger:
         order, so every outcome follows the question that asked its node.
         Rows still pending get no outcome entry: nothing has happened to them.
         """
-        now = timestamp(self._clock())
+        now = chain_time(self._clock())
         meta = self._meta()
         create_chain_table(conn)
         ledger_id = uuid.uuid4().hex
@@ -366,7 +361,7 @@ class MirrorLedger:
         definition = PrivacyDefinition(definition)
         intent = (analyst, identity, canonical_query, format_amount(requested), definition.value)
         with self._lock, self._tx() as conn:
-            now = timestamp(self._clock())
+            now = chain_time(self._clock())
             row = conn.execute(
                 "SELECT analyst, identity, canonical_query, requested, definition "
                 "FROM questions WHERE query_id = ?",
@@ -459,7 +454,7 @@ class MirrorLedger:
                 f"{charged}, recorded first"
             )
             reason = f"{reason}; {note}" if reason else note
-        now = timestamp(self._clock())
+        now = chain_time(self._clock())
         # An empty version or node id (no answer) keeps the stored one, so the
         # table holds the last one reported: what the chain's entries replay to.
         version = answer.dataset_version if answer is not None else ""
@@ -584,13 +579,10 @@ class MirrorLedger:
         recorded; True if it did. Durable when this returns.
         """
         parse_public_key(public_text)  # refuse to chain something that is not a key
+        record = SigningKeyRecord(public_text)
         with self._lock, self._tx() as conn:
-            last = last_of_type(conn, SigningKeyRecord.type)
-            if last is not None and last.body.get("public_key") == public_text:
-                return False
-            record = SigningKeyRecord(public_text)
-            append_entry(conn, self.ledger_id, record.type, timestamp(self._clock()), record.body())
-            return True
+            at = chain_time(self._clock())
+            return append_if_changed(conn, self.ledger_id, record.type, at, record.body())
 
     def verify(self) -> int:
         """Check the chain and that it accounts for the tables exactly; the entries checked.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from node.config import NodeConfig
 from node.ledger import PrivacyLedger
+from tiaki.chain import chain_time
 from tiaki.ledger_export import export_lines
 from tiaki.signing import SigningKey, load_or_create_signing_key
 
@@ -39,7 +40,7 @@ def export_ledger(
     """
     ledger.record_signing_key(key.public_text)
     (anchor_seq, anchor), entries = ledger.chain(from_seq)
-    exported_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    exported_at = chain_time(datetime.now(UTC))
     return export_lines(
         source="node",
         subject=config.node_id,

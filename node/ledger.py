@@ -54,7 +54,9 @@ from tiaki.budget import (
 from tiaki.chain import (
     ChainEntry,
     append_entry,
+    append_if_changed,
     chain_head,
+    chain_time,
     check_links,
     create_chain_table,
     genesis_hash,
@@ -178,10 +180,6 @@ def _utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _timestamp(when: datetime) -> str:
-    return _utc(when).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 # ---------------------------------------------------------------- ledger
 
 
@@ -285,7 +283,7 @@ class PrivacyLedger:
         return row is not None
 
     def _init_meta(self) -> None:
-        now = _timestamp(self._clock())
+        now = chain_time(self._clock())
         ledger_id = uuid.uuid4().hex
         self._db.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -410,9 +408,7 @@ class PrivacyLedger:
     def _ensure_policy(self, conn: sqlite3.Connection, ledger_id: str, at: str) -> None:
         """Chain this object's policy unless it is already the last one recorded."""
         record = self.policy_record()
-        last = last_of_type(conn, record.type)
-        if last is None or dict(last.body) != record.body():
-            append_entry(conn, ledger_id, record.type, at, record.body())
+        append_if_changed(conn, ledger_id, record.type, at, record.body())
 
     def _chain_charge(
         self,
@@ -568,7 +564,7 @@ class PrivacyLedger:
             )
             if stored is not None:
                 return stored, True
-            at = _timestamp(now)
+            at = chain_time(now)
             record = ChargeRecord(
                 query_id, identity, analyst, kind, canonical_query, requested, charge, label,
                 dataset_version, hashlib.sha256(response).hexdigest(),
@@ -639,7 +635,7 @@ class PrivacyLedger:
     def record_policy(self) -> None:
         """Chain the policy this object enforces, if it differs from the last one recorded."""
         with self._lock, self._tx(immediate=True) as conn:
-            self._ensure_policy(conn, self.ledger_id, _timestamp(self._clock()))
+            self._ensure_policy(conn, self.ledger_id, chain_time(self._clock()))
 
     def signing_key(self) -> str | None:
         """The public key the chain last recorded as signing its exports, if any."""
@@ -654,13 +650,8 @@ class PrivacyLedger:
         """
         record = SigningKeyRecord(public_key)
         with self._lock, self._tx(immediate=True) as conn:
-            last = last_of_type(conn, record.type)
-            if last is not None and dict(last.body) == record.body():
-                return False
-            append_entry(
-                conn, self.ledger_id, record.type, _timestamp(self._clock()), record.body()
-            )
-            return True
+            at = chain_time(self._clock())
+            return append_if_changed(conn, self.ledger_id, record.type, at, record.body())
 
     def chain(self, from_seq: int = 1) -> tuple[tuple[int, str], list[ChainEntry]]:
         """The anchor ``(from_seq - 1, its hash)`` and the entries from ``from_seq`` on.

@@ -25,8 +25,8 @@ from coordinator.cli.common import CommandError, ExitCode, add_config_argument, 
 from coordinator.client import NodeClient
 from coordinator.config import FederationConfig, load_federation
 from coordinator.fanout import TRANSIENT, coordinator_identity
-from coordinator.mirror import MirrorLedger, timestamp, utc_now
-from tiaki.chain import ChainEntry, genesis_hash
+from coordinator.mirror import MirrorLedger, utc_now
+from tiaki.chain import ChainEntry, chain_time, genesis_hash
 from tiaki.errors import RemoteError
 from tiaki.files import write_atomic
 from tiaki.ledger_export import (
@@ -200,7 +200,7 @@ def coordinator_export(config: FederationConfig, from_seq: int = 1) -> Coordinat
             anchor=anchor,
             from_seq=from_seq,
             to_seq=to_seq,
-            exported_at=timestamp(utc_now()),
+            exported_at=chain_time(utc_now()),
             key=key,
         )
     )

@@ -22,6 +22,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 CHAIN_DOMAIN = "tiaki-ledger-chain-v1"
@@ -56,6 +57,13 @@ def canonical_json(value: Any) -> str:
 
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def chain_time(when: datetime) -> str:
+    """How ledgers and exports write a time: UTC, ISO 8601, microseconds, "Z"
+    (a naive ``when`` is taken to be UTC already)."""
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def genesis_hash(ledger_id: str) -> str:
@@ -148,6 +156,21 @@ def append_entry(
         (seq, type_, at, text, prev, entry.hash),
     )
     return entry
+
+
+def append_if_changed(
+    conn: sqlite3.Connection, ledger_id: str, type_: str, at: str, body: Mapping[str, Any]
+) -> bool:
+    """Append ``body`` unless the last entry of ``type_`` already says exactly that.
+
+    For state that holds until it changes (a policy, a signing key): the
+    chain records each change once. True if an entry was appended.
+    """
+    last = last_of_type(conn, type_)
+    if last is not None and dict(last.body) == json.loads(canonical_json(dict(body))):
+        return False
+    append_entry(conn, ledger_id, type_, at, body)
+    return True
 
 
 def read_entries(conn: sqlite3.Connection, from_seq: int = 1) -> Iterator[ChainEntry]:
