@@ -58,7 +58,7 @@ bench: $(VENV)/.bench-installed bench-peers
 	$(BIN)/python -m tests.bench.bench_fanout
 	$(BIN)/python -m tests.bench.bench_accuracy
 	$(BIN)/python -m tests.bench.report
-	$(BIN)/python tests/bench/bench_node.py --skip-peer
+	$(BIN)/python -m tests.bench.bench_node --skip-peer
 	$(BIN)/python tests/bench/bench_load.py
 
 # The same comparison at 10M records (about 30 minutes the first time, which builds the data).

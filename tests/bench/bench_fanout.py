@@ -137,16 +137,6 @@ def measure(
     return Timing(tuple(samples), cpu * 1e3 / runs, nodes * 1e3 / runs)
 
 
-def memory_mb() -> dict[str, float]:
-    """This process's resident set now (VmRSS) and at its peak (VmHWM), in MB."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024
-    return out
-
-
 # ---------------------------------------------------------------- the store
 
 
@@ -206,12 +196,12 @@ def serve_nodes(config_paths: Sequence[Path]) -> None:
             services.append(service)
             running.append(create_server(service, "127.0.0.1:0"))
         ports = [r.port for r in running]
-        print(json.dumps({"ports": ports, "memory": memory_mb()}), flush=True)
+        print(json.dumps({"ports": ports, "memory": workload.memory_mb()}), flush=True)
         for line in sys.stdin:  # "cpu" asks for the CPU clock, anything else memory; EOF stops
             if line.strip() == "cpu":
                 print(time.process_time(), flush=True)
             else:
-                print(json.dumps({"memory": memory_mb()}), flush=True)
+                print(json.dumps({"memory": workload.memory_mb()}), flush=True)
     finally:
         for node in running:
             node.stop(0)

@@ -2,7 +2,7 @@
 
 Run with ``make bench`` or::
 
-    .venv/bin/python tests/bench/bench_node.py [--clients N] [--seed N] [--runs N]
+    .venv/bin/python -m tests.bench.bench_node [--clients N] [--seed N] [--runs N]
                                                  [--skip-peer] [--profile]
 
 Two questions, each at ε = 1 with every client bounded to k = 4 records:
@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from node.server import create_server
 from node.service import NodeService, open_service
 from node.store import StoreError, load_dataset
 from node.synth import MAX_CLIENTS, MAX_EPISODES, REGIONS, write_csv
+from tests.bench.workload import Timing, measure, memory_mb
 from tiaki.answer import Answer
 from tiaki.budget import PrivacyDefinition
 from tiaki.convert import query_to_proto
@@ -90,37 +90,6 @@ QUESTIONS: dict[str, Query] = {
 
 
 # ---------------------------------------------------------------- timing
-
-
-@dataclass(frozen=True)
-class Timing:
-    samples_ms: tuple[float, ...]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples_ms)
-
-
-def measure(call: Callable[[], object], runs: int, warmup: int) -> Timing:
-    """Wall time of ``call`` in ms over ``runs`` calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        call()
-        samples.append((time.perf_counter_ns() - start) / 1e6)
-    return Timing(tuple(samples))
-
-
-def memory_mb() -> dict[str, float]:
-    """This process's resident set now (VmRSS) and at its peak (VmHWM), in MB."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024
-    return out
 
 
 # ---------------------------------------------------------------- the node
@@ -201,7 +170,8 @@ class NodeProcess:
 
     def __init__(self, config_path: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-node", str(config_path)],
+            [sys.executable, "-m", "tests.bench.bench_node", "--serve-node", str(config_path)],
+            cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -545,8 +515,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_node is not None:
         serve_node(args.serve_node)
         return 0
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # for tests.conftest
     report = run(args)
     (RESULTS / "node.md").write_text(report, encoding="utf-8")
     print()

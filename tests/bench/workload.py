@@ -205,6 +205,16 @@ def measure(call: Callable[[], object], runs: int, warmup: int) -> Timing:
     return Timing(tuple(samples))
 
 
+def memory_mb() -> dict[str, float]:
+    """This process's resident set now (VmRSS) and at its peak (VmHWM), in MB."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
 # ---------------------------------------------------------------- reporting
 
 
