@@ -46,7 +46,7 @@ from pydantic import (
 from coordinator.query_spec import build_query
 from tiaki.budget import AmountError, parse_amount
 from tiaki.errors import InvalidQueryError, TiakiError
-from tiaki.files import read_yaml
+from tiaki.files import SourceKeepingLoader, read_yaml, scalar_text
 from tiaki.query import Query, QueryKind
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -135,8 +135,8 @@ def _amount_text(value: Any, what: str) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"{what} must be a positive decimal such as 0.5")
-    # YAML reads 0.1 as a float; its shortest repr is the decimal that was written.
-    text = repr(value) if isinstance(value, float) else str(value)
+    # Judged as it was written: the strict grammar of amounts, not YAML's reading.
+    text = scalar_text(value)
     try:
         parse_amount(text, what=what)
     except AmountError as exc:
@@ -246,7 +246,7 @@ class _FileModel(BaseModel):
 # ---------------------------------------------------------------- loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(SourceKeepingLoader):
     """A safe loader that refuses a key given twice (PyYAML would keep the last)."""
 
 

@@ -1,10 +1,17 @@
-"""Who is asking, and may they? Decided before any work is done.
+"""Who is asking, and may they? Decided before any work is done, on every call.
 
-With mutual TLS the caller's identity is the common name of the certificate
-the TLS handshake verified, and its SHA-256 fingerprint; a name a coordinator
-writes into a request is only ever recorded as a claim. In ``--insecure``
-development mode there is no certificate, so the coordinator's claimed name
-(the ``tiaki-coordinator`` metadata) stands in, and the node says so in its log.
+Under TLS the caller's identity comes from the certificate the handshake
+verified and from nothing else: its subject common name, else its first DNS or
+URI subject alternative name (:func:`tiaki.certs.identity_of`, the same rule a
+coordinator applies to its own certificate), with its SHA-256 fingerprint. A
+verified certificate that names no identity is refused, whatever the request
+claims. A name a coordinator writes into a request (the ``tiaki-coordinator``
+metadata) is only ever recorded as a claim, except in ``--insecure``
+development mode, where there is no certificate and the claim stands in (the
+node says so in its log).
+
+The allowed coordinators are read from the policy in force at each call, so a
+grant withdrawn by a policy reload is refused on connections already open.
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ import hashlib
 import logging
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import grpc
 
 from node.config import AuditorGrant, CoordinatorGrant, Policy
+from tiaki.certs import CertError, identity_of
 from tiaki.errors import PolicyViolationError, TiakiError
 from tiaki.metadata import IDENTITY_METADATA_KEY
 
@@ -51,13 +60,37 @@ def _first(auth: dict[str, list[bytes]], key: str) -> str | None:
     return values[0].decode("utf-8", "replace") if values else None
 
 
+@lru_cache(maxsize=1024)
+def _certificate_identity(pem: str) -> tuple[str | None, str]:
+    """(identity or None, fingerprint) of a verified peer certificate; cached per certificate."""
+    der = ssl.PEM_cert_to_DER_cert(pem)
+    fingerprint = hashlib.sha256(der).hexdigest()
+    try:
+        return identity_of(pem.encode("ascii")), fingerprint
+    except (CertError, ValueError):
+        return None, fingerprint
+
+
 def caller_of(context: grpc.ServicerContext) -> Caller:
+    """The caller of this call; refuses (PERMISSION_DENIED) a TLS peer that names nobody."""
     auth = context.auth_context()
-    common_name = _first(auth, "x509_common_name")
-    pem = _first(auth, "x509_pem_cert")
-    if common_name:
-        fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest() if pem else None
-        return Caller(common_name, fingerprint, verified=True)
+    if _first(auth, "transport_security_type") == "ssl":
+        pem = _first(auth, "x509_pem_cert")
+        identity, fingerprint = _certificate_identity(pem) if pem else (None, None)
+        if identity is None:
+            log.warning(
+                "refused a caller whose verified certificate (fingerprint %s) has no common "
+                "name and no DNS or URI name",
+                fingerprint or "-",
+                extra={"verified": True, "fingerprint": fingerprint, "outcome": "refused"},
+            )
+            raise PolicyViolationError(
+                "your certificate names no identity (no subject common name and no DNS or URI "
+                "subject alternative name); this node identifies callers by their certificate "
+                "alone, so ask your CA for one that names you"
+            )
+        return Caller(identity, fingerprint, verified=True)
+    # Plaintext: only ever on loopback, for --insecure development runs.
     for key, value in context.invocation_metadata():
         if key == IDENTITY_METADATA_KEY and isinstance(value, str):
             claim = value.strip()
@@ -77,11 +110,14 @@ def _names(grant: CoordinatorGrant | AuditorGrant, caller: Caller) -> bool:
 
 
 class Gatekeeper:
-    """Applies the policy's list of allowed coordinators and per-identity concurrency."""
+    """Applies the policy's allowed coordinators and auditors, and per-identity concurrency.
 
-    def __init__(self, policy: Policy, max_concurrent_per_identity: int) -> None:
-        self._grants = policy.coordinators
-        self._auditors = policy.auditors
+    ``policy`` is called on every admission, so the grants are always those of
+    the policy in force (a reload takes effect at the next call).
+    """
+
+    def __init__(self, policy: Callable[[], Policy], max_concurrent_per_identity: int) -> None:
+        self._policy = policy
         self._limit = max_concurrent_per_identity
         self._lock = threading.Lock()
         self._in_flight: dict[str, int] = {}
@@ -94,12 +130,13 @@ class Gatekeeper:
         With ``auditors``, the policy's auditors are let in too (with no grant:
         they may read the node's info, budget and ledger, never ask a query).
         """
-        if not self._grants:
-            return None  # only possible without TLS: every claim is let in (development)
-        for grant in self._grants:
+        policy = self._policy()
+        if not policy.coordinators and not caller.verified:
+            return None  # --insecure development without a list: every claim is let in
+        for grant in policy.coordinators:
             if _names(grant, caller):
                 return grant
-        if auditors and any(_names(auditor, caller) for auditor in self._auditors):
+        if auditors and any(_names(auditor, caller) for auditor in policy.auditors):
             return None
         log.warning(
             "refused %s from %s (%s, fingerprint %s): not an allowed coordinator",

@@ -1,9 +1,13 @@
 """Turns exact aggregates into a released answer: noise, post-processing, charge.
 
-The budget of a query is split evenly between its components (a mean
-releases a shifted sum and a count; a proportion a numerator and a
-denominator). Everything after the OpenDP release is post-processing and
-costs nothing: ratios, clamping into public bounds, approximate accuracies.
+The requested cost of a query is split exactly and evenly between its
+components (a mean releases a shifted sum and a count; a proportion a
+numerator and a denominator): ε 0.1 over two components is 0.05 each. Each
+component's noise scale is chosen so that OpenDP's privacy map at that scale
+is at most its share, checked exactly, so the query is charged exactly what
+was asked, and the maps' total is recorded beside the charge. Everything after
+the OpenDP release is post-processing and costs nothing: ratios, clamping into
+public bounds, approximate accuracies.
 """
 
 from __future__ import annotations
@@ -27,31 +31,56 @@ from tiaki.budget import PrivacyDefinition
 from tiaki.query import QueryKind
 
 
+@dataclass(frozen=True)
+class ReleaseCost:
+    """What a release charges (exactly the requested cost) and OpenDP's map of it."""
+
+    charge: Fraction
+    privacy_map: Fraction
+
+    def __post_init__(self) -> None:
+        if not 0 < self.privacy_map <= self.charge:
+            raise ArithmeticError(
+                f"OpenDP's privacy map {self.privacy_map} is not within the charge {self.charge}"
+            )
+
+
+def shares(requested: Fraction, components: int) -> tuple[Fraction, ...]:
+    """The requested cost split exactly and evenly between ``components``."""
+    share = requested / components
+    return (share,) * components
+
+
 def _release_all(
     aggregates: tuple[ExactAggregate, ...], budget: Fraction, definition: PrivacyDefinition
-) -> tuple[list[NoisyVector], Fraction]:
-    share = budget / len(aggregates)
-    noisy = [
-        release(
+) -> tuple[list[NoisyVector], ReleaseCost]:
+    noisy = []
+    for agg, share in zip(aggregates, shares(budget, len(aggregates)), strict=True):
+        released = release(
             agg.values,
             agg.l1 if definition is PrivacyDefinition.PURE else agg.l2,
             share,
             definition,
         )
-        for agg in aggregates
-    ]
-    return noisy, sum((n.charge for n in noisy), Fraction(0))
+        # calibrate() guarantees this; it is checked here because it is what
+        # makes charging the requested share honest.
+        if released.charge > share:
+            raise ArithmeticError(f"component {agg.name} would cost more than its share")
+        noisy.append(released)
+    return noisy, ReleaseCost(budget, sum((n.charge for n in noisy), Fraction(0)))
 
 
 @dataclass(frozen=True)
 class PlannedNoise:
-    """The noise one component would carry, in column units, and its exact charge."""
+    """The noise one component would carry, in column units, its share of the charge
+    and OpenDP's privacy map at that scale (at most the share)."""
 
     name: str
     distribution: str
     scale: float
     accuracy_95: float
     charge: Fraction
+    privacy_map: Fraction
 
 
 def _unit(plan: QueryPlan, name: str) -> float:
@@ -65,9 +94,9 @@ def _unit(plan: QueryPlan, name: str) -> float:
 
 def plan_noise(plan: QueryPlan, definition: PrivacyDefinition) -> tuple[PlannedNoise, ...]:
     """What releasing this plan would add and charge, without any data."""
-    share = plan.query.cost.amount / len(plan.components)
     planned = []
-    for s in sensitivities(plan):
+    split = shares(plan.query.cost.amount, len(plan.components))
+    for s, share in zip(sensitivities(plan), split, strict=True):
         sensitivity = s.l1 if definition is PrivacyDefinition.PURE else s.l2
         scale = calibrate(definition, float(sensitivity), share)
         divisor = _unit(plan, s.name)
@@ -77,6 +106,7 @@ def plan_noise(plan: QueryPlan, definition: PrivacyDefinition) -> tuple[PlannedN
                 distribution_name(definition),
                 scale / divisor,
                 accuracy_95(definition, scale) / divisor,
+                share,
                 privacy_cost(definition, scale, sensitivity),
             )
         )
@@ -85,9 +115,9 @@ def plan_noise(plan: QueryPlan, definition: PrivacyDefinition) -> tuple[PlannedN
 
 def release_cells(
     plan: QueryPlan, aggregates: tuple[ExactAggregate, ...], definition: PrivacyDefinition
-) -> tuple[tuple[Cell, ...], Fraction]:
-    """Release every component with OpenDP and build the cells; returns (cells, exact charge)."""
-    noisy, charge = _release_all(aggregates, plan.query.cost.amount, definition)
+) -> tuple[tuple[Cell, ...], ReleaseCost]:
+    """Release every component with OpenDP and build the cells; returns (cells, cost)."""
+    noisy, cost = _release_all(aggregates, plan.query.cost.amount, definition)
     kind = plan.query.kind
     columns = []
     for agg, nv in zip(aggregates, noisy, strict=True):
@@ -119,7 +149,7 @@ def release_cells(
                 components=components,
             )
         )
-    return tuple(cells), charge
+    return tuple(cells), cost
 
 
 def _estimate(

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiaki.budget import AmountError, PrivacyDefinition, parse_amount
-from tiaki.files import beside, describe_validation_error, read_yaml
+from tiaki.files import beside, describe_validation_error, read_yaml, scalar_text
 from tiaki.query import QueryKind
 
 
@@ -29,8 +29,10 @@ class _Strict(BaseModel):
 
 
 def _amount(value: Any, what: str) -> Fraction:
-    # YAML reads 0.1 as a float; its shortest repr is the decimal the NGO wrote.
-    text = repr(value) if isinstance(value, float) else str(value)
+    # Judged as the NGO wrote it: the strict grammar of amounts, not YAML's reading.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{what} must be a positive decimal such as 0.5")
+    text = scalar_text(value)
     try:
         return parse_amount(text, what=what)
     except AmountError as exc:
@@ -311,6 +313,8 @@ class ServerSettings(_Strict):
     max_workers: int = Field(default=8, ge=1, le=256)
     grace_seconds: float = Field(default=10.0, ge=0, le=600)
     max_concurrent_per_identity: int = Field(default=4, ge=1, le=256)
+    # Connections are re-made (with a fresh TLS handshake) at least this often.
+    max_connection_age_seconds: float = Field(default=300.0, ge=1, le=86_400)
     tls: TlsSettings | None = None
 
     @field_validator("address")

@@ -68,6 +68,7 @@ from node.store import (
     content_version,
     keyed_words,
     load_or_create_salt,
+    new_dataset_version,
     quote_identifier,
     record_digest,
     record_ranks,
@@ -415,13 +416,17 @@ def _ingest(
                     if col.name == schema.recency and col.cache is not None:
                         recency = np.frombuffer(col.cache, dtype=np.int32)
                 fingerprint = schema_fingerprint(schema)
-                version = content_version(fingerprint, tiebreak)
+                # Published: a fresh random id per import, so it says "the records
+                # were replaced" and nothing about whether they changed. The
+                # content hash stays inside the node.
+                version = new_dataset_version()
                 replaced = builder.commit(
                     client=client,
                     rank=record_ranks(client, recency, tiebreak),
                     arrays={c.name: c.array() for c in cols if c.cache is not None},
                     meta={
                         "dataset_version": version,
+                        "content_hash": content_version(fingerprint, tiebreak),
                         "source": source,
                         "schema_fingerprint": fingerprint,
                     },

@@ -7,8 +7,9 @@ transaction. Amounts are exact: Fractions written as exact decimal text with
 :func:`tiaki.budget.read_amount`, and only ever added or compared as Fractions.
 
 What is spent, and when it is durable: :meth:`PrivacyLedger.charge` spends the
-``charge`` it is given (the cost OpenDP's privacy map reported, at most the
-requested cost) in the calendar period, in UTC, current at commit time. It
+``charge`` it is given (exactly the requested cost; OpenDP's privacy map at the
+noise scales used, at most that, is recorded beside it) in the calendar
+period, in UTC, current at commit time. It
 checks and spends in one ``BEGIN IMMEDIATE`` transaction and returns only after
 the commit has been synced to disk, so an answer that leaves the node has
 always been paid for, and a crash before the commit spends nothing and leaks
@@ -73,8 +74,9 @@ from tiaki.ledger_records import (
     PolicyRecord,
     SigningKeyRecord,
 )
+from tiaki.receipts import commitment
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 LIFETIME = "lifetime"
 
@@ -98,6 +100,8 @@ CREATE TABLE IF NOT EXISTS entries (
     response        BLOB NOT NULL,
     prev_hash       TEXT,  -- unused: the chain table holds the links
     entry_hash      TEXT,  -- the hash of this charge's entry in the chain
+    privacy_map     TEXT,  -- OpenDP's map at the scales used (NULL before schema 3)
+    commitment_salt BLOB,  -- opens response_commitment (NULL before schema 3)
     UNIQUE (identity, query_id)
 );
 CREATE TABLE IF NOT EXISTS spending (
@@ -105,6 +109,8 @@ CREATE TABLE IF NOT EXISTS spending (
     spent  TEXT NOT NULL
 );
 """
+# Columns schema 3 added to the entries of older ledgers, whose rows keep NULL there.
+_V3_COLUMNS = (("privacy_map", "TEXT"), ("commitment_salt", "BLOB"))
 # Each charge looks up the last period and policy entries.
 _CHAIN_TYPE_INDEX = "CREATE INDEX chain_type ON chain (type, seq)"
 
@@ -132,6 +138,7 @@ class LedgerEntry:
     dataset_version: str
     created_at: str
     requested: Fraction
+    privacy_map: Fraction | None = None  # None for entries from before schema 3
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,7 @@ class StoredAnswer:
     response: bytes
     charge: Fraction
     seq: int  # the ledger entry that paid for it
+    commitment_salt: bytes = b""  # b"" for entries from before schema 3
 
 
 # ---------------------------------------------------------------- periods
@@ -268,6 +276,10 @@ class PrivacyLedger:
                     self._check_definition(meta)
                     self._migrate_from_v1(str(meta["created_at"]))
                     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                if meta.get("schema_version") == "2":
+                    self._check_definition(meta)
+                    self._upgrade_to_v3()
+                    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
                 self._check_meta(meta)
                 if meta["period"] != self.budget.period:
                     self._rebuild_spending()
@@ -322,13 +334,19 @@ class PrivacyLedger:
         for seq, qid, who, analyst, kind, canonical, req, charge, label, version, at, resp in rows:
             record = ChargeRecord(
                 qid, who, analyst, kind, canonical, read_amount(req), read_amount(charge),
-                label, version, hashlib.sha256(bytes(resp)).hexdigest(),
+                label, version, response_sha256=hashlib.sha256(bytes(resp)).hexdigest(),
             )  # fmt: skip
             chained = self._chain_charge(conn, ledger_id, str(at), record, policy=False)
             conn.execute("UPDATE entries SET entry_hash = ? WHERE seq = ?", (chained.hash, seq))
-        conn.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-        )
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    def _upgrade_to_v3(self) -> None:
+        """Add the privacy-map and commitment-salt columns; old entries keep their history."""
+        present = {str(row[1]) for row in self._db.execute("PRAGMA table_info(entries)")}
+        for name, sql_type in _V3_COLUMNS:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE entries ADD COLUMN {name} {sql_type}")
+        self._db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
     def _check_meta(self, meta: dict[str, str]) -> None:
         version = int(meta.get("schema_version", "0"))
@@ -443,13 +461,14 @@ class PrivacyLedger:
 
     def _stored(self, identity: str, query_id: str) -> StoredAnswer | None:
         row = self._db.execute(
-            "SELECT canonical_query, response, charge, seq FROM entries "
+            "SELECT canonical_query, response, charge, seq, commitment_salt FROM entries "
             "WHERE identity = ? AND query_id = ?",
             (identity, query_id),
         ).fetchone()
         if row is None:
             return None
-        return StoredAnswer(str(row[0]), bytes(row[1]), read_amount(row[2]), int(row[3]))
+        salt = b"" if row[4] is None else bytes(row[4])
+        return StoredAnswer(str(row[0]), bytes(row[1]), read_amount(row[2]), int(row[3]), salt)
 
     def _available(self, spending: dict[str, Fraction], label: str) -> tuple[Fraction, str]:
         """What may still be spent in ``label`` and the name of the binding limit."""
@@ -467,8 +486,18 @@ class PrivacyLedger:
         return left, name
 
     def _identity_spent(self, identity: str, label: str) -> Fraction:
+        """What ``identity`` spent in period ``label``, grouped by commit time.
+
+        The same grouping as the period totals (:meth:`_entry_totals`), not the
+        label an entry was charged under: after the NGO changes the period
+        kind (yearly to monthly, say), a cap must count the same charges the
+        budget counts, or it could be spent again.
+        """
+        start, end = period_bounds(label)
         rows = self._db.execute(
-            "SELECT charge FROM entries WHERE identity = ? AND period = ?", (identity, label)
+            "SELECT charge FROM entries WHERE identity = ? AND created_at >= ? "
+            "AND (? = '' OR created_at < ?)",
+            (identity, start, end, end),
         ).fetchall()
         return sum((read_amount(r[0]) for r in rows), Fraction(0))
 
@@ -535,12 +564,17 @@ class PrivacyLedger:
         charge: Fraction,
         dataset_version: str,
         response: bytes,
+        privacy_map: Fraction,
+        commitment_salt: bytes,
         identity_cap: Fraction | None = None,
     ) -> tuple[StoredAnswer, bool]:
         """Check and spend in one transaction; durable on disk before it returns.
 
-        Spends ``charge`` (0 < charge <= requested) in the period current at
-        commit time and stores ``response`` under (identity, query_id).
+        Spends ``charge`` (0 < charge <= requested; the service charges exactly
+        what was requested) in the period current at commit time, records
+        ``privacy_map`` (OpenDP's map at the scales used, 0 < map <= charge)
+        beside it, and stores ``response`` under (identity, query_id) with the
+        chain committing to it under ``commitment_salt`` (:mod:`tiaki.receipts`).
         Returns ``(stored, replayed)``: if the id was already answered for the
         same canonical query, ``replayed`` is True, nothing is spent and the
         stored answer (not ``response``) is returned. ``identity_cap``, when
@@ -554,6 +588,13 @@ class PrivacyLedger:
                 f"charge {format_amount(charge)} must be positive and at most the requested "
                 f"{format_amount(requested)}"
             )
+        if not 0 < privacy_map <= charge:
+            raise ValueError(
+                f"privacy map {format_amount(privacy_map)} must be positive and at most the "
+                f"charge {format_amount(charge)}"
+            )
+        if len(commitment_salt) < 16:
+            raise ValueError("a commitment salt of at least 16 random bytes is required")
         if not identity or not query_id:
             raise ValueError("identity and query_id must be non-empty")
         with self._lock, self._tx(immediate=True) as conn:
@@ -567,13 +608,14 @@ class PrivacyLedger:
             at = chain_time(now)
             record = ChargeRecord(
                 query_id, identity, analyst, kind, canonical_query, requested, charge, label,
-                dataset_version, hashlib.sha256(response).hexdigest(),
+                dataset_version, response_commitment=commitment(commitment_salt, response),
+                privacy_map=privacy_map,
             )  # fmt: skip
             chained = self._chain_charge(conn, self.ledger_id, at, record)
             cursor = conn.execute(
                 "INSERT INTO entries (query_id, identity, analyst, kind, canonical_query, "
-                "requested, charge, period, dataset_version, created_at, response, entry_hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "requested, charge, period, dataset_version, created_at, response, entry_hash, "
+                "privacy_map, commitment_salt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     query_id,
                     identity,
@@ -587,6 +629,8 @@ class PrivacyLedger:
                     at,
                     response,
                     chained.hash,
+                    format_amount(privacy_map),
+                    commitment_salt,
                 ),
             )
             row = conn.execute("SELECT spent FROM spending WHERE period = ?", (label,)).fetchone()
@@ -598,7 +642,7 @@ class PrivacyLedger:
             )
             seq = cursor.lastrowid
         assert seq is not None
-        return StoredAnswer(canonical_query, bytes(response), charge, seq), False
+        return StoredAnswer(canonical_query, bytes(response), charge, seq, commitment_salt), False
 
     def status(self) -> BudgetStatus:
         """Spending as committed: current period, lifetime, and every period with spending."""
@@ -628,9 +672,35 @@ class PrivacyLedger:
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, query_id, identity, analyst, kind, canonical_query, charge, period, "
-                "dataset_version, created_at, requested FROM entries ORDER BY seq"
+                "dataset_version, created_at, requested, privacy_map FROM entries ORDER BY seq"
             ).fetchall()
         return [_entry(row) for row in rows]
+
+    def apply_policy(self, policy: Policy) -> None:
+        """Enforce ``policy`` from the next charge on, and chain it, in one transaction.
+
+        For a policy re-read while the node serves. The privacy definition
+        cannot change under existing spending (:class:`LedgerError`); a new
+        period kind regroups the spending by commit time, as at open.
+        """
+        if policy.privacy_definition is not self.definition:
+            raise LedgerError(
+                f"{self.path}: the ledger accounts in {self.definition.value!r}; the privacy "
+                "definition cannot change under existing spending"
+            )
+        with self._lock:
+            previous = (self.budget, self.per_query_max, self.grants)
+            self.budget, self.per_query_max = policy.budget, policy.per_query_max
+            self.grants = tuple(policy.coordinators)
+            try:
+                with self._tx(immediate=True) as conn:
+                    kind = conn.execute("SELECT value FROM meta WHERE key = 'period'").fetchone()
+                    if kind is None or str(kind[0]) != self.budget.period:
+                        self._rebuild_spending()
+                    self._ensure_policy(conn, self.ledger_id, chain_time(self._clock()))
+            except BaseException:
+                self.budget, self.per_query_max, self.grants = previous
+                raise
 
     def record_policy(self) -> None:
         """Chain the policy this object enforces, if it differs from the last one recorded."""
@@ -689,7 +759,7 @@ class PrivacyLedger:
             chained = list(read_entries(conn))
             rows = conn.execute(
                 "SELECT seq, query_id, identity, charge, period, canonical_query, response, "
-                "entry_hash FROM entries ORDER BY seq"
+                "entry_hash, commitment_salt FROM entries ORDER BY seq"
             ).fetchall()
         if totals != {k: v for k, v in spending.items() if v}:
             raise LedgerError(f"{self.path}: period totals do not match the entries")
@@ -704,7 +774,7 @@ class PrivacyLedger:
             raise LedgerError(
                 f"{self.path}: {len(rows)} charged queries but {len(by_hash)} charges in the chain"
             )
-        for seq, qid, identity, charge, period, canonical, response, entry_hash in rows:
+        for seq, qid, identity, charge, period, canonical, response, entry_hash, salt in rows:
             entry = by_hash.get(str(entry_hash))
             expected = {
                 "query_id": qid,
@@ -712,8 +782,11 @@ class PrivacyLedger:
                 "charge": format_amount(read_amount(charge)),
                 "period": period,
                 "canonical_query": canonical,
-                "response_sha256": hashlib.sha256(bytes(response)).hexdigest(),
             }
+            if salt is None:  # written before schema 3
+                expected["response_sha256"] = hashlib.sha256(bytes(response)).hexdigest()
+            else:
+                expected["response_commitment"] = commitment(bytes(salt), bytes(response))
             if entry is None or any(entry.body.get(k) != v for k, v in expected.items()):
                 raise LedgerError(
                     f"{self.path}: charged query {seq} ({qid!r}) does not match its chain entry"
@@ -738,7 +811,9 @@ class PrivacyLedger:
 
 
 def _entry(row: Any) -> LedgerEntry:
-    seq, query_id, identity, analyst, kind, canonical, charge, period, version, created, req = row
+    seq, query_id, identity, analyst, kind, canonical, charge, period, version, created, req, pm = (
+        row
+    )
     return LedgerEntry(
         seq=int(seq),
         query_id=str(query_id),
@@ -751,4 +826,5 @@ def _entry(row: Any) -> LedgerEntry:
         dataset_version=str(version),
         created_at=str(created),
         requested=read_amount(req),
+        privacy_map=None if pm is None else read_amount(pm),
     )

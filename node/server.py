@@ -231,8 +231,18 @@ class RunningNode:
         wait.wait()
 
 
-def server_options() -> list[tuple[str, Any]]:
+def server_options(max_connection_age_seconds: float = 300.0) -> list[tuple[str, Any]]:
+    age_ms = int(max_connection_age_seconds * 1000)
     return [
+        # One node per port: grpc sets SO_REUSEPORT by default, which lets a
+        # second server bind the same address and silently share its traffic.
+        ("grpc.so_reuseport", 0),
+        # Every connection is re-established (a new TLS handshake, against the
+        # client CA in force) at least this often, so a coordinator whose CA
+        # was removed from client_ca is refused on a connection it already
+        # held within this bound; in-flight calls get the same time to finish.
+        ("grpc.max_connection_age_ms", age_ms),
+        ("grpc.max_connection_age_grace_ms", age_ms),
         ("grpc.max_receive_message_length", 4 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.keepalive_time_ms", 60_000),
@@ -257,11 +267,12 @@ def create_server(
         futures.ThreadPoolExecutor(
             max_workers=service.config.server.max_workers, thread_name_prefix="tiaki-rpc"
         ),
-        options=server_options(),
+        options=server_options(service.config.server.max_connection_age_seconds),
         maximum_concurrent_rpcs=service.config.server.max_workers * 8,
     )
+    # The policy in force at each call: a reloaded policy applies to the next one.
     gatekeeper = Gatekeeper(
-        service.config.policy, service.config.server.max_concurrent_per_identity
+        lambda: service.config.policy, service.config.server.max_concurrent_per_identity
     )
     server.add_generic_rpc_handlers((_node_handlers(NodeServicer(service, gatekeeper)),))
     health_servicer = health.HealthServicer()

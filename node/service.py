@@ -24,9 +24,9 @@ from node import answering, engine
 from node.config import CoordinatorGrant, NodeConfig
 from node.dataset import Dataset
 from node.exports import export_ledger, node_signing_key
-from node.ledger import PrivacyLedger
+from node.ledger import PrivacyLedger, StoredAnswer
 from node.store import load_dataset, store_path
-from tiaki import __version__
+from tiaki import __version__, receipts
 from tiaki.answer import Answer
 from tiaki.budget import BudgetStatus, format_amount
 from tiaki.convert import (
@@ -95,6 +95,10 @@ class DatasetHolder:
         return dataset
 
 
+class PolicyReloadError(Exception):
+    """A re-read config that the running node cannot apply; the running policy stays."""
+
+
 class NodeService:
     """Answers queries for one node: its config, its records, its ledger."""
 
@@ -152,6 +156,45 @@ class NodeService:
             ledger_id=self.ledger.ledger_id,
         )
 
+    def apply_config(self, new: NodeConfig) -> list[str]:
+        """Swap in the policy of a re-read ``node.yaml``; returns notes for the log.
+
+        What the running node cannot honour without a restart is refused
+        whole (:class:`PolicyReloadError`), and the running policy stays: a new
+        node id, data directory, schema or privacy definition, and a new
+        ``max_records_per_client`` (the loaded records are bounded to the old
+        one, and the engine's sensitivities assume the policy's). Server
+        settings are read only at start; a change there is a note. The ledger
+        chains the new policy in the transaction that starts enforcing it.
+        """
+        old = self.config
+        fixed = {
+            "node_id": (old.node_id, new.node_id),
+            "data_dir": (old.data_dir, new.data_dir),
+            "schema": (old.schema, new.schema),
+            "policy.privacy_definition": (
+                old.policy.privacy_definition,
+                new.policy.privacy_definition,
+            ),
+            "policy.max_records_per_client": (
+                old.policy.max_records_per_client,
+                new.policy.max_records_per_client,
+            ),
+        }
+        changed = [name for name, (was, now) in fixed.items() if was != now]
+        if changed:
+            raise PolicyReloadError(
+                f"{', '.join(changed)} changed, which the running node cannot apply; restart "
+                "it to use the new file (the running policy stays in force)"
+            )
+        self.ledger.apply_policy(new.policy)
+        self.config = old.model_copy(update={"policy": new.policy})
+        return (
+            ["server settings changed; they take effect at the next restart"]
+            if new.server != old.server
+            else []
+        )
+
     def budget(self) -> BudgetStatus:
         return self.ledger.status()
 
@@ -171,12 +214,13 @@ class NodeService:
         """Cost and noise of a query from schema and policy alone; spends nothing."""
         if request.ByteSize() > MAX_REQUEST_BYTES:
             raise InvalidQueryError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+        config = self.config  # one policy for the whole plan, even across a reload
         _, _, query = query_from_proto(request)
-        plan = engine.plan(query, self.config.schema, self.config.policy)
-        definition = self.config.policy.privacy_definition
+        plan = engine.plan(query, config.schema, config.policy)
+        definition = config.policy.privacy_definition
         noise = answering.plan_noise(plan, definition)
         message = pb.QueryPlan(
-            node_id=self.config.node_id,
+            node_id=config.node_id,
             canonical_query=query.canonical(),
             group_by=list(query.group_by),
             cells=plan.n_cells,
@@ -205,13 +249,16 @@ class NodeService:
     ) -> Answer:
         """Answer one query for ``identity``, charging the ledger before returning.
 
-        ``grant`` is the policy's entry for the caller: it may narrow the query
-        kinds and cap what this identity spends per period.
+        Charges exactly the requested cost (OpenDP's privacy map at the noise
+        scales used is at most that, and is recorded beside it). ``grant`` is
+        the policy's entry for the caller: it may narrow the query kinds and
+        cap what this identity spends per period.
         """
         if request.ByteSize() > MAX_REQUEST_BYTES:
             raise InvalidQueryError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+        config = self.config  # one policy for the whole query, even across a reload
         query_id, analyst, query = query_from_proto(request)
-        plan = engine.plan(query, self.config.schema, self.config.policy)
+        plan = engine.plan(query, config.schema, config.policy)
         if grant is not None and grant.kinds is not None and query.kind not in grant.kinds:
             raise PolicyViolationError(
                 f"{identity!r} may ask only {', '.join(k.value for k in grant.kinds)} queries here"
@@ -220,23 +267,25 @@ class NodeService:
         canonical = query.canonical()
         stored = self.ledger.check(identity, query_id, canonical, query.cost.amount, cap)
         if stored is not None:
-            return self._replay(stored.response)
+            return self._replay(stored)
 
         dataset = self.datasets.current
-        aggregates = engine.evaluate(plan, dataset, self.config.schema)
-        definition = self.config.policy.privacy_definition
-        cells, charge = answering.release_cells(plan, aggregates, definition)
+        aggregates = engine.evaluate(plan, dataset, config.schema)
+        definition = config.policy.privacy_definition
+        cells, cost = answering.release_cells(plan, aggregates, definition)
         fresh = Answer(
             query_id=query_id,
-            node_id=self.config.node_id,
+            node_id=config.node_id,
             canonical_query=canonical,
             group_by=query.group_by,
             cells=cells,
-            charged=PrivacyCost(definition, charge),
+            charged=PrivacyCost(definition, cost.charge),
             dataset_version=dataset.version,
             replayed=False,
             budget=None,
+            privacy_map=PrivacyCost(definition, cost.privacy_map),
         )
+        salt = receipts.new_salt()
         stored_answer, replayed = self.ledger.charge(
             identity=identity,
             query_id=query_id,
@@ -244,22 +293,25 @@ class NodeService:
             kind=query.kind.value,
             canonical_query=canonical,
             requested=query.cost.amount,
-            charge=charge,
+            charge=cost.charge,
+            privacy_map=cost.privacy_map,
             dataset_version=dataset.version,
-            response=answer_to_proto(fresh).SerializeToString(),
+            response=answer_to_proto(fresh).SerializeToString(deterministic=True),
+            commitment_salt=salt,
             identity_cap=cap,
         )
         if replayed:
-            return self._replay(stored_answer.response)
-        return _with_budget(fresh, self.ledger.status(), replayed=False)
+            return self._replay(stored_answer)
+        return replace(fresh, budget=self.ledger.status(), commitment_salt=salt)
 
-    def _replay(self, response: bytes) -> Answer:
-        stored = answer_from_proto(pb.QueryResponse.FromString(response))
-        return _with_budget(stored, self.ledger.status(), replayed=True)
-
-
-def _with_budget(answer: Answer, status: BudgetStatus, *, replayed: bool) -> Answer:
-    return replace(answer, budget=status, replayed=replayed)
+    def _replay(self, stored: StoredAnswer) -> Answer:
+        answer = answer_from_proto(pb.QueryResponse.FromString(stored.response))
+        return replace(
+            answer,
+            budget=self.ledger.status(),
+            replayed=True,
+            commitment_salt=stored.commitment_salt,
+        )
 
 
 def data_paths(config: NodeConfig) -> dict[str, Path]:

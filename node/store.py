@@ -26,11 +26,14 @@ whose rank is below ``max_records_per_client``.
 
 Clients are numbered 0..C-1 in the order of a keyed hash of their identifier,
 which reveals nothing about the identifiers or the order of the source. The
-dataset version is the first 20 hex digits (80 bits) of a sha256 over the
-schema fingerprint and the sorted keyed record hashes: it changes exactly when
-the content changes (text columns included), does not depend on row order,
-and, being keyed, cannot be used by anyone without the salt to confirm a guess
-about the records, although coordinators see it.
+dataset version, which coordinators see in every answer and the ledger
+records, is 20 random hex digits drawn afresh at every import, whether or not
+the records changed: a content hash there would answer "did any client join,
+leave or change since the last import?" exactly, outside any DP release. The
+content hash (the first 20 hex digits of a sha256 over the schema fingerprint
+and the sorted keyed record hashes, independent of row order) is kept in the
+store's metadata as ``content_hash`` for the NGO's own use and never leaves
+the node.
 
 A new store is built in a private temporary file beside the old one, fsynced
 and swapped in with ``os.replace``: readers and crashes see the old store or
@@ -276,12 +279,18 @@ def record_ranks(
     return ranks
 
 
+def new_dataset_version() -> str:
+    """A published dataset version: 20 random hex digits, new for every import."""
+    return secrets.token_hex(10)
+
+
 def content_version(fingerprint: str, tiebreak: npt.NDArray[np.uint64]) -> str:
     """20 hex digits (80 bits) over the schema fingerprint and the sorted record digests.
 
-    Sorting makes the version independent of source row order; duplicates
-    count. Because the digests are keyed, the version (which the node shows to
-    coordinators) cannot be used to confirm a guess about the records.
+    Sorting makes it independent of source row order; duplicates count. It is
+    kept inside the node (``content_hash`` in the store's metadata) and never
+    published: it would tell anyone who saw two of them whether the records
+    changed.
     """
     ordered = tiebreak[np.lexsort((tiebreak[:, 1], tiebreak[:, 0]))].astype(">u8")
     content = hashlib.sha256(_VERSION_DOMAIN + fingerprint.encode("ascii"))
@@ -420,6 +429,18 @@ def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
             f"{_REIMPORT}"
         )
     return meta
+
+
+def store_content_hash(config: NodeConfig) -> str | None:
+    """The store's private content hash, or None if nothing has been imported yet."""
+    try:
+        conn = _connect_ro(store_path(config))
+    except StoreMissing:
+        return None
+    try:
+        return _read_meta(conn, store_path(config)).get("content_hash")
+    finally:
+        conn.close()
 
 
 def store_version(config: NodeConfig) -> str | None:

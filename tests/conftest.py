@@ -18,7 +18,8 @@ from tiaki import certs
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "node" / "templates" / "node.yaml"
-PUMS_DIR = ROOT.parent / "shared" / "data" / "pums"
+# Copied into the repository (with a note on their origin): tests read nothing outside it.
+PUMS_DIR = ROOT / "tests" / "data" / "pums"
 
 PUMS_SCHEMA: dict[str, Any] = {
     "identifier": "pid",
@@ -175,7 +176,7 @@ def make_node_config(tmp_path: Path, pki: FederationPki) -> Callable[..., Path]:
 def pums_dup() -> Iterator[Path]:
     path = PUMS_DIR / "PUMS_dup.csv"
     if not path.exists():
-        pytest.fail(f"{path} is missing: the shared data folder must sit beside the repository")
+        pytest.fail(f"{path} is missing from the repository")
     yield path
 
 

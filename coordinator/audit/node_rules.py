@@ -8,7 +8,9 @@ every charge that:
 - a policy and a period entry precede it, and it is charged in the period in
   force (a roll-over must be recorded by a ``period`` entry before the first
   charge of the new period), at a time inside that period's dates;
-- it costs no more than was requested and no more than ``per_query_max``;
+- it costs no more than was requested and no more than ``per_query_max``,
+  and OpenDP's privacy map recorded beside it (entries since charges were made
+  exact) is no more than the charge;
 - its period's total, including it, stays within the policy's ``limit``; the
   total over all periods within ``lifetime_limit`` (if set); and its
   identity's total in the period within that identity's ``budget_cap`` (if set);
@@ -22,7 +24,7 @@ A period's total is what the node itself counts: every charge made within the
 period's dates, whatever label it was recorded under (after the policy's
 period kind changes, the node regroups earlier charges by time; with one kind
 throughout this is the same as summing by label). An identity's total in a
-period sums its charges recorded under that period's label, as the node does.
+period is counted the same way, by time, as the node counts it against a cap.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ class _NodeWalk:
         # running[i] the total of the charges before it.
         self.days: list[str] = []
         self.running: list[Fraction] = [Fraction(0)]
+        # The same, per identity, for caps.
+        self.identity_days: dict[str, list[str]] = {}
+        self.identity_running: dict[str, list[Fraction]] = {}
         self.identity_spent: dict[tuple[str, str], Fraction] = {}
         self.lifetime_spent = Fraction(0)
         self.charged: dict[tuple[str, str], int] = {}
@@ -168,6 +173,14 @@ class _NodeWalk:
                 f"{what} was charged {_amount(charge.charge)}, more than the "
                 f"{_amount(charge.requested)} requested",
             )
+        if charge.privacy_map is not None and charge.privacy_map > charge.charge:
+            self.fail(
+                placed,
+                "map-over-charge",
+                f"{what} was charged {_amount(charge.charge)}, but OpenDP's privacy map at the "
+                f"noise it used is {_amount(charge.privacy_map)}: the release cost more than "
+                "was paid",
+            )
         self._add(placed)
 
     def _check_period(self, placed: Placed[ChargeRecord]) -> None:
@@ -202,27 +215,39 @@ class _NodeWalk:
                     f"({current.start} to {current.end})",
                 )
 
-    def _in_period(self, label: str) -> Fraction:
-        """The spending so far (this charge included) the node counts against ``label``."""
+    def _in_period(
+        self, label: str, fallback: Fraction, days: list[str], running: list[Fraction]
+    ) -> Fraction:
+        """The spending so far (this charge included) counted against ``label``.
+
+        ``days`` and ``running`` are the charges' days and running totals (of
+        the whole ledger, or of one identity); ``fallback`` is what a label of
+        no known shape counts (what was recorded under it).
+        """
         dates = period_dates(label)
-        if dates is None:  # a label of no known shape: count what was recorded under it
-            return self.period_spent[label]
+        if dates is None:
+            return fallback
         if dates == ("", ""):
-            return self.running[-1]
+            return running[-1]
         # Times never go backwards (checked separately), so the days are sorted.
-        first = bisect_left(self.days, dates[0])
-        last = bisect_left(self.days, dates[1])
-        return self.running[last] - self.running[first]
+        first = bisect_left(days, dates[0])
+        last = bisect_left(days, dates[1])
+        return running[last] - running[first]
 
     def _add(self, placed: Placed[ChargeRecord]) -> None:
         charge = placed.record
         label, amount = charge.period, charge.charge
         self.period_spent[label] = self.period_spent.get(label, Fraction(0)) + amount
         when = parse_time(placed.at)
-        self.days.append(when.date().isoformat() if when is not None else "")
+        day = when.date().isoformat() if when is not None else ""
+        self.days.append(day)
         self.running.append(self.running[-1] + amount)
         who = (label, charge.identity)
         self.identity_spent[who] = self.identity_spent.get(who, Fraction(0)) + amount
+        days = self.identity_days.setdefault(charge.identity, [])
+        running = self.identity_running.setdefault(charge.identity, [Fraction(0)])
+        days.append(day)
+        running.append(running[-1] + amount)
         self.lifetime_spent += amount
         if self.policy is None:
             if self.complete:
@@ -236,7 +261,7 @@ class _NodeWalk:
                 f"charged {_amount(amount)}, more than the per-query maximum "
                 f"{_amount(policy.per_query_max)} {where}",
             )
-        in_period = self._in_period(label)
+        in_period = self._in_period(label, self.period_spent[label], self.days, self.running)
         if in_period > policy.limit:
             self.fail(
                 placed,
@@ -253,12 +278,13 @@ class _NodeWalk:
                 f"{_amount(policy.lifetime_limit)} {where}",
             )
         cap = policy.cap_for(charge.identity)
-        if cap is not None and self.identity_spent[who] > cap:
+        identity_in_period = self._in_period(label, self.identity_spent[who], days, running)
+        if cap is not None and identity_in_period > cap:
             self.fail(
                 placed,
                 "over-identity-cap",
                 f"this charge of {_amount(amount)} brings {charge.identity!r:.60}'s spending in "
-                f"period {label} to {_amount(self.identity_spent[who])}, over its cap "
+                f"period {label} to {_amount(identity_in_period)}, over its cap "
                 f"{_amount(cap)} {where}",
             )
 

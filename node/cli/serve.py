@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
+import socket
 import sys
 import threading
 from concurrent import futures
@@ -17,9 +19,11 @@ from grpc_health.v1 import health_pb2_grpc
 
 from node import logs
 from node.cli.errors import CommandError
-from node.config import NodeConfig, load_config
+from node.config import ConfigError, NodeConfig, load_config
+from node.datadir_lock import DataDirBusy, DataDirLock
+from node.ledger import LedgerError
 from node.server import RunningNode, create_server
-from node.service import open_service
+from node.service import NodeService, PolicyReloadError, open_service
 from node.tls import TlsError, server_credentials
 from tiaki.files import is_loopback
 
@@ -32,7 +36,8 @@ def register(sub: Any) -> None:
         help="answer DP queries over gRPC",
         description="Serve the node's records over gRPC. Stops gracefully on SIGTERM or Ctrl-C "
         "(in-flight queries finish; nothing is charged that is not answered). A re-import is "
-        "picked up automatically; SIGHUP makes the node check at once.",
+        "picked up automatically; SIGHUP makes the node check at once and re-read the config's "
+        "policy (an invalid file is refused and the running policy kept).",
     )
     p.add_argument("--config", type=Path, required=True, help="the node's node.yaml")
     p.add_argument("--address", help="host:port to bind (default: server.address in the config)")
@@ -114,6 +119,49 @@ def start_health_server(node: RunningNode, address: str) -> tuple[grpc.Server, s
     return server, f"{address.rpartition(':')[0]}:{port}"
 
 
+def _address_in_use(address: str) -> bool:
+    """Whether something already listens on ``address`` (after grpc failed to bind it)."""
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return False
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
+def cannot_listen(address: str, exc: BaseException) -> CommandError:
+    if _address_in_use(address):
+        return CommandError(
+            f"cannot listen on {address}: address in use (another process, perhaps another "
+            "node, is listening there); stop it or choose another server.address"
+        )
+    return CommandError(f"cannot listen on {address}: {exc}")
+
+
+def reload_config(path: Path, service: NodeService, say: logs.Announcer) -> None:
+    """Re-read ``node.yaml`` and apply its policy; on any problem keep the running one."""
+    try:
+        notes = service.apply_config(load_config(path))
+    except (ConfigError, PolicyReloadError, LedgerError) as exc:
+        say(
+            f"config not reloaded, the running policy stays in force: {exc}",
+            level=logging.WARNING,
+            event="reload_refused",
+        )
+        return
+    say("policy reloaded from " + str(path), event="policy_reloaded")
+    for note in notes:
+        say(note, level=logging.WARNING, event="reload_note")
+
+
 def run(args: argparse.Namespace) -> int:
     check_health_address(args.health_address)
     config = load_config(args.config)
@@ -124,12 +172,30 @@ def run(args: argparse.Namespace) -> int:
     credentials = credentials_for(
         config, address, args.insecure, logs.Announcer(log_format, sys.stderr)
     )
+    lock = DataDirLock(config.data_dir)
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        return _serve(args, config, address, credentials, say)
+    finally:
+        lock.release()
+
+
+def _serve(
+    args: argparse.Namespace,
+    config: NodeConfig,
+    address: str,
+    credentials: grpc.ServerCredentials | None,
+    say: logs.Announcer,
+) -> int:
     service = open_service(config)
     try:
         node = create_server(service, address, credentials)
     except (OSError, RuntimeError) as exc:
         service.ledger.close()
-        raise CommandError(f"cannot listen on {address}: {exc}") from None
+        raise cannot_listen(address, exc) from None
     health_server: grpc.Server | None = None
     health_address = ""
     try:
@@ -160,12 +226,14 @@ def run(args: argparse.Namespace) -> int:
 
     stopping = threading.Event()
     check_now = threading.Event()
+    reload_now = threading.Event()
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         stopping.set()
         check_now.set()
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload_now.set()
         check_now.set()
 
     signal.signal(signal.SIGTERM, on_stop)
@@ -174,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
     while not stopping.is_set():
         check_now.wait(RELOAD_CHECK_SECONDS)
         check_now.clear()
+        if not stopping.is_set() and reload_now.is_set():
+            reload_now.clear()
+            reload_config(args.config, service, say)
         if not stopping.is_set() and service.datasets.reload_if_changed():
             version = service.datasets.current.version
             say(f"records reloaded: version {version}", event="reloaded", dataset_version=version)

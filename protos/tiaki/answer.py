@@ -43,3 +43,8 @@ class Answer:
     dataset_version: str
     replayed: bool
     budget: BudgetStatus | None
+    # OpenDP's privacy map at the scales used (at most ``charged``); None from
+    # nodes that predate recording it.
+    privacy_map: PrivacyCost | None = None
+    # Sent only to the asker: opens the ledger's commitment to this answer.
+    commitment_salt: bytes = b""

@@ -11,8 +11,8 @@ full, so nothing is rounded on the way to the ledger or the wire.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from fractions import Fraction
 
@@ -37,32 +37,52 @@ class AmountError(ValueError):
     """A privacy amount that is not a positive, finite, exact decimal."""
 
 
+# The one grammar for a privacy amount, wherever a person or a program writes
+# one (the wire, node.yaml, query files, the command line): ASCII digits with
+# at most one dot between digits. No sign, exponent, underscore, space or
+# non-ASCII digit, so "1_0", "1e-1", " 0.5" and Arabic-Indic digits are all
+# refused, and what was written is exactly what is charged.
+AMOUNT_GRAMMAR = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+MAX_DECIMAL_PLACES = 30
+
+
 def parse_amount(text: str, *, what: str = "privacy cost", allow_zero: bool = False) -> Fraction:
     """Parse a decimal string such as ``"0.5"`` into an exact Fraction.
 
-    Rejects NaN, infinities, negatives, zero (unless ``allow_zero``),
-    exponents that would make huge numbers, and anything not decimal.
+    Accepts only :data:`AMOUNT_GRAMMAR` (at most :data:`MAX_DECIMAL_CHARS`
+    characters and :data:`MAX_DECIMAL_PLACES` places), positive (or zero with
+    ``allow_zero``) and at most :data:`MAX_AMOUNT`.
     """
-    raw = text.strip()
-    if not raw:
+    if not text:
         raise AmountError(f"{what} is empty; give a positive decimal such as 0.5")
-    if len(raw) > MAX_DECIMAL_CHARS:
-        raise AmountError(f"{what} {raw[:20]!r}... is too long to be a privacy amount")
-    try:
-        dec = Decimal(raw)
-    except InvalidOperation:
-        raise AmountError(f"{what} {raw!r} is not a number; give a decimal such as 0.5") from None
-    if not dec.is_finite():
-        raise AmountError(f"{what} must be finite, not {raw!r}")
-    exponent = dec.as_tuple().exponent
-    if not isinstance(exponent, int) or exponent < -30 or dec.adjusted() > 9:
-        raise AmountError(f"{what} {raw!r} has too many decimal places or is too large")
-    value = Fraction(dec)
-    if value < 0 or (value == 0 and not allow_zero):
-        raise AmountError(f"{what} must be greater than zero, not {raw!r}")
+    if len(text) > MAX_DECIMAL_CHARS:
+        raise AmountError(f"{what} {text[:20]!r}... is too long to be a privacy amount")
+    if not AMOUNT_GRAMMAR.fullmatch(text):
+        raise AmountError(_not_an_amount(text, what))
+    places = len(text.partition(".")[2])
+    if places > MAX_DECIMAL_PLACES:
+        raise AmountError(
+            f"{what} {text[:20]!r}... has more than {MAX_DECIMAL_PLACES} decimal places"
+        )
+    value = Fraction(text)
+    if value == 0 and not allow_zero:
+        raise AmountError(f"{what} must be greater than zero, not {text!r}")
     if value > MAX_AMOUNT:
-        raise AmountError(f"{what} {raw!r} is implausibly large (at most {MAX_AMOUNT})")
+        raise AmountError(f"{what} {text!r} is implausibly large (at most {MAX_AMOUNT})")
     return value
+
+
+def _not_an_amount(text: str, what: str) -> str:
+    """Why ``text`` is refused, in the words most likely to help."""
+    bare = text.strip().lower().lstrip("+-")
+    if bare in ("nan", "inf", "infinity"):
+        return f"{what} must be a finite number, not {text!r}"
+    if text.strip().startswith("-"):
+        return f"{what} must be greater than zero, not {text!r}"
+    return (
+        f"{what} {text!r} is not a number in plain decimal digits: write 0-9 with at most "
+        "one dot, such as 0.5 (no sign, exponent, underscore or space)"
+    )
 
 
 def format_amount(value: Fraction) -> str:

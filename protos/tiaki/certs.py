@@ -9,8 +9,9 @@ certificate (serverAuth), a **coordinator** certificate a client certificate
 (clientAuth). Both carry CN = name and a DNS subjectAltName = name.
 
 **Identity.** A node knows a peer by the subject common name of its verified
-certificate (:func:`identity_of`); gRPC exposes the same value as
-``x509_common_name`` in the call's auth context. :func:`renew` keeps subject,
+certificate, or, in SAN-only PKI, by its first DNS or URI subject alternative
+name (:func:`identity_of`); a certificate naming neither is refused.
+:func:`renew` keeps subject,
 SANs, key usage and the key itself, so anything keyed by *name* keeps working;
 the certificate's SHA-256 *fingerprint* changes on every issue, so fingerprint
 pins must be updated after a renewal.
@@ -188,15 +189,30 @@ def fingerprint(cert_pem: bytes) -> str:
 
 
 def identity_of(cert_pem: bytes) -> str:
-    """The identity a node gives a peer: the subject CN of its certificate.
+    """The identity a node gives a peer: the certificate's subject CN, else its first DNS
+    or URI subject alternative name.
 
-    The same value gRPC reports as ``x509_common_name`` for a verified peer. It survives
-    :func:`renew`; the fingerprint does not.
+    The node applies exactly this to the certificate the TLS handshake verified, and a
+    coordinator to its own certificate, so both sides name a party the same way. It
+    survives :func:`renew`; the fingerprint does not. A certificate with neither (an empty
+    subject, or one with only ``O=``, and no DNS or URI name) names nobody:
+    :class:`CertError`.
     """
-    cn = _cn(_parse_cert(cert_pem, "the given data").subject)
-    if not cn:
-        raise CertError("the certificate has no subject common name (CN), so no identity")
-    return cn
+    cert = _parse_cert(cert_pem, "the given data")
+    cn = _cn(cert.subject)
+    if cn:
+        return cn
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = x509.SubjectAlternativeName([])
+    for general in san:
+        if isinstance(general, x509.DNSName | x509.UniformResourceIdentifier) and general.value:
+            return str(general.value)
+    raise CertError(
+        "the certificate has no subject common name (CN) and no DNS or URI subject "
+        "alternative name, so it names no identity"
+    )
 
 
 def renew(ca_dir: Path, cert_path: Path, key_path: Path, *, days: int = 397) -> Path:

@@ -243,7 +243,10 @@ def answer_to_proto(answer: Answer) -> pb.QueryResponse:
         charged=cost_to_proto(answer.charged),
         dataset_version=answer.dataset_version,
         replayed=answer.replayed,
+        commitment_salt=answer.commitment_salt,
     )
+    if answer.privacy_map is not None:
+        msg.privacy_map.CopyFrom(cost_to_proto(answer.privacy_map))
     if answer.budget is not None:
         msg.budget.CopyFrom(budget_to_proto(answer.budget))
     return msg
@@ -272,4 +275,6 @@ def answer_from_proto(msg: pb.QueryResponse) -> Answer:
         dataset_version=msg.dataset_version,
         replayed=msg.replayed,
         budget=budget_from_proto(msg.budget) if msg.HasField("budget") else None,
+        privacy_map=charged_from_proto(msg.privacy_map) if msg.HasField("privacy_map") else None,
+        commitment_salt=bytes(msg.commitment_salt),
     )

@@ -58,12 +58,59 @@ def beside(config_file: Path, path: Path) -> Path:
     return (path if path.is_absolute() else config_file.parent / path).resolve()
 
 
+class SourcedInt(int):
+    """A YAML integer that remembers how it was written (``1_0`` is 10 to YAML)."""
+
+    source: str
+
+
+class SourcedFloat(float):
+    """A YAML float that remembers how it was written."""
+
+    source: str
+
+
+def _sourced(kind: type[SourcedInt] | type[SourcedFloat], base: Any) -> Any:
+    def construct(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        number = kind(base(loader, node))
+        number.source = str(node.value)
+        return number
+
+    return construct
+
+
+class SourceKeepingLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that numbers keep their source text.
+
+    Privacy amounts must follow one strict grammar wherever they are written
+    (:func:`tiaki.budget.parse_amount`); YAML 1.1 would silently read ``1_0``
+    as 10 and ``0.00001`` as ``1e-05``, so amount fields judge what the person
+    wrote (:func:`scalar_text`), not what YAML made of it.
+    """
+
+
+SourceKeepingLoader.add_constructor(
+    "tag:yaml.org,2002:int", _sourced(SourcedInt, yaml.SafeLoader.construct_yaml_int)
+)
+SourceKeepingLoader.add_constructor(
+    "tag:yaml.org,2002:float", _sourced(SourcedFloat, yaml.SafeLoader.construct_yaml_float)
+)
+
+
+def scalar_text(value: str | int | float) -> str:
+    """The text a YAML scalar was written as (numbers from :class:`SourceKeepingLoader`)."""
+    source = getattr(value, "source", None)
+    if isinstance(source, str):
+        return source
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def read_yaml(
     path: Path,
     error: type[Exception],
     *,
     missing: str,
-    loader: type[yaml.SafeLoader] = yaml.SafeLoader,
+    loader: type[yaml.SafeLoader] = SourceKeepingLoader,
 ) -> Any:
     """Parse a YAML file people write; every failure becomes ``error`` naming the file.
 

@@ -216,7 +216,17 @@ class PeriodRecord:
 
 @dataclass(frozen=True)
 class ChargeRecord:
-    """One answered query at a node: who asked what, what it cost, in which period."""
+    """One answered query at a node: who asked what, what it cost, in which period.
+
+    ``charge`` is what was spent: exactly the requested cost for every entry
+    written since charges were made exact, with ``privacy_map`` (OpenDP's map
+    at the noise scales used, at most the charge) beside it. Older entries
+    charged the map itself and have no ``privacy_map``.
+
+    The stored answer is identified by ``response_commitment`` (a salted hash
+    whose salt only the asker received, :mod:`tiaki.receipts`), or in older
+    entries by a bare ``response_sha256``; exactly one of the two is set.
+    """
 
     query_id: str
     identity: str  # from the caller's verified certificate
@@ -227,12 +237,21 @@ class ChargeRecord:
     charge: Fraction
     period: str
     dataset_version: str
-    response_sha256: str
+    response_commitment: str | None = None
+    privacy_map: Fraction | None = None
+    response_sha256: str | None = None
 
     type = "charge"
 
+    def __post_init__(self) -> None:
+        if (self.response_commitment is None) == (self.response_sha256 is None):
+            raise ChainFormatError(
+                "a charge identifies its answer by exactly one of 'response_commitment' and "
+                "'response_sha256'"
+            )
+
     def body(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "query_id": self.query_id,
             "identity": self.identity,
             "analyst": self.analyst,
@@ -242,8 +261,14 @@ class ChargeRecord:
             "charge": format_amount(self.charge),
             "period": self.period,
             "dataset_version": self.dataset_version,
-            "response_sha256": self.response_sha256,
         }
+        if self.privacy_map is not None:
+            body["privacy_map"] = format_amount(self.privacy_map)
+        if self.response_commitment is not None:
+            body["response_commitment"] = self.response_commitment
+        if self.response_sha256 is not None:
+            body["response_sha256"] = self.response_sha256
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ChargeRecord:
@@ -257,7 +282,9 @@ class ChargeRecord:
             _amount(body, "charge"),
             _text(body, "period"),
             _text(body, "dataset_version"),
-            _text(body, "response_sha256"),
+            response_commitment=_optional_text(body, "response_commitment"),
+            privacy_map=_optional_amount(body, "privacy_map"),
+            response_sha256=_optional_text(body, "response_sha256"),
         )
 
 

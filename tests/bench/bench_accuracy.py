@@ -169,7 +169,7 @@ def measure_question(
             answers = []
             for name, aggs in zip(names, aggregates, strict=True):
                 cells, charged = answering.release_cells(plan, aggs, definition)
-                answers.append((name, _answer(name, query, cells, charged)))
+                answers.append((name, _answer(name, query, cells, charged.charge)))
             (cell,) = combine(query, answers, mids)
             estimates.append(cell.estimate)
             intervals.append((cell.ci_low, cell.ci_high))

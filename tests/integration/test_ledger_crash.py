@@ -59,6 +59,8 @@ CHILD = textwrap.dedent(
             charge=amounts[i % 3],
             dataset_version="v1",
             response=f"answer {{round_}}-{{i}}".encode() * 20,
+            privacy_map=amounts[i % 3],
+            commitment_salt=b"s" * 32,
         )
         assert not replayed
         print(stored.seq, f"r{{round_}}-{{i}}", flush=True)
@@ -146,6 +148,8 @@ def test_sigkill_loses_no_reported_charge(tmp_path: Path) -> None:
                     charge=Fraction(1, 100),
                     dataset_version="v1",
                     response=b"fresh noise",
+                    privacy_map=Fraction(1, 100),
+                    commitment_salt=b"s" * 32,
                 )
                 assert replayed and stored.seq == seq and stored.response != b"fresh noise"
                 assert ledger.status().lifetime_spent == total

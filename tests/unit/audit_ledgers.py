@@ -199,6 +199,7 @@ def charge(
     analyst: str = "aroha",
     requested: str | None = None,
     canonical_query: str | None = None,
+    privacy_map: str | None = None,
 ) -> ChargeRecord:
     return ChargeRecord(
         query_id=query_id,
@@ -211,6 +212,7 @@ def charge(
         period=period,
         dataset_version="v1",
         response_sha256="0" * 64,
+        privacy_map=None if privacy_map is None else Fraction(privacy_map),
     )
 
 

@@ -251,3 +251,31 @@ def test_after_a_change_of_period_kind_a_period_counts_every_charge_in_its_dates
     run = verify_json(capsys, node.export(tmp_path / "a.jsonl"))
     assert run.where() == {("over-period-limit", "a.jsonl", over)}
     assert "spending to 1.25" in run.findings()[0]["message"]
+
+
+def test_after_a_change_of_period_kind_an_identity_cap_counts_every_charge_in_its_dates(
+    capsys: Any, tmp_path: Path
+) -> None:
+    # Yearly, then monthly, cap 1 throughout: two charges of 0.5 today under
+    # "2026" and a third under "2026-03" are 1.5 in March for the same identity.
+    node = LedgerBuilder(tmp_path / "keys", NODE_LEDGER, "ngo-y", START)
+    node.add(policy("ngo-y", period="yearly", limit="5", lifetime_limit=None, cap="1"), START)
+    node.add(PeriodRecord("2026", "2026-01-01", "2027-01-01"), START)
+    node.add(charge("q1", "0.5", "2026"), _clock(1))
+    node.add(charge("q2", "0.5", "2026"), _clock(2))
+    node.add(policy("ngo-y", period="monthly", limit="5", lifetime_limit=None, cap="1"), _clock(3))
+    node.add(PeriodRecord("2026-03", "2026-03-01", "2026-04-01"), _clock(3))
+    node.add(charge("q3", "0.5", "2026-03"), _clock(4))
+    over = node.entries[-1].seq
+    run = verify_json(capsys, node.export(tmp_path / "a.jsonl"))
+    assert run.where() == {("over-identity-cap", "a.jsonl", over)}
+    assert "2026-03 to 1.5, over its cap 1" in run.findings()[0]["message"]
+
+
+def test_a_release_whose_privacy_map_exceeds_its_charge_is_named(
+    capsys: Any, node: LedgerBuilder, tmp_path: Path
+) -> None:
+    node.add(charge("q1", "0.5", "2026-Q1", privacy_map="0.4999"), _clock(1))  # honest
+    node.add(charge("q2", "0.5", "2026-Q1", privacy_map="0.5000001"), _clock(2))
+    cheated = node.entries[-1].seq
+    assert _errors(capsys, node, tmp_path) == {("map-over-charge", "a.jsonl", cheated)}

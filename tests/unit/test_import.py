@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from node.config import NodeConfig
 from node.importer import MAX_BAD_ROWS_REPORTED, ImportFailed, import_csv, import_sqlite
-from node.store import load_dataset, store_path, store_version
+from node.store import load_dataset, store_content_hash, store_path, store_version
 from tests.conftest import PUMS_DIR, PUMS_SCHEMA, node_config
 
 SCHEMA: dict[str, Any] = {
@@ -325,17 +326,19 @@ def test_import_sqlite_table_and_view(tmp_path: Path, config: NodeConfig) -> Non
     assert report.committed and report.rows_imported == 2 and report.replaced_previous
 
 
-def test_sqlite_and_csv_of_same_content_have_same_version(
+def test_sqlite_and_csv_of_same_content_have_same_content_hash(
     tmp_path: Path, config: NodeConfig
 ) -> None:
     source = _sqlite_source(tmp_path / "src.sqlite")
-    from_sqlite = import_sqlite(config, source, "episodes").dataset_version
+    import_sqlite(config, source, "episodes")
+    from_sqlite = store_content_hash(config)
     rows = [
         "c1,Aroha,auckland,2020-01-05,2020-03-01,4,2,4,10.5",
         "7,Bob,northland,2022-12-31,,60,5,,999.25",
         "c1,,auckland,2021-06-01,,3,3,,",
     ]
-    assert import_csv(config, write_csv(tmp_path / "in.csv", rows)).dataset_version == from_sqlite
+    import_csv(config, write_csv(tmp_path / "in.csv", rows))
+    assert from_sqlite is not None and store_content_hash(config) == from_sqlite
 
 
 def test_sqlite_bad_rows(tmp_path: Path, config: NodeConfig) -> None:
@@ -381,29 +384,45 @@ def test_sqlite_not_a_database(tmp_path: Path, config: NodeConfig) -> None:
 # ---------------------------------------------------------------- versions
 
 
-def test_version_changes_only_with_content(tmp_path: Path, config: NodeConfig) -> None:
-    v1 = import_csv(config, write_csv(tmp_path / "a.csv", GOOD_ROWS)).dataset_version
-    v2 = import_csv(config, write_csv(tmp_path / "b.csv", GOOD_ROWS[::-1])).dataset_version
+def _content_hash_after(config: NodeConfig, path: Path) -> str | None:
+    assert import_csv(config, path).committed
+    return store_content_hash(config)
+
+
+def test_content_hash_changes_only_with_content(tmp_path: Path, config: NodeConfig) -> None:
+    v1 = _content_hash_after(config, write_csv(tmp_path / "a.csv", GOOD_ROWS))
+    v2 = _content_hash_after(config, write_csv(tmp_path / "b.csv", GOOD_ROWS[::-1]))
     assert v1 == v2  # row order is not content
     spaced = [GOOD_ROWS[0].replace("4,2,4,10.5", "4.0, 2,4 ,10.50"), *GOOD_ROWS[1:]]
-    assert import_csv(config, write_csv(tmp_path / "c.csv", spaced)).dataset_version == v1
+    assert _content_hash_after(config, write_csv(tmp_path / "c.csv", spaced)) == v1
     changed = [GOOD_ROWS[0].replace("Aroha", "Arohanui"), *GOOD_ROWS[1:]]
-    v3 = import_csv(config, write_csv(tmp_path / "d.csv", changed)).dataset_version
+    v3 = _content_hash_after(config, write_csv(tmp_path / "d.csv", changed))
     assert v3 != v1
     duplicated = [*GOOD_ROWS, GOOD_ROWS[0]]
-    assert import_csv(config, write_csv(tmp_path / "e.csv", duplicated)).dataset_version not in (
-        v1,
-        v3,
-    )
+    assert _content_hash_after(config, write_csv(tmp_path / "e.csv", duplicated)) not in (v1, v3)
 
 
-def test_version_is_keyed_by_the_node_salt(tmp_path: Path) -> None:
-    # Two nodes with the same records publish unrelated versions, so a version
-    # cannot be used to confirm a guess about the records.
+def test_content_hash_is_keyed_by_the_node_salt(tmp_path: Path) -> None:
+    # Two nodes with the same records have unrelated hashes, so even a leaked
+    # hash cannot be used to confirm a guess about the records.
     csv_path = write_csv(tmp_path / "in.csv", GOOD_ROWS)
-    a = import_csv(make_config(tmp_path / "a"), csv_path).dataset_version
-    b = import_csv(make_config(tmp_path / "b"), csv_path).dataset_version
-    assert a != b
+    a, b = make_config(tmp_path / "a"), make_config(tmp_path / "b")
+    assert _content_hash_after(a, csv_path) != _content_hash_after(b, csv_path)
+
+
+def test_published_version_is_new_at_every_import_and_says_nothing_of_content(
+    tmp_path: Path, config: NodeConfig
+) -> None:
+    # A content hash in the published version would be an exact answer to
+    # "did anyone join, leave or change?"; a random id per import says only
+    # that the records were replaced.
+    path = write_csv(tmp_path / "a.csv", GOOD_ROWS)
+    versions = [import_csv(config, path).dataset_version for _ in range(3)]
+    hashes = {store_content_hash(config)}
+    assert len(set(versions)) == 3, "the same records imported again get a new version"
+    assert all(v is not None and re.fullmatch(r"[0-9a-f]{20}", v) for v in versions)
+    assert len(hashes) == 1 and not hashes & set(versions)
+    assert load_dataset(config).version == versions[-1] == store_version(config)
 
 
 # ---------------------------------------------------------------- PUMS

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import secrets
+import shutil
 import sqlite3
 import threading
 from datetime import UTC, datetime
@@ -15,6 +17,7 @@ from node.config import BudgetPolicy
 from node.ledger import LedgerError, PrivacyLedger, StoredAnswer
 from tiaki.budget import PrivacyDefinition, format_amount
 from tiaki.errors import InsufficientBudgetError, QueryIdConflictError
+from tiaki.ledger_records import ChargeRecord, parse_record
 
 F = Fraction
 
@@ -66,6 +69,8 @@ def spend(
         charge=amount,
         dataset_version="v1",
         response=response if response is not None else f"answer {qid}".encode(),
+        privacy_map=amount,
+        commitment_salt=secrets.token_bytes(32),
     )
 
 
@@ -124,7 +129,10 @@ def test_retry_returns_stored_bytes_without_new_charge(path: Path) -> None:
         assert ledger.check("coord-a", "q1", "count q1", F("0.25")) == first
         again, replayed = spend(ledger, "q1", F("0.2"), response=b"fresh noise")
         assert replayed
-        assert again == StoredAnswer("count q1", b"\x00noise-1", F("0.25"), first.seq)
+        assert len(first.commitment_salt) == 32  # the same salt goes back with the replay
+        assert again == StoredAnswer(
+            "count q1", b"\x00noise-1", F("0.25"), first.seq, first.commitment_salt
+        )
         assert ledger.status().current.spent == F("0.25")
         assert len(ledger.entries()) == 1
 
@@ -151,7 +159,7 @@ def test_same_id_different_query_conflicts(path: Path) -> None:
 
 def test_identities_have_independent_ids(path: Path) -> None:
     with make(path) as ledger:
-        spend(ledger, "q1", F("0.1"), identity="a", query="same", response=b"for a")
+        for_a, _ = spend(ledger, "q1", F("0.1"), identity="a", query="same", response=b"for a")
         # b cannot fetch a's answer: same id and query is a fresh question for b
         assert ledger.check("b", "q1", "same", F("0.1")) is None
         stored, replayed = spend(ledger, "q1", F("0.1"), identity="b", query="same", response=b"b")
@@ -160,8 +168,9 @@ def test_identities_have_independent_ids(path: Path) -> None:
         spend(ledger, "q2", F("0.1"), identity="a", query="x")
         spend(ledger, "q2", F("0.1"), identity="b", query="y")
         assert ledger.check("a", "q1", "same", F("0.1")) == StoredAnswer(
-            "same", b"for a", F("0.1"), 1
+            "same", b"for a", F("0.1"), 1, for_a.commitment_salt
         )
+        assert stored.commitment_salt != for_a.commitment_salt
         assert ledger.status().current.spent == F("0.4")
 
 
@@ -467,6 +476,8 @@ def test_per_identity_caps_hold_under_concurrency(path: Path) -> None:
                     charge=step,
                     dataset_version="v1",
                     response=b"x",
+                    privacy_map=step,
+                    commitment_salt=secrets.token_bytes(32),
                     identity_cap=caps[identity],
                 )
             except InsufficientBudgetError as exc:
@@ -520,3 +531,32 @@ def test_racing_across_a_yearly_boundary_never_overspends_either_year(path: Path
     assert by_period.get("2027") == 6 * step  # the new year filled exactly as far as it can
     assert status.lifetime_spent == sum((c for _, c in granted), Fraction(0))
     ledger.verify()
+
+
+# ---------------------------------------------------------------- schema 2 ledgers
+
+SCHEMA2_LEDGER = Path(__file__).resolve().parents[1] / "data" / "ledger-schema2.sqlite"
+
+
+def test_a_schema_2_ledger_keeps_its_history_and_charges_exactly_from_then_on(
+    tmp_path: Path,
+) -> None:
+    # Written by the release before exact charges: two entries charged OpenDP's map,
+    # chained with a bare response_sha256.
+    path = tmp_path / "ledger.sqlite"
+    shutil.copyfile(SCHEMA2_LEDGER, path)
+    with make(path, limit="5", period="yearly", per_query_max="1") as ledger:
+        ledger.verify()
+        old = ledger.entries()
+        assert [e.charge for e in old] == [F(7205759403792793, 72057594037927936), F("0.25")]
+        assert [e.privacy_map for e in old] == [None, None]
+        stored, replayed = spend(ledger, "old-0", F("0.1"), query="count old 0")
+        assert replayed and stored.response == b"old answer 0" and stored.commitment_salt == b""
+        spend(ledger, "new", F("0.1"))
+        ledger.verify()  # old entries by their hash, the new one by its commitment
+        charges = [r for r in map(parse_record, ledger.chain()[1]) if isinstance(r, ChargeRecord)]
+    assert [c.response_sha256 is not None for c in charges] == [True, True, False]
+    assert charges[-1].response_commitment and charges[-1].privacy_map is not None
+    with sqlite3.connect(path) as conn:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == ("3",)

@@ -36,7 +36,7 @@ def test_a_new_ledger_opens_its_chain(tmp_path: Path) -> None:
 
 def test_the_first_charge_chains_policy_period_and_charge(tmp_path: Path) -> None:
     with make(tmp_path / "l.sqlite", limit="2", per_query_max="1") as ledger:
-        spend(ledger, "q1", F("0.25"), response=b"answer-bytes")
+        stored, _ = spend(ledger, "q1", F("0.25"), response=b"answer-bytes")
         assert types(ledger) == ["opened", "policy", "period", "charge"]
         entries = ledger.chain()[1]
         policy = parse_record(entries[1])
@@ -47,7 +47,15 @@ def test_the_first_charge_chains_policy_period_and_charge(tmp_path: Path) -> Non
         charge = parse_record(entries[3])
         assert isinstance(charge, ChargeRecord)
         assert (charge.query_id, charge.identity, charge.charge) == ("q1", "coord-a", F("0.25"))
-        assert charge.response_sha256 == hashlib.sha256(b"answer-bytes").hexdigest()
+        # A commitment under the salt only the asker receives, never a bare hash.
+        assert charge.response_sha256 is None and len(stored.commitment_salt) == 32
+        assert (
+            charge.response_commitment
+            == hashlib.sha256(
+                b"tiaki-receipt-v1\x00" + stored.commitment_salt + b"answer-bytes"
+            ).hexdigest()
+        )
+        assert charge.privacy_map == F("0.25")
         spend(ledger, "q2", F("0.25"))
         assert types(ledger)[-1] == "charge" and types(ledger).count("period") == 1
         assert check_links(ledger.chain()[1], genesis_hash(ledger.ledger_id)) == []

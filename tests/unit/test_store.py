@@ -287,7 +287,7 @@ def test_salt_is_created_once_private_and_checked(tmp_path: Path) -> None:
 
 def test_pums_dup_imports_and_bounds(tmp_path: Path) -> None:
     path = PUMS_DIR / "PUMS_dup.csv"
-    assert path.exists(), f"{path} is missing: the shared data must sit beside the repository"
+    assert path.exists(), f"{path} is missing from the repository"
     config = make_config(tmp_path / "data", PUMS_SCHEMA, k=2)
     report = import_csv(config, path)
     assert report.committed and report.rows_imported == 1948 and report.clients == 1000

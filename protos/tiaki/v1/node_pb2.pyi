@@ -136,7 +136,7 @@ class Cell(_message.Message):
     def __init__(self, group: _Optional[_Iterable[str]] = ..., bin: _Optional[str] = ..., value: _Optional[float] = ..., accuracy_95: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("query_id", "node_id", "canonical_query", "group_by", "cells", "charged", "dataset_version", "replayed", "budget")
+    __slots__ = ("query_id", "node_id", "canonical_query", "group_by", "cells", "charged", "dataset_version", "replayed", "budget", "commitment_salt", "privacy_map")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,8 @@ class QueryResponse(_message.Message):
     DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_SALT_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_MAP_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     node_id: str
     canonical_query: str
@@ -155,7 +157,9 @@ class QueryResponse(_message.Message):
     dataset_version: str
     replayed: bool
     budget: BudgetReport
-    def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., charged: _Optional[_Union[PrivacyCost, _Mapping]] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ...) -> None: ...
+    commitment_salt: bytes
+    privacy_map: PrivacyCost
+    def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., charged: _Optional[_Union[PrivacyCost, _Mapping]] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ..., commitment_salt: _Optional[bytes] = ..., privacy_map: _Optional[_Union[PrivacyCost, _Mapping]] = ...) -> None: ...
 
 class PlannedComponent(_message.Message):
     __slots__ = ("name", "distribution", "scale", "accuracy_95")
