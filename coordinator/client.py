@@ -70,9 +70,13 @@ class NodeClient:
             raise from_rpc_error(exc) from None
         return budget_from_proto(report)
 
-    def plan(self, query: Query) -> pb.QueryPlan:
-        """The node's own account of what ``query`` would cost; spends nothing."""
-        request = query_to_proto(query, query_id="plan", analyst="")
+    def plan(self, query: Query, query_id: str = "") -> pb.QueryPlan:
+        """The node's own account of what ``query`` would cost; spends nothing.
+
+        With ``query_id``, the plan also says whether asking under that id
+        would replay an answer this coordinator already holds (free).
+        """
+        request = query_to_proto(query, query_id=query_id, analyst="")
         try:
             plan: pb.QueryPlan = self._stub.Plan(
                 request, timeout=self.timeout, metadata=self._metadata

@@ -5,6 +5,13 @@ sums add; means and proportions are ratios of the *combined* noisy numerator
 and denominator (never an average of node means); group-by and histogram
 answers combine cell by cell over the public categories.
 
+A cell is flagged unreliable (post-processing, no new release) when its
+interval spans more than ``unreliable_share`` of the value range (means:
+the clamping bounds; proportions: [0, 1]), when a mean's or proportion's
+denominator interval reaches zero, or when the ratio fell outside the value
+range and was clamped to a bound: such a cell is mostly noise or a bound,
+not an estimate. :data:`UNRELIABLE_SHARE` is the default.
+
 Every interval reflects the differential-privacy noise each node reported
 (distribution and scale per component) and nothing else: not sampling error,
 not data quality, not clients counted at several nodes. How each interval was
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Protocol
 
@@ -23,6 +31,9 @@ from tiaki.answer import Answer, Cell, Component
 from tiaki.query import Query, QueryKind
 
 Z_95 = NormalDist().inv_cdf(0.975)  # 1.95996...
+# A ratio cell whose 95% interval covers more than half of everything the value
+# could be says little beyond "somewhere in the range".
+UNRELIABLE_SHARE = 0.5
 
 _ADDITIVE: dict[QueryKind, str] = {
     QueryKind.COUNT: "count",
@@ -157,12 +168,25 @@ def _additive(parts: Sequence[Component]) -> tuple[float, float, str]:
     return estimate, summed_noise_half_width(parts), method
 
 
+@dataclass(frozen=True)
+class _Ratio:
+    estimate: float
+    half_width: float
+    lo: float  # clip bounds of the estimate and interval
+    hi: float
+    method: str
+    raw: float  # the ratio before clipping
+    denominator: float  # the combined noisy denominator, before the floor at 1
+    denominator_half_width: float
+
+
 def _ratio(
     query: Query, pairs: Sequence[tuple[Component, Component]], shifts: Sequence[float]
-) -> tuple[float, float, float, float, str]:
-    """(estimate, half-width, lower clip, upper clip, method) of ΣS/ΣN, S_i = T_i + m_i·N_i."""
+) -> _Ratio:
+    """ΣS/ΣN with S_i = T_i + m_i·N_i: estimate, interval, clipping and the denominator."""
     num = math.fsum(t.value + m * d.value for (t, d), m in zip(pairs, shifts, strict=True))
-    den = max(math.fsum(d.value for _, d in pairs), 1.0)
+    raw_den = math.fsum(d.value for _, d in pairs)
+    den = max(raw_den, 1.0)
     lo, hi = -math.inf, math.inf
     if query.kind is QueryKind.PROPORTION:
         lo, hi, clip = 0.0, 1.0, "clipped to [0, 1]"
@@ -184,20 +208,70 @@ def _ratio(
         f"delta method for a ratio of noisy {what} of {len(pairs)} node(s) "
         f"(kurtosis-corrected normal approximation; denominator floored at 1; {clip})"
     )
-    return estimate, _half_width(lin) / den, lo, hi, method
+    den_half = (
+        pairs[0][1].accuracy_95
+        if len(pairs) == 1
+        else summed_noise_half_width([d for _, d in pairs])
+    )
+    return _Ratio(estimate, _half_width(lin) / den, lo, hi, method, num / den, raw_den, den_half)
+
+
+def _value_range(query: Query, answers: Sequence[tuple[str, Answer]]) -> tuple[float, float]:
+    """What a mean or proportion could be: [0, 1], the query's bounds, else the nodes' widest."""
+    if query.kind is QueryKind.PROPORTION:
+        return 0.0, 1.0
+    if query.bounds is not None:
+        return query.bounds.lower, query.bounds.upper
+    reported = [a.bounds for _, a in answers if a.bounds is not None]
+    if not reported:
+        return -math.inf, math.inf
+    return min(b[0] for b in reported), max(b[1] for b in reported)
+
+
+def _unreliable(
+    ratio: _Ratio, value_range: tuple[float, float], share: float, kind: QueryKind
+) -> tuple[str, ...]:
+    reasons = []
+    lower, upper = value_range
+    span = upper - lower
+    low, high = (
+        _clip(ratio.estimate - ratio.half_width, ratio.lo, ratio.hi),
+        _clip(ratio.estimate + ratio.half_width, ratio.lo, ratio.hi),
+    )
+    if math.isfinite(span) and span > 0 and (high - low) > share * span:
+        reasons.append(
+            f"the 95% interval spans {100 * (high - low) / span:.0f}% of the value range "
+            f"[{lower:g}, {upper:g}] (more than {100 * share:g}%)"
+        )
+    if ratio.denominator - ratio.denominator_half_width <= 0:
+        what = "clients in scope" if kind is QueryKind.PROPORTION else "records"
+        reasons.append(
+            f"the denominator's interval reaches zero (about {ratio.denominator:.0f} ± "
+            f"{ratio.denominator_half_width:.0f} {what}): too few to divide by"
+        )
+    if ratio.raw < lower or ratio.raw > upper:
+        bound = lower if ratio.raw < lower else upper
+        done = "clamped to" if bound in (ratio.lo, ratio.hi) else "beyond"
+        reasons.append(
+            f"{done} the bound {bound:g}: the noisy ratio fell outside [{lower:g}, {upper:g}]"
+        )
+    return tuple(reasons)
 
 
 def combine(
     query: Query,
     answers: Sequence[tuple[str, Answer]],
     midpoints: Mapping[str, float] | None = None,
+    unreliable_share: float = UNRELIABLE_SHARE,
 ) -> tuple[CombinedCell, ...]:
     """One combined cell per public cell, each with a 95% CI for the DP noise only.
 
-    ``answers`` are (node name, answer) pairs. ``midpoints`` (means only) maps
-    each node to the midpoint (L + U)/2 of the clamping bounds it used, to undo
-    the shift of its ``shifted_sum``. Raises ValueError naming the node on
+    ``answers`` are (node name, answer) pairs. A mean's answer carries the
+    midpoint (L + U)/2 of the clamping bounds its node used, to undo the shift
+    of its ``shifted_sum``; ``midpoints`` maps node names to it for answers
+    from nodes that did not report it. Raises ValueError naming the node on
     missing, non-finite or mismatched cells and components, or a missing midpoint.
+    ``unreliable_share`` sets the interval-width rule for flagging cells.
     """
     if not answers:
         return ()
@@ -205,8 +279,12 @@ def combine(
     nodes = [node for node, _ in answers]
     kind = query.kind
     shifts = [0.0] * len(nodes)  # a proportion's numerator is not shifted
+    value_range = _value_range(query, answers)
     if kind is QueryKind.MEAN:
-        shifts = [(midpoints or {}).get(node, math.nan) for node in nodes]
+        shifts = [
+            a.midpoint if a.midpoint is not None else (midpoints or {}).get(node, math.nan)
+            for node, a in answers
+        ]
         for node, m in zip(nodes, shifts, strict=True):
             if not math.isfinite(m):
                 raise ValueError(f"node {node!r}: a mean needs the midpoint of its clamping bounds")
@@ -214,12 +292,17 @@ def combine(
     for key in keys:
         cells = [(node, table[key]) for node, table in zip(nodes, tables, strict=True)]
         lo, hi = -math.inf, math.inf
+        flags: tuple[str, ...] = ()
         if kind in _ADDITIVE:
             parts = [_parts(n, c, (_ADDITIVE[kind],))[0] for n, c in cells]
             estimate, half, method = _additive(parts)
         else:
             pairs = [(t, d) for t, d in (_parts(n, c, _RATIO[kind]) for n, c in cells)]
-            estimate, half, lo, hi, method = _ratio(query, pairs, shifts)
+            ratio = _ratio(query, pairs, shifts)
+            estimate, half, lo, hi, method = (
+                ratio.estimate, ratio.half_width, ratio.lo, ratio.hi, ratio.method
+            )  # fmt: skip
+            flags = _unreliable(ratio, value_range, unreliable_share, kind)
         out.append(
             CombinedCell(
                 group=key[0],
@@ -230,13 +313,17 @@ def combine(
                 ci_high=_clip(estimate + half, lo, hi),
                 method=method,
                 nodes=len(answers),
+                unreliable=flags,
             )
         )
     return tuple(out)
 
 
 def combine_outcomes(
-    query: Query, outcomes: Sequence[NodeOutcome], midpoints: Mapping[str, float] | None = None
+    query: Query,
+    outcomes: Sequence[NodeOutcome],
+    midpoints: Mapping[str, float] | None = None,
+    unreliable_share: float = UNRELIABLE_SHARE,
 ) -> tuple[CombinedCell, ...]:
     """Combine the answered (or replayed) outcomes; () when no node answered."""
     answers = []
@@ -245,4 +332,4 @@ def combine_outcomes(
             if o.answer is None:
                 raise ValueError(f"node {o.node!r} is marked {o.status} but carries no answer")
             answers.append((o.node, o.answer))
-    return combine(query, answers, midpoints)
+    return combine(query, answers, midpoints, unreliable_share)

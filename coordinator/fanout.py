@@ -159,15 +159,17 @@ def _failure(exc: RemoteError) -> tuple[NodeStatus, str]:
     return NodeStatus.ERROR, exc.message
 
 
-def _preflight_one(name: str, client: NodeClient, query: Query) -> Preflight:
+def _preflight_one(name: str, client: NodeClient, query: Query, query_id: str) -> Preflight:
     try:
-        plan = client.plan(query)
+        plan = client.plan(query, query_id)
         # Nodes report their budget inside the plan; one round trip serves both.
         budget = budget_from_proto(plan.budget) if plan.HasField("budget") else client.budget()
     except RemoteError as exc:
         status, reason = _failure(exc)
         return Preflight(name, None, None, status, reason)
     cost = charged_from_proto(plan.charge).amount
+    if plan.replay:  # already answered under this id: the node replays it for free
+        return Preflight(name, plan, budget, None)
     if cost > budget.available:
         return Preflight(
             name,
@@ -179,9 +181,13 @@ def _preflight_one(name: str, client: NodeClient, query: Query) -> Preflight:
     return Preflight(name, plan, budget, None)
 
 
-def preflight(federation: Federation, query: Query) -> dict[str, Preflight]:
-    """Plan and budget from every node, concurrently. Spends nothing anywhere."""
-    results = dict(federation.each(lambda name, c: _preflight_one(name, c, query)))
+def preflight(federation: Federation, query: Query, query_id: str = "") -> dict[str, Preflight]:
+    """Plan and budget from every node, concurrently. Spends nothing anywhere.
+
+    With ``query_id``, a node that already answered this question under it is
+    ready whatever its budget: asking again replays the answer for free.
+    """
+    results = dict(federation.each(lambda name, c: _preflight_one(name, c, query, query_id)))
     return {name: results[name] for name in federation.names}
 
 

@@ -7,11 +7,14 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, wait
 
 from coordinator.client import new_query_id
-from coordinator.combine import combine_outcomes
+from coordinator.combine import UNRELIABLE_SHARE, combine_outcomes
 from coordinator.fanout import Federation, Preflight, ask_node, preflight
 from coordinator.mirror import MirrorLedger
 from coordinator.results import CombinedCell, FederatedAnswer, NodeOutcome, NodeStatus
+from tiaki.convert import answer_from_proto, query_from_proto, query_to_proto
+from tiaki.errors import TiakiError
 from tiaki.query import Query, QueryKind
+from tiaki.v1 import node_pb2 as pb
 
 OnOutcome = Callable[[NodeOutcome, int, int], None]
 OnWaiting = Callable[[list[str], float], None]
@@ -45,6 +48,7 @@ def ask_federation(
     query_id: str | None = None,
     on_outcome: OnOutcome | None = None,
     on_waiting: OnWaiting | None = None,
+    unreliable_share: float = UNRELIABLE_SHARE,
 ) -> FederatedAnswer:
     """Ask every node concurrently and combine what comes back.
 
@@ -52,7 +56,7 @@ def ask_federation(
     it would answer, and nothing is released unless every node did.
     """
     query_id = query_id or new_query_id()
-    checks = preflight(federation, query)
+    checks = preflight(federation, query, query_id)
     ready = [name for name, check in checks.items() if check.ok]
     canonical = query.canonical()
     total = len(checks)
@@ -66,7 +70,10 @@ def ask_federation(
         nodes=list(checks),
         requested=query.cost.amount,
         definition=query.cost.definition,
+        request=query_to_proto(query, query_id=query_id, analyst=analyst).SerializeToString(),
+        require_all=require_all,
     )
+    mids = midpoints(checks) if query.kind is QueryKind.MEAN else None
     if require_all and len(ready) < total:
         outcomes = _skipped(checks, "not asked: another node would not answer (--require-all)")
         mirror.record_outcomes(query_id, outcomes)
@@ -104,7 +111,7 @@ def ask_federation(
         # write per batch rather than per node.
         batch = [future.result() for future in finished]
         if batch:
-            mirror.record_outcomes(query_id, batch)
+            mirror.record_outcomes(query_id, batch, mids)
         for outcome in batch:
             by_node[outcome.node] = outcome
             done += 1
@@ -115,6 +122,43 @@ def ask_federation(
     released = not require_all or all(o.answered for o in final)
     cells: tuple[CombinedCell, ...] = ()
     if released:
-        mids = midpoints(checks) if query.kind is QueryKind.MEAN else None
-        cells = combine_outcomes(query, final, mids)
+        cells = combine_outcomes(query, final, mids, unreliable_share)
     return FederatedAnswer(query_id, query, query.group_by, cells, final, released)
+
+
+def past_answer(
+    mirror: MirrorLedger, query_id: str, unreliable_share: float = UNRELIABLE_SHARE
+) -> FederatedAnswer:
+    """A question answered before, combined again from the answers the mirror kept.
+
+    Asks no node and spends nothing: combining is post-processing of what was
+    released, so the result is the one first shown. :class:`UnknownQuestion`
+    if the mirror holds no such question, or kept nothing to rebuild it from.
+    """
+    stored = mirror.stored_question(query_id)
+    if stored is None:
+        raise UnknownQuestion(f"the mirror ledger has no question with id {query_id!r}")
+    if stored.request is None:
+        raise UnknownQuestion(
+            f"question {query_id!r} was recorded before answers were kept; it cannot be shown"
+        )
+    _, _, query = query_from_proto(pb.QueryRequest.FromString(stored.request))
+    (question,) = [q for q in mirror.questions() if q.query_id == query_id]
+    outcomes = []
+    for row in question.outcomes:
+        raw = stored.answers.get(row.node)
+        answer = answer_from_proto(pb.QueryResponse.FromString(raw)) if raw else None
+        status = NodeStatus.UNREACHABLE if row.pending else NodeStatus(row.status)
+        reason = "no outcome recorded (the coordinator stopped)" if row.pending else row.reason
+        outcomes.append(
+            NodeOutcome(row.node, status, reason, row.charged, answer, row.attempts, row.seconds)
+        )
+    final = tuple(outcomes)
+    released = not stored.require_all or all(o.answered for o in final)
+    mids = stored.midpoints if query.kind is QueryKind.MEAN else None
+    cells = combine_outcomes(query, final, mids, unreliable_share) if released else ()
+    return FederatedAnswer(query_id, query, query.group_by, cells, final, released)
+
+
+class UnknownQuestion(TiakiError):
+    """No question under this id in the mirror, or none that can be shown again."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,6 +66,7 @@ from tiaki.chain import (
     genesis_hash,
     read_entries,
 )
+from tiaki.convert import answer_to_proto
 from tiaki.ledger_records import (
     COORDINATOR_LEDGER,
     Opened,
@@ -75,11 +76,32 @@ from tiaki.ledger_records import (
 )
 from tiaki.signing import parse_public_key
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KIND = "tiaki-coordinator-mirror"
 BUSY_TIMEOUT_MS = 30_000
 
 _APPEND_ONLY = "BEGIN SELECT RAISE(ABORT, 'the mirror ledger is append-only'); END"
+# Schema 3: what each question was and every answer that came back, so that
+# nothing paid for is lost and a past answer can be shown again without asking.
+_ANSWER_TABLES = (
+    """CREATE TABLE requests (
+        query_id    TEXT PRIMARY KEY REFERENCES questions (query_id),
+        request     BLOB NOT NULL,
+        require_all INTEGER NOT NULL
+    )""",
+    """CREATE TABLE answers (
+        query_id  TEXT NOT NULL REFERENCES questions (query_id),
+        node      TEXT NOT NULL,
+        response  BLOB NOT NULL,
+        midpoint  REAL,
+        stored_at TEXT NOT NULL,
+        PRIMARY KEY (query_id, node)
+    )""",
+    f"CREATE TRIGGER requests_no_update BEFORE UPDATE ON requests {_APPEND_ONLY}",
+    f"CREATE TRIGGER requests_no_delete BEFORE DELETE ON requests {_APPEND_ONLY}",
+    f"CREATE TRIGGER answers_no_update BEFORE UPDATE ON answers {_APPEND_ONLY}",
+    f"CREATE TRIGGER answers_no_delete BEFORE DELETE ON answers {_APPEND_ONLY}",
+)
 _SCHEMA = (
     """CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
@@ -108,6 +130,7 @@ _SCHEMA = (
         updated_at      TEXT NOT NULL,
         PRIMARY KEY (query_id, node)
     )""",
+    *_ANSWER_TABLES,
     f"CREATE TRIGGER questions_no_update BEFORE UPDATE ON questions {_APPEND_ONLY}",
     f"CREATE TRIGGER questions_no_delete BEFORE DELETE ON questions {_APPEND_ONLY}",
     f"CREATE TRIGGER outcomes_no_delete BEFORE DELETE ON outcomes {_APPEND_ONLY}",
@@ -163,6 +186,17 @@ class MirrorQuestion:
 
 
 @dataclass(frozen=True)
+class StoredQuestion:
+    """A question as kept for showing again: the request, and each node's answer bytes."""
+
+    query_id: str
+    request: bytes | None  # a serialised QueryRequest; None if recorded before schema 3
+    require_all: bool
+    answers: dict[str, bytes]  # node name -> serialised QueryResponse
+    midpoints: dict[str, float]  # node name -> clamping midpoint (means)
+
+
+@dataclass(frozen=True)
 class Discrepancy:
     """A node whose own ledger disagrees with this coordinator's mirror."""
 
@@ -214,6 +248,8 @@ class MirrorLedger:
                     self._create(conn)
                 elif self._meta().get("schema_version") == "1":
                     self._upgrade_from_v1(conn)
+                if self._meta().get("schema_version") == "2":
+                    self._upgrade_to_v3(conn)
                 self._ledger_id = self._check_meta(self._meta())
         except sqlite3.DatabaseError as exc:
             raise MirrorError(f"{self.path}: not a usable mirror ledger: {exc}") from None
@@ -287,7 +323,7 @@ class MirrorLedger:
             "INSERT INTO meta (key, value) VALUES (?, ?)",
             [("ledger_id", ledger_id), ("upgraded_from_1_at", now)],
         )
-        opened = Opened(COORDINATOR_LEDGER, ledger_id, SCHEMA_VERSION)
+        opened = Opened(COORDINATOR_LEDGER, ledger_id, 2)  # the schema whose chain this is
         append_entry(conn, ledger_id, opened.type, meta.get("created_at") or now, opened.body())
         try:
             questions, outcomes = v1_questions(conn), v1_outcomes(conn)
@@ -301,9 +337,13 @@ class MirrorLedger:
         history: list[tuple[QuestionRecord | OutcomeRecord, str]] = [*questions, *outcomes]
         for record, at in sorted(history, key=lambda item: item[1]):
             append_entry(conn, ledger_id, record.type, at, record.body())
-        conn.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-        )
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    def _upgrade_to_v3(self, conn: sqlite3.Connection) -> None:
+        """Add the tables that keep questions and answers; earlier questions have none."""
+        for statement in _ANSWER_TABLES:
+            conn.execute(statement)
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
     # ------------------------------------------------------------ plumbing
 
@@ -340,8 +380,14 @@ class MirrorLedger:
         nodes: Sequence[str],
         requested: Fraction,
         definition: PrivacyDefinition,
+        request: bytes | None = None,
+        require_all: bool = False,
     ) -> None:
         """Commit the question and a ``pending`` row per node; call before fan-out.
+
+        ``request`` (the question as a serialised ``QueryRequest``) and
+        ``require_all`` are kept, from the first time, so that the answer can
+        be combined and shown again later without asking any node.
 
         Re-sending the same question (same ``query_id`` and the same analyst,
         identity, query, cost and definition) keeps the original intent and its
@@ -379,6 +425,12 @@ class MirrorLedger:
                     "(analyst, identity, query, cost or definition differ); nodes refuse a "
                     "reused id, so use a new query id"
                 )
+            if request is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO requests (query_id, request, require_all) "
+                    "VALUES (?, ?, ?)",
+                    (query_id, request, int(require_all)),
+                )
             asked = {
                 str(r[0])
                 for r in conn.execute("SELECT node FROM outcomes WHERE query_id = ?", (query_id,))
@@ -405,8 +457,17 @@ class MirrorLedger:
         """Commit one node's outcome for a question whose intent is recorded."""
         self.record_outcomes(query_id, [outcome])
 
-    def record_outcomes(self, query_id: str, outcomes: Sequence[NodeOutcome]) -> None:
+    def record_outcomes(
+        self,
+        query_id: str,
+        outcomes: Sequence[NodeOutcome],
+        midpoints: Mapping[str, float] | None = None,
+    ) -> None:
         """Commit several nodes' outcomes in one durable transaction.
+
+        Every answer is stored with them (the first one per node; a replay is
+        the same answer), with the node's clamping midpoint for a mean from
+        ``midpoints``: what combining needs to rebuild the result later.
 
         Each row takes the latest status and reason; attempts and seconds add
         up over retries; the charge is set from the first answered or replayed
@@ -422,6 +483,18 @@ class MirrorLedger:
         with self._lock, self._tx() as conn:
             for outcome in outcomes:
                 self._write_outcome(conn, query_id, outcome)
+                if outcome.answer is not None:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO answers (query_id, node, response, midpoint, "
+                        "stored_at) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            query_id,
+                            outcome.node,
+                            answer_to_proto(outcome.answer).SerializeToString(deterministic=True),
+                            (midpoints or {}).get(outcome.node),
+                            chain_time(self._clock()),
+                        ),
+                    )
 
     def _write_outcome(self, conn: sqlite3.Connection, query_id: str, outcome: NodeOutcome) -> None:
         status = NodeStatus(outcome.status)
@@ -554,6 +627,31 @@ class MirrorLedger:
             )
             for qid, analyst, identity, canonical, requested, definition, created in qrows
         ]
+
+    def stored_question(self, query_id: str) -> StoredQuestion | None:
+        """What was kept of question ``query_id`` to show it again; None if it is unknown.
+
+        ``request`` is None for questions recorded before the mirror kept them.
+        """
+        with self._lock, self._tx() as conn:
+            known = conn.execute(
+                "SELECT 1 FROM questions WHERE query_id = ?", (query_id,)
+            ).fetchone()
+            if known is None:
+                return None
+            row = conn.execute(
+                "SELECT request, require_all FROM requests WHERE query_id = ?", (query_id,)
+            ).fetchone()
+            answers = conn.execute(
+                "SELECT node, response, midpoint FROM answers WHERE query_id = ?", (query_id,)
+            ).fetchall()
+        return StoredQuestion(
+            query_id=query_id,
+            request=None if row is None else bytes(row[0]),
+            require_all=bool(row[1]) if row is not None else False,
+            answers={str(node): bytes(response) for node, response, _ in answers},
+            midpoints={str(node): float(mid) for node, _, mid in answers if mid is not None},
+        )
 
     # ------------------------------------------------------------ the chain
 

@@ -10,7 +10,10 @@ Federated answers (:class:`~coordinator.results.FederatedAnswer`):
 
       {
         "query_id": str,
+        "title": str,              # the whole question in words (describe_question)
         "query": {...},            # the canonical query text, parsed
+        "cost_per_node": {"epsilon" | "rho": str},   # exact decimal text
+        "counting": str,           # what was counted, and people at several NGOs
         "released": bool,          # false: --require-all and some node did not answer
         "coverage": {"answered": [node, ...], "total": int},
         "cells": [                 # empty when nothing was released
@@ -20,11 +23,15 @@ Federated answers (:class:`~coordinator.results.FederatedAnswer`):
            "ci95": [low, high],    # floats or null
            "half_width": float | null,
            "method": str,
-           "nodes": int}
+           "nodes": int,
+           "reliable": bool,        # false: read as noise or a bound, not an estimate
+           "unreliable_reasons": [str, ...]}
         ],
         "nodes": [
           {"node": str, "status": str, "reason": str,
            "charged": str | null,  # exact decimal text of the charge, as in the ledgers
+           "charged_now": str | null,  # "0" for a replay (the stored answer, free)
+           "charge": str,          # the same in words, as the table says it
            "attempts": int, "seconds": float}
         ],
         "note": str                # the intervals cover DP noise only
@@ -32,7 +39,9 @@ Federated answers (:class:`~coordinator.results.FederatedAnswer`):
 
   Numbers are written in full precision; a non-finite number is ``null``.
 * :func:`federated_csv` -- one row per cell: the group columns, ``bin`` for
-  histograms, ``estimate, ci_low, ci_high, half_width, nodes, method``.
+  histograms, ``estimate, ci_low, ci_high, half_width, nodes, method,
+  reliable, unreliable_reasons``, and on every row what it is of:
+  ``query_id, question, cost_per_node, definition, nodes_covered``.
 * :func:`plot` -- a bar chart with 95% error bars, written as PNG. Needs the
   ``plot`` extra (matplotlib).
 
@@ -61,9 +70,10 @@ from coordinator.results import (
 from tiaki.answer import Answer
 from tiaki.budget import display_amount, format_amount
 from tiaki.errors import TiakiError
-from tiaki.query import Filter, InSet, NumericRange, QueryKind
+from tiaki.query import Filter, InSet, NumericRange, Query, QueryKind
 
 COUNT_KINDS = frozenset({QueryKind.COUNT, QueryKind.COUNT_CLIENTS, QueryKind.HISTOGRAM})
+UNRELIABLE_MARK = "†"
 MAX_PLOT_CELLS = 300
 
 
@@ -132,14 +142,72 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _title(answer: FederatedAnswer) -> str:
-    query = answer.query
+def describe_question(query: Query) -> str:
+    """The whole question in one line: kind, column, condition, group-by, filters, bounds, cost.
+
+    Everything a reader needs to know what a number is of; every output's title.
+    """
     what = f"{query.kind.value} of {query.column}" if query.column else query.kind.value
-    if answer.group_by:
-        what += f" by {', '.join(answer.group_by)}"
+    if query.condition:
+        what += " with " + " and ".join(_describe_filter(f) for f in query.condition)
+    if query.group_by:
+        what += f" by {', '.join(query.group_by)}"
     if query.filters:
         what += " where " + " and ".join(_describe_filter(f) for f in query.filters)
-    return what
+    if query.bounds is not None:
+        what += f", clamped to [{query.bounds.lower:g}, {query.bounds.upper:g}]"
+    if query.bin_edges:
+        what += f", bins at {', '.join(f'{e:g}' for e in query.bin_edges)}"
+    symbol = query.cost.definition.symbol
+    return f"{what}; {symbol} {display_amount(query.cost.amount)} per node"
+
+
+def _title(answer: FederatedAnswer) -> str:
+    return describe_question(answer.query)
+
+
+def _per_node_k(answer: FederatedAnswer) -> str:
+    """Each node's records-per-client bound, grouped: "4 at ngo-a, ngo-b; 2 at ngo-c"."""
+    by_k: dict[int, list[str]] = {}
+    for outcome in answer.outcomes:
+        if outcome.answer is not None and outcome.answer.max_records_per_client:
+            by_k.setdefault(outcome.answer.max_records_per_client, []).append(outcome.node)
+    if not by_k:
+        return "its max_records_per_client"
+    return "; ".join(f"{k} at {', '.join(nodes)}" for k, nodes in sorted(by_k.items()))
+
+
+def counting_note(answer: FederatedAnswer) -> str:
+    """One line saying what was counted, and how people at several NGOs are counted."""
+    kind, k = answer.query.kind, _per_node_k(answer)
+    several = "a person served by several NGOs is counted at each"
+    if kind in (QueryKind.COUNT, QueryKind.HISTOGRAM):
+        return (
+            f"Counts records (service episodes) after each node kept at most k records per "
+            f"client (k = {k}), summed over nodes; {several}."
+        )
+    if kind is QueryKind.COUNT_CLIENTS:
+        return f"Counts distinct clients at each node, summed over nodes; {several}."
+    if kind is QueryKind.PROPORTION:
+        return (
+            "Shares of clients: clients meeting the condition over clients in scope, each "
+            f"counted per node and summed over nodes; {several}."
+        )
+    return (
+        f"Over records after each node kept at most k records per client (k = {k}), each "
+        "value clamped to the bounds in force at its node; "
+        f"{several}."
+    )
+
+
+def _unreliable_legend(answer: FederatedAnswer) -> list[str]:
+    lines = []
+    for cell in _released_cells(answer):
+        if cell.unreliable:
+            lines.append(f"  {UNRELIABLE_MARK} {_label(cell)}: {'; '.join(cell.unreliable)}")
+    if not lines:
+        return []
+    return [f"{UNRELIABLE_MARK} unreliable, read as noise or a bound, not as an estimate:", *lines]
 
 
 def _describe_filter(flt: Filter) -> str:
@@ -165,16 +233,21 @@ def _outcome_line(outcome: NodeOutcome) -> str:
     return f"  {outcome.node}: {outcome.status.value} — {outcome.reason or 'no reason given'}"
 
 
+REPLAYED_WORDS = "replayed, no charge"
+
+
+def charge_words(outcome: NodeOutcome, symbol: str) -> str:
+    """What this question cost at one node now, in the words table and JSON share."""
+    if outcome.status is NodeStatus.REPLAYED:
+        return REPLAYED_WORDS
+    if outcome.charged:
+        return f"{symbol} {display_amount(outcome.charged)}"
+    return "nothing"
+
+
 def _charges_line(answer: FederatedAnswer) -> str:
     symbol = answer.query.cost.definition.symbol
-    parts = []
-    for outcome in answer.outcomes:
-        if outcome.charged:
-            parts.append(f"{outcome.node} {symbol} {display_amount(outcome.charged)}")
-        elif outcome.status is NodeStatus.REPLAYED:
-            parts.append(f"{outcome.node} nothing now (stored answer)")
-        else:
-            parts.append(f"{outcome.node} nothing")
+    parts = [f"{o.node} {charge_words(o, symbol)}" for o in answer.outcomes]
     return "charged (each node accounts for its own clients): " + ", ".join(parts)
 
 
@@ -208,6 +281,8 @@ def federated_table(answer: FederatedAnswer) -> str:
         else:
             estimate = _significant(cell.estimate)
             interval = f"{_significant(cell.ci_low)} – {_significant(cell.ci_high)}"
+        if cell.unreliable:
+            estimate = f"{estimate} {UNRELIABLE_MARK}"
         rows.append(
             [*cell.group, *([cell.bin] if has_bins else []), estimate, interval, str(cell.nodes)]
         )
@@ -217,6 +292,8 @@ def federated_table(answer: FederatedAnswer) -> str:
     else:
         lines.append("(no cells: no node answered)")
     lines.append("")
+    lines.extend(_unreliable_legend(answer))
+    lines.append(counting_note(answer))
     lines.append(f"coverage: {answer.coverage}")
     missing = _unanswered(answer)
     if missing:
@@ -246,6 +323,8 @@ def _cell_doc(answer: FederatedAnswer, cell: CombinedCell) -> dict[str, Any]:
             "half_width": _finite(cell.half_width),
             "method": cell.method,
             "nodes": cell.nodes,
+            "reliable": cell.reliable,
+            "unreliable_reasons": list(cell.unreliable),
         }
     )
     return doc
@@ -255,7 +334,12 @@ def federated_json(answer: FederatedAnswer) -> str:
     """The documented JSON document (see the module docstring)."""
     doc = {
         "query_id": answer.query_id,
+        "title": _title(answer),
         "query": json.loads(answer.query.canonical()),
+        "cost_per_node": {
+            answer.query.cost.definition.symbol: format_amount(answer.query.cost.amount)
+        },
+        "counting": counting_note(answer),
         "released": answer.released,
         "coverage": {"answered": list(answer.answered_nodes), "total": len(answer.outcomes)},
         "cells": [_cell_doc(answer, cell) for cell in _released_cells(answer)],
@@ -265,6 +349,12 @@ def federated_json(answer: FederatedAnswer) -> str:
                 "status": o.status.value,
                 "reason": o.reason,
                 "charged": format_amount(o.charged) if o.charged is not None else None,
+                # What asking cost now: a replay returns the stored answer for free
+                # ("charged" is then what the node charged when it first answered).
+                "charged_now": "0"
+                if o.status is NodeStatus.REPLAYED
+                else (format_amount(o.charged) if o.charged is not None else None),
+                "charge": charge_words(o, answer.query.cost.definition.symbol),
                 "attempts": o.attempts,
                 "seconds": _finite(o.seconds),
             }
@@ -297,8 +387,19 @@ def federated_csv(answer: FederatedAnswer) -> str:
             "half_width",
             "nodes",
             "method",
+            "reliable",
+            "unreliable_reasons",
+            "query_id",
+            "question",
+            "cost_per_node",
+            "definition",
+            "nodes_covered",
         ]
     )
+    # Each row says what it is of, so a row copied into a spreadsheet stays meaningful.
+    cost = format_amount(answer.query.cost.amount)
+    definition = answer.query.cost.definition.value
+    covered = ";".join(answer.answered_nodes)
     for cell in _released_cells(answer):
         writer.writerow(
             [
@@ -310,6 +411,13 @@ def federated_csv(answer: FederatedAnswer) -> str:
                 _csv_number(cell.half_width),
                 cell.nodes,
                 cell.method,
+                "true" if cell.reliable else "false",
+                "; ".join(cell.unreliable),
+                answer.query_id,
+                _title(answer),
+                cost,
+                definition,
+                covered,
             ]
         )
     return out.getvalue()
@@ -360,7 +468,16 @@ def plot(answer: FederatedAnswer, path: Path) -> None:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     positions = list(range(len(cells)))
-    axes.bar(positions, heights, yerr=[below, above], capsize=3, color="#4c72b0", ecolor="#222222")
+    bars = axes.bar(
+        positions, heights, yerr=[below, above], capsize=3, color="#4c72b0", ecolor="#222222"
+    )
+    flagged = False
+    for bar, cell in zip(bars, cells, strict=True):
+        if cell.unreliable:  # hatched and pale: read as noise or a bound
+            bar.set_facecolor("#dde3ee")
+            bar.set_hatch("///")
+            bar.set_edgecolor("#4c72b0")
+            flagged = True
     axes.set_xticks(positions)
     axes.set_xticklabels(
         labels,
@@ -369,13 +486,15 @@ def plot(answer: FederatedAnswer, path: Path) -> None:
         rotation_mode="anchor",
         fontsize=8,
     )
-    axes.set_title(_title(answer))
+    axes.set_title(_title(answer), wrap=True, fontsize=10)
     axes.set_ylabel("estimate (bars: 95% CI)")
     if answer.query.kind is QueryKind.PROPORTION:
         axes.set_ylim(0.0, 1.0)
     axes.axhline(0.0, color="#888888", linewidth=0.8)
     # A figure-level x label is the footnote: constrained layout makes room for it.
+    legend = "Hatched bars: unreliable (interval too wide, denominator near zero, or clamped).\n"
     figure.supxlabel(
+        f"{legend if flagged else ''}{counting_note(answer)}\n"
         f"coverage: {answer.coverage}. query id {answer.query_id}.\n{DP_NOISE_ONLY}",
         x=0.01,
         ha="left",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from coordinator.schema_check import did_you_mean
 from tiaki.budget import PrivacyDefinition
 from tiaki.errors import InvalidQueryError
 from tiaki.query import (
@@ -38,7 +39,9 @@ def parse_filter(text: str, column_types: dict[str, str]) -> Filter:
     column, op, value = match.groups()
     kind = column_types.get(column)
     if kind is None:
-        raise InvalidQueryError(f"unknown column {column!r} in {text!r}")
+        raise InvalidQueryError(
+            f"unknown column {column!r} in {text!r}{did_you_mean(column, column_types)}"
+        )
     if kind == "categorical":
         if op != "=":
             raise InvalidQueryError(f"{column!r} is categorical; use {column}=value[,value...]")

@@ -53,6 +53,13 @@ class CombinedCell:
     ci_high: float
     method: str  # how the interval was derived, in words
     nodes: int  # how many nodes' answers this cell combines
+    # Why this cell should not be read as an estimate (empty: nothing found);
+    # post-processing of released values, see coordinator.combine.
+    unreliable: tuple[str, ...] = ()
+
+    @property
+    def reliable(self) -> bool:
+        return not self.unreliable
 
 
 @dataclass(frozen=True)

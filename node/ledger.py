@@ -552,6 +552,17 @@ class PrivacyLedger:
             label = period_label(self.budget.period, self._clock())
             return self._screen(identity, query_id, canonical_query, requested, label, identity_cap)
 
+    def stored_answer(
+        self, identity: str, query_id: str, canonical_query: str
+    ) -> StoredAnswer | None:
+        """This identity's stored answer under ``query_id``, if it asked this query; spends
+        nothing. :class:`QueryIdConflictError` if the id holds another query."""
+        with self._lock, self._tx(immediate=False):
+            stored = self._stored(identity, query_id)
+        if stored is not None and stored.canonical_query != canonical_query:
+            raise QueryIdConflictError(query_id)
+        return stored
+
     def charge(
         self,
         *,

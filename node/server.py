@@ -108,7 +108,10 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
 
     def Plan(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryPlan:
         return self._call(
-            context, "Plan", lambda caller, grant: self._service.plan(request), request
+            context,
+            "Plan",
+            lambda caller, grant: self._service.plan(caller.identity, request),
+            request,
         )
 
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from node import answering, engine
 from node.config import CoordinatorGrant, NodeConfig
@@ -210,12 +211,17 @@ class NodeService:
 
     # ------------------------------------------------------------ queries
 
-    def plan(self, request: pb.QueryRequest) -> pb.QueryPlan:
-        """Cost and noise of a query from schema and policy alone; spends nothing."""
+    def plan(self, identity: str, request: pb.QueryRequest) -> pb.QueryPlan:
+        """Cost and noise of a query from schema and policy alone; spends nothing.
+
+        With a query id, also whether ``identity`` already holds an answer to
+        this query under it (a replay, free); only that identity's own ids are
+        looked at, as for :meth:`query`.
+        """
         if request.ByteSize() > MAX_REQUEST_BYTES:
             raise InvalidQueryError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
         config = self.config  # one policy for the whole plan, even across a reload
-        _, _, query = query_from_proto(request)
+        query_id, _, query = query_from_proto(request, require_id=False)
         plan = engine.plan(query, config.schema, config.policy)
         definition = config.policy.privacy_definition
         noise = answering.plan_noise(plan, definition)
@@ -237,11 +243,15 @@ class NodeService:
                 PrivacyCost(definition, sum((n.charge for n in noise), Fraction(0)))
             ),
             budget=budget_to_proto(self.ledger.status()),
+            replay=bool(query_id)
+            and self.ledger.stored_answer(identity, query_id, query.canonical()) is not None,
         )
-        if plan.numeric is not None and query.kind in (QueryKind.SUM, QueryKind.MEAN):
-            spec = plan.numeric
-            message.bounds.CopyFrom(pb.Bounds(lower=spec.lower, upper=spec.upper))
-            message.midpoint = (spec.lower_int + spec.upper_int) / (2.0 * spec.factor)
+        clamping = _clamping(plan)
+        if clamping["bounds"] is not None:
+            lower, upper = clamping["bounds"]
+            message.bounds.CopyFrom(pb.Bounds(lower=lower, upper=upper))
+        if clamping["midpoint"] is not None:
+            message.midpoint = clamping["midpoint"]
         return message
 
     def query(
@@ -284,6 +294,8 @@ class NodeService:
             replayed=False,
             budget=None,
             privacy_map=PrivacyCost(definition, cost.privacy_map),
+            max_records_per_client=plan.k,
+            **_clamping(plan),
         )
         salt = receipts.new_salt()
         stored_answer, replayed = self.ledger.charge(
@@ -312,6 +324,15 @@ class NodeService:
             replayed=True,
             commitment_salt=stored.commitment_salt,
         )
+
+
+def _clamping(plan: engine.QueryPlan) -> dict[str, Any]:
+    """SUM and MEAN: the clamping bounds in force and their midpoint (a mean's shift)."""
+    spec = plan.numeric
+    if spec is None or plan.query.kind not in (QueryKind.SUM, QueryKind.MEAN):
+        return {"bounds": None, "midpoint": None}
+    midpoint = (spec.lower_int + spec.upper_int) / (2.0 * spec.factor)
+    return {"bounds": (spec.lower, spec.upper), "midpoint": midpoint}
 
 
 def data_paths(config: NodeConfig) -> dict[str, Path]:

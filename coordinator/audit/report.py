@@ -21,12 +21,20 @@ from tabulate import tabulate
 from coordinator.audit.findings import Finding
 from coordinator.audit.ledgers import ParsedLedger, Placed
 from coordinator.audit.verify import Verification
-from tiaki.budget import display_amount, format_amount
-from tiaki.ledger_records import ChargeRecord, PolicyRecord
+from tiaki.budget import PrivacyDefinition, display_amount, format_amount
+from tiaki.ledger_records import ChargeRecord, PeriodRecord, PolicyRecord
 
 REPORT_FORMAT = "tiaki-audit-report"
 REPORT_VERSION = 1
 ZERO = Fraction(0)
+# What amounts are measured in, by privacy definition: the letter readers know
+# from the papers (a budget of 1 means very different things in the two).
+UNITS = {PrivacyDefinition.PURE.value: "ε", PrivacyDefinition.ZCDP.value: "ρ"}
+
+
+def amount_unit(definition: str) -> str:
+    """``ε`` for pure DP, ``ρ`` for zCDP, ``""`` for a definition tiaki does not know."""
+    return UNITS.get(definition, "")
 
 
 @dataclass(frozen=True)
@@ -74,10 +82,19 @@ class NodeReport:
     kinds: tuple[Share, ...]
     analysts: tuple[Share, ...]
     charges: tuple[Placed[ChargeRecord], ...]
+    # Every policy and period roll-over at hand, oldest first: the plot draws a
+    # limit as it was when each charge was made, and resets a period's spending
+    # where that period began.
+    policies: tuple[Placed[PolicyRecord], ...] = ()
+    period_starts: tuple[Placed[PeriodRecord], ...] = ()
 
     @property
     def queries(self) -> int:
         return len(self.charges)
+
+    @property
+    def unit(self) -> str:
+        return amount_unit(self.definition)
 
     @property
     def lifetime_remaining(self) -> Fraction | None:
@@ -167,6 +184,8 @@ def node_report(ledger: ParsedLedger) -> NodeReport:
         kinds=_shares((c.record.kind, c.record.charge) for c in charges),
         analysts=_shares((c.record.analyst, c.record.charge) for c in charges),
         charges=charges,
+        policies=tuple(policies),
+        period_starts=tuple(ledger.periods),
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 from enum import IntEnum
 from pathlib import Path
 
+from coordinator.combine import UNRELIABLE_SHARE
 from coordinator.config import FederationConfig, load_federation
 from coordinator.fanout import Federation
 from tiaki.v1 import node_pb2 as pb
@@ -56,3 +57,25 @@ def open_federation(args: argparse.Namespace) -> tuple[FederationConfig, Federat
 
 def column_types(info: pb.NodeInfo) -> dict[str, str]:
     return {c.name: c.type for c in info.columns}
+
+
+def add_unreliable_share_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unreliable-share",
+        type=_share,
+        default=UNRELIABLE_SHARE,
+        metavar="SHARE",
+        help="flag a mean or proportion cell as unreliable when its 95%% interval spans more "
+        f"than this share of the value range (default {UNRELIABLE_SHARE}); cells whose "
+        "denominator interval reaches zero, or that were clamped to a bound, are always flagged",
+    )
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share above 0 and at most 1")
+    return value

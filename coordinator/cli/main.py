@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 from collections.abc import Sequence
 
-from coordinator.cli import audit, budget, ledger, nodes, query
+from coordinator.cli import audit, budget, history, ledger, nodes, query, show
 from coordinator.cli.common import EXIT_CODES_HELP, CommandError, ExitCode
 from coordinator.config import FederationConfigError
 from coordinator.mirror import MirrorError
@@ -29,12 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tiaki {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (nodes, query, budget, ledger, audit, certs_cli):
+    for command in (nodes, query, history, show, budget, ledger, audit, certs_cli):
         command.register(sub)
     return parser
 
 
 _NUMBER_LIST_OPTIONS = ("--bounds", "--bins")
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool whose reader left
 
 
 def _attach_negative_values(argv: Sequence[str]) -> list[str]:
@@ -60,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) and int(ExitCode.USAGE)
     try:
         return int(args.run(args))
+    except BrokenPipeError:
+        return _closed_pipe()
     except CommandError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return int(exc.code)
@@ -85,6 +90,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # no traceback for users
         print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return int(ExitCode.FAILED)
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (``tiaki query ... | head``): stop quietly.
+
+    Whatever was paid for is already in the mirror ledger. Point stdout at
+    /dev/null so the interpreter's final flush cannot complain, and exit as a
+    Unix tool killed by SIGPIPE would.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file descriptor (an in-process caller); nothing to flush
+    return SIGPIPE_EXIT
 
 
 if __name__ == "__main__":

@@ -15,18 +15,20 @@ from coordinator.cli.common import (
     CommandError,
     ExitCode,
     add_config_argument,
+    add_unreliable_share_argument,
     column_types,
     open_federation,
 )
+from coordinator.cli.show import print_answer
 from coordinator.client import NodeClient
 from coordinator.fanout import Federation
 from coordinator.federated import ask_federation
 from coordinator.mirror import MirrorLedger
-from coordinator.output import federated_csv, federated_json, federated_table, plot
 from coordinator.planning import choose_cost, plan_question
 from coordinator.query_files import load_query_file
 from coordinator.query_spec import build_query
 from coordinator.results import FederatedAnswer, NodeOutcome
+from coordinator.schema_check import check_against_schemas
 from tiaki.budget import display_amount
 from tiaki.convert import charged_from_proto
 from tiaki.errors import RemoteError
@@ -90,6 +92,7 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=("table", "json", "csv"), help="output format")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="bar chart with error bars")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_unreliable_share_argument(p)
     p.set_defaults(run=run)
 
 
@@ -122,20 +125,34 @@ def _words(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _build(federation: Federation, words: dict[str, Any], target: float | None) -> Query:
-    info = None
-    for client in federation.clients.values():
+def _infos(federation: Federation) -> dict[str, pb.NodeInfo]:
+    """Every reachable node's public metadata, in federation order (asked concurrently)."""
+
+    def info(name: str, client: NodeClient) -> pb.NodeInfo | None:
         try:
-            info = client.info()
-            break
+            return client.info()
         except RemoteError:
-            continue
-    if info is None:
+            return None
+
+    found = dict(federation.each(info))
+    return {name: i for name in federation.names if (i := found.get(name)) is not None}
+
+
+def _build(federation: Federation, words: dict[str, Any], target: float | None) -> Query:
+    """The analyst's words as a query, checked against the nodes' schemas before asking."""
+    infos = _infos(federation)
+    if not infos:
         raise CommandError("no node could be reached to read the schema", ExitCode.UNREACHABLE)
+    first = next(iter(infos.values()))
     if target is not None and not (words.get("epsilon") or words.get("rho")):
         # A placeholder cost of the node's kind; --target-ci replaces it.
-        words = {**words, ("epsilon" if info.definition == pb.PURE_DP else "rho"): "1"}
-    return build_query(**words, column_types=column_types(info))
+        words = {**words, ("epsilon" if first.definition == pb.PURE_DP else "rho"): "1"}
+    types: dict[str, str] = {}
+    for info in reversed(infos.values()):  # the first node's word wins where they differ
+        types.update(column_types(info))
+    query = build_query(**words, column_types=types)
+    check_against_schemas(query, infos)
+    return query
 
 
 def _progress(quiet: bool) -> Any:
@@ -189,6 +206,9 @@ def _print_plan(federation: Federation, query: Query) -> int:
     else:
         print(f"expected 95% half-width: {plan.method}")
     print("dry run: nothing was sent for answering and nothing was spent.")
+    if not any(check.ok for check in plan.nodes.values()):
+        print("no node would answer this question as it stands.", file=sys.stderr)
+        return int(ExitCode.REFUSED)
     return 0
 
 
@@ -244,14 +264,8 @@ def run(args: argparse.Namespace) -> int:
                 query_id=args.query_id,
                 on_outcome=_progress(args.quiet or fmt != "table"),
                 on_waiting=_waiting(args.quiet or fmt != "table"),
+                unreliable_share=args.unreliable_share,
             )
-    if fmt == "json":
-        print(federated_json(answer))
-    elif fmt == "csv":
-        print(federated_csv(answer), end="")
-    else:
-        print(federated_table(answer))
-    if args.plot and answer.released and answer.cells:
-        plot(answer, args.plot)
-        print(f"plot written to {args.plot}", file=sys.stderr)
+    # Every node answer is durable in the mirror by now; output that fails loses nothing.
+    print_answer(answer, fmt, args.plot)
     return _exit_code(answer)

@@ -205,6 +205,22 @@ def _serve(
         node.stop(grace=0)
         service.ledger.close()
         raise
+    # Handlers before the "serving" line: whoever waits for it may signal at once.
+    stopping = threading.Event()
+    check_now = threading.Event()
+    reload_now = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+        check_now.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload_now.set()
+        check_now.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
     dataset = service.datasets.current
     bound = f"{address.rpartition(':')[0]}:{node.port}"
     say(
@@ -224,21 +240,6 @@ def _serve(
             health_address=health_address,
         )
 
-    stopping = threading.Event()
-    check_now = threading.Event()
-    reload_now = threading.Event()
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-        check_now.set()
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        reload_now.set()
-        check_now.set()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
     while not stopping.is_set():
         check_now.wait(RELOAD_CHECK_SECONDS)
         check_now.clear()

@@ -48,3 +48,8 @@ class Answer:
     privacy_map: PrivacyCost | None = None
     # Sent only to the asker: opens the ledger's commitment to this answer.
     commitment_salt: bytes = b""
+    # Each client counted at most this many records (0: not reported).
+    max_records_per_client: int = 0
+    # SUM, MEAN: the clamping bounds in force and their midpoint (a mean's shift).
+    bounds: tuple[float, float] | None = None
+    midpoint: float | None = None

@@ -146,9 +146,13 @@ def query_to_proto(query: Query, *, query_id: str, analyst: str) -> pb.QueryRequ
     return msg
 
 
-def query_from_proto(msg: pb.QueryRequest) -> tuple[str, str, Query]:
-    """Decode and validate a request into (query id, analyst, query)."""
-    check_query_id(msg.query_id)
+def query_from_proto(msg: pb.QueryRequest, *, require_id: bool = True) -> tuple[str, str, Query]:
+    """Decode and validate a request into (query id, analyst, query).
+
+    ``require_id=False`` (for ``Plan``) lets the id be empty: no id, no lookup.
+    """
+    if require_id or msg.query_id:
+        check_query_id(msg.query_id)
     if len(msg.analyst) > 256 or not msg.analyst.isprintable():
         raise InvalidQueryError("analyst name must be at most 256 printable characters")
     query = Query(
@@ -244,7 +248,12 @@ def answer_to_proto(answer: Answer) -> pb.QueryResponse:
         dataset_version=answer.dataset_version,
         replayed=answer.replayed,
         commitment_salt=answer.commitment_salt,
+        max_records_per_client=answer.max_records_per_client,
     )
+    if answer.bounds is not None:
+        msg.bounds.CopyFrom(pb.Bounds(lower=answer.bounds[0], upper=answer.bounds[1]))
+    if answer.midpoint is not None:
+        msg.midpoint = answer.midpoint
     if answer.privacy_map is not None:
         msg.privacy_map.CopyFrom(cost_to_proto(answer.privacy_map))
     if answer.budget is not None:
@@ -277,4 +286,7 @@ def answer_from_proto(msg: pb.QueryResponse) -> Answer:
         budget=budget_from_proto(msg.budget) if msg.HasField("budget") else None,
         privacy_map=charged_from_proto(msg.privacy_map) if msg.HasField("privacy_map") else None,
         commitment_salt=bytes(msg.commitment_salt),
+        max_records_per_client=msg.max_records_per_client,
+        bounds=(msg.bounds.lower, msg.bounds.upper) if msg.HasField("bounds") else None,
+        midpoint=msg.midpoint if msg.HasField("midpoint") else None,
     )

@@ -345,7 +345,7 @@ def test_query_table_lists_cells_in_schema_order_with_coverage_and_ci(
     run = cli("query", "--config", fed, "count", "--by", "region", "--epsilon", "0.5")
     assert run.code == 0
     lines = run.out.splitlines()
-    assert lines[0] == "count by region"
+    assert lines[0] == "count by region; epsilon 0.5 per node"  # the whole question
     assert lines[2].split() == ["region", "estimate", "95%", "CI", "nodes"]
     body = lines[4 : 4 + len(REGIONS)]
     assert [line.split()[0] for line in body] == list(REGIONS)
@@ -378,7 +378,20 @@ def test_query_json_has_the_documented_keys_and_exact_charges(
     run = cli("query", "--config", fed, *args, "--format", "json")
     assert run.code == 0
     doc = run.json()
-    assert set(doc) == {"query_id", "query", "released", "coverage", "cells", "nodes", "note"}
+    assert set(doc) == {
+        "query_id",
+        "title",
+        "query",
+        "cost_per_node",
+        "counting",
+        "released",
+        "coverage",
+        "cells",
+        "nodes",
+        "note",
+    }
+    assert doc["title"] == "count_clients by service; epsilon 0.3 per node"
+    assert doc["cost_per_node"] == {"epsilon": "0.3"}
     assert re.fullmatch(r"[0-9a-f]{32}", doc["query_id"])
     assert doc["query"]["kind"] == "count_clients"
     assert doc["query"]["group_by"] == ["service"]
@@ -395,11 +408,10 @@ def test_query_json_has_the_documented_keys_and_exact_charges(
     for node, entry in zip(nodes, doc["nodes"], strict=True):
         assert entry["status"] == "answered" and entry["reason"] == ""
         assert entry["attempts"] == 1 and entry["seconds"] >= 0
-        # Exact decimal text of the node's ledger charge (OpenDP's privacy map, <= 0.3),
-        # never a float's shortest repr.
+        # Exact decimal text of the node's ledger charge: exactly what was asked.
         (charge,) = [e.charge for e in node.running.service.ledger.entries()]
         assert entry["charged"] == format_amount(charge)
-        assert Fraction(entry["charged"]) == charge <= Fraction("0.3")
+        assert Fraction(entry["charged"]) == charge == Fraction("0.3")
     assert doc["note"].startswith("Confidence intervals cover the differential-privacy noise")
 
 
@@ -416,12 +428,21 @@ def test_query_csv_has_one_row_per_cell(cli: Cli, fed: Path) -> None:
         "half_width",
         "nodes",
         "method",
+        "reliable",
+        "unreliable_reasons",
+        "query_id",
+        "question",
+        "cost_per_node",
+        "definition",
+        "nodes_covered",
     ]
     rows = list(reader)
     assert [r["service"] for r in rows] == list(SERVICES)
     for row in rows:
         assert float(row["ci_low"]) <= float(row["estimate"]) <= float(row["ci_high"])
         assert row["nodes"] == "3" and row["method"]
+        assert (row["cost_per_node"], row["definition"]) == ("0.5", "pure")
+        assert row["nodes_covered"] == ";".join(NAMES)
 
 
 def test_query_histogram_csv_has_a_bin_column(cli: Cli, fed: Path) -> None:
@@ -747,17 +768,15 @@ def test_query_malformed_federation_file_error_is_one_line(cli: Cli, tmp_path: P
     assert "line 3" in run.error_line()
 
 
-def test_query_unknown_group_by_column_is_refused_by_every_node(
+def test_query_unknown_group_by_column_is_refused_before_any_node_is_asked(
     cli: Cli, fed: Path, nodes: list[LiveNode]
 ) -> None:
-    # The coordinator does not check --by against the schema; every node refuses (exit 3).
+    # The coordinator checks --by against the nodes' published schemas: nothing is sent.
     run = cli("query", "--config", fed, "count", "--by", "colour", "--epsilon", "0.5")
-    assert run.code == 3
-    assert "Traceback" not in run.err
-    assert "coverage: 0 of 3 nodes (none)" in run.out
-    for name in NAMES:
-        assert f"{name}: refused — unknown group-by column 'colour'" in run.out
+    assert run.code == 2
+    assert "no column 'colour' at any node" in run.error_line()
     assert ledgers(nodes) == [(Fraction(0), 0)] * 3
+    assert mirror_questions(fed) == 0
 
 
 def test_query_rho_against_pure_dp_nodes_is_refused(
@@ -799,7 +818,7 @@ def mixed_run(cli: Cli, fed_file: Path, nodes: list[LiveNode]) -> None:
     """A success, two refusals, then a partial answer with one node stopped."""
     cfg = ("--config", fed_file, "--quiet")
     assert cli("query", *cfg, "count", "--by", "region", "--epsilon", "0.3").code == 0
-    assert cli("query", *cfg, "count", "--by", "colour", "--epsilon", "0.3").code == 3
+    assert cli("query", *cfg, "count", "--by", "region", "--rho", "0.3").code == 3  # pure DP
     assert cli("query", *cfg, "count", "--epsilon", "5").code == 3  # above per_query_max
     stop(nodes[1])
     assert cli("query", *cfg, "count_clients", "--epsilon", "0.2").code == 0
@@ -826,7 +845,8 @@ def test_budget_json_after_a_mixed_run(cli: Cli, fed: Path, nodes: list[LiveNode
         assert entry["reachable"] is True and entry["agrees"] is True
         assert entry["finding"] is None and entry["definition"] == "pure"
         node = nodes[NAMES.index(name)]
-        spent = node.budget().lifetime_spent  # 0.3 + 0.2 as OpenDP's maps have them
+        spent = node.budget().lifetime_spent
+        assert spent == Fraction("0.5")  # 0.3 + 0.2, exactly as asked
         assert entry["lifetime_spent"] == entry["mirror_spent"] == format_amount(spent)
         assert entry["available"] == format_amount(100 - spent)
     down = entries["ngo-b"]

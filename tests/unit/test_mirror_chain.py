@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from coordinator.config import load_federation
-from coordinator.mirror import MirrorError, MirrorLedger
+from coordinator.mirror import SCHEMA_VERSION, MirrorError, MirrorLedger
 from coordinator.results import NodeOutcome, NodeStatus
 from tests.conftest import Cli
 from tests.unit.test_mirror import answered, failed, intent
@@ -61,14 +61,14 @@ def test_a_new_mirror_starts_its_chain_with_opened(tmp_path: Path) -> None:
         ledger_id = mirror.ledger_id
         assert len(ledger_id) == 32 and int(ledger_id, 16) >= 0
         assert opened.type == "opened" and opened.seq == 1
-        assert opened.body == Opened("coordinator", ledger_id, 2).body()
+        assert opened.body == Opened("coordinator", ledger_id, SCHEMA_VERSION).body()
         assert opened.prev == genesis_hash(ledger_id)
         assert mirror.head() == (1, opened.hash)
         assert mirror.verify() == 1
     conn = raw(path)
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     conn.close()
-    assert (meta["schema_version"], meta["ledger_id"]) == ("2", ledger_id)
+    assert (meta["schema_version"], meta["ledger_id"]) == (str(SCHEMA_VERSION), ledger_id)
     with MirrorLedger(path) as again:  # reopening appends nothing and keeps the id
         assert again.ledger_id == ledger_id and types(again) == ["opened"]
     with MirrorLedger(tmp_path / "other.db") as other:
@@ -395,11 +395,11 @@ def test_a_schema_1_mirror_is_upgraded_in_place(tmp_path: Path) -> None:
         assert (q2.requested, q2.pending_nodes) == (F(1, 3), ("a",))
         assert mirror.spent_by_node() == {"a": F(1, 2), "b": F(0), "c": F(0)}
         assert mirror.verify() == 5
-        # And it goes on as a schema-2 mirror.
+        # And it goes on as a current mirror.
         mirror.record_outcome("q2", answered("a", F(1, 3)))
         assert mirror.verify() == 6
     conn = raw(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
     conn.close()
     with MirrorLedger(path) as reopened:  # upgraded once, not again
         assert reopened.ledger_id == ledger_id and len(reopened.chain_entries()) == 6

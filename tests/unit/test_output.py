@@ -128,7 +128,7 @@ def test_table_reports_coverage_reasons_charges_method_and_note() -> None:
     assert "ngo-d: refused — budget exhausted for 2026; nothing was spent" in text
     assert "ngo-a: answered" not in text  # only nodes that did not answer are listed
     assert "ngo-a epsilon 0.1" in text
-    assert "ngo-b nothing now (stored answer)" in text
+    assert "ngo-b replayed, no charge" in text  # the words JSON uses too
     assert "query id q-count-1" in text
     assert f"CI method: {METHOD}" in text
     assert text.rstrip().endswith(DP_NOISE_ONLY)
@@ -168,7 +168,10 @@ def test_json_has_exactly_the_documented_fields_and_exact_charges() -> None:
     doc = json.loads(federated_json(answer))
     assert set(doc) == {
         "query_id",
+        "title",
         "query",
+        "cost_per_node",
+        "counting",
         "released",
         "coverage",
         "cells",
@@ -190,7 +193,16 @@ def test_json_has_exactly_the_documented_fields_and_exact_charges() -> None:
     assert charges["ngo-a"] == format_amount(CHARGE)
     assert Fraction(charges["ngo-a"]) == CHARGE
     for node in doc["nodes"]:
-        assert set(node) == {"node", "status", "reason", "charged", "attempts", "seconds"}
+        assert set(node) == {
+            "node",
+            "status",
+            "reason",
+            "charged",
+            "charged_now",
+            "charge",
+            "attempts",
+            "seconds",
+        }
     unreachable = doc["nodes"][2]
     assert unreachable["status"] == "unreachable"
     assert unreachable["reason"] == "no answer within 30 s after 3 attempts"
@@ -201,7 +213,16 @@ def test_json_cells_in_order_with_intervals() -> None:
     doc = json.loads(federated_json(count_answer()))
     assert [c["group"] for c in doc["cells"]] == [{"service": s} for s in SERVICES]
     first = doc["cells"][0]
-    assert set(first) == {"group", "estimate", "ci95", "half_width", "method", "nodes"}
+    assert set(first) == {
+        "group",
+        "estimate",
+        "ci95",
+        "half_width",
+        "method",
+        "nodes",
+        "reliable",
+        "unreliable_reasons",
+    }
     assert first["estimate"] == 100.0
     assert first["ci95"] == [100.0 - 12.4, 100.0 + 12.4]
     assert first["half_width"] == 12.4
@@ -241,6 +262,13 @@ def test_csv_one_row_per_cell_with_full_precision() -> None:
         "half_width",
         "nodes",
         "method",
+        "reliable",
+        "unreliable_reasons",
+        "query_id",
+        "question",
+        "cost_per_node",
+        "definition",
+        "nodes_covered",
     ]
     assert len(body) == len(answer.cells)
     for row, cell in zip(body, answer.cells, strict=True):
@@ -252,6 +280,13 @@ def test_csv_one_row_per_cell_with_full_precision() -> None:
         assert float(record["half_width"]) == cell.half_width
         assert int(record["nodes"]) == cell.nodes
         assert record["method"] == METHOD
+        # Every row says what it is of.
+        assert record["query_id"] == answer.query_id
+        assert record["question"].startswith("mean of ")
+        assert record["cost_per_node"] == format_amount(answer.query.cost.amount)
+        assert record["definition"] == answer.query.cost.definition.value
+        assert record["nodes_covered"] == ";".join(answer.answered_nodes)
+        assert record["reliable"] == ("true" if cell.reliable else "false")
 
 
 def test_csv_histogram_has_bin_column_and_unreleased_has_header_only() -> None:
@@ -260,7 +295,22 @@ def test_csv_histogram_has_bin_column_and_unreleased_has_header_only() -> None:
     assert [r["bin"] for r in rows] == ["[0, 5)", "[5, 60]"] * 2
     unreleased = list(csv.reader(io.StringIO(federated_csv(count_answer(released=False)))))
     assert unreleased == [
-        ["service", "estimate", "ci_low", "ci_high", "half_width", "nodes", "method"]
+        [
+            "service",
+            "estimate",
+            "ci_low",
+            "ci_high",
+            "half_width",
+            "nodes",
+            "method",
+            "reliable",
+            "unreliable_reasons",
+            "query_id",
+            "question",
+            "cost_per_node",
+            "definition",
+            "nodes_covered",
+        ]
     ]
 
 

@@ -136,7 +136,7 @@ class Cell(_message.Message):
     def __init__(self, group: _Optional[_Iterable[str]] = ..., bin: _Optional[str] = ..., value: _Optional[float] = ..., accuracy_95: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("query_id", "node_id", "canonical_query", "group_by", "cells", "charged", "dataset_version", "replayed", "budget", "commitment_salt", "privacy_map")
+    __slots__ = ("query_id", "node_id", "canonical_query", "group_by", "cells", "charged", "dataset_version", "replayed", "budget", "commitment_salt", "privacy_map", "max_records_per_client", "bounds", "midpoint")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,9 @@ class QueryResponse(_message.Message):
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     COMMITMENT_SALT_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_MAP_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECORDS_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    MIDPOINT_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     node_id: str
     canonical_query: str
@@ -159,7 +162,10 @@ class QueryResponse(_message.Message):
     budget: BudgetReport
     commitment_salt: bytes
     privacy_map: PrivacyCost
-    def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., charged: _Optional[_Union[PrivacyCost, _Mapping]] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ..., commitment_salt: _Optional[bytes] = ..., privacy_map: _Optional[_Union[PrivacyCost, _Mapping]] = ...) -> None: ...
+    max_records_per_client: int
+    bounds: Bounds
+    midpoint: float
+    def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., charged: _Optional[_Union[PrivacyCost, _Mapping]] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ..., commitment_salt: _Optional[bytes] = ..., privacy_map: _Optional[_Union[PrivacyCost, _Mapping]] = ..., max_records_per_client: _Optional[int] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ..., midpoint: _Optional[float] = ...) -> None: ...
 
 class PlannedComponent(_message.Message):
     __slots__ = ("name", "distribution", "scale", "accuracy_95")
@@ -174,7 +180,7 @@ class PlannedComponent(_message.Message):
     def __init__(self, name: _Optional[str] = ..., distribution: _Optional[str] = ..., scale: _Optional[float] = ..., accuracy_95: _Optional[float] = ...) -> None: ...
 
 class QueryPlan(_message.Message):
-    __slots__ = ("node_id", "canonical_query", "group_by", "cells", "components", "charge", "midpoint", "bounds", "budget")
+    __slots__ = ("node_id", "canonical_query", "group_by", "cells", "components", "charge", "midpoint", "bounds", "budget", "replay")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_QUERY_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +190,7 @@ class QueryPlan(_message.Message):
     MIDPOINT_FIELD_NUMBER: _ClassVar[int]
     BOUNDS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     canonical_query: str
     group_by: _containers.RepeatedScalarFieldContainer[str]
@@ -193,7 +200,8 @@ class QueryPlan(_message.Message):
     midpoint: float
     bounds: Bounds
     budget: BudgetReport
-    def __init__(self, node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[int] = ..., components: _Optional[_Iterable[_Union[PlannedComponent, _Mapping]]] = ..., charge: _Optional[_Union[PrivacyCost, _Mapping]] = ..., midpoint: _Optional[float] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ...) -> None: ...
+    replay: bool
+    def __init__(self, node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[int] = ..., components: _Optional[_Iterable[_Union[PlannedComponent, _Mapping]]] = ..., charge: _Optional[_Union[PrivacyCost, _Mapping]] = ..., midpoint: _Optional[float] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ..., replay: _Optional[bool] = ...) -> None: ...
 
 class PeriodBudget(_message.Message):
     __slots__ = ("label", "start", "end", "limit", "spent", "remaining")

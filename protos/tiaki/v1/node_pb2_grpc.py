@@ -87,7 +87,10 @@ class NodeServicer:
 
     def Plan(self, request, context):
         """What a query would cost and how much noise it would carry, decided from
-        the schema and policy alone: reads no record and spends nothing.
+        the schema and policy alone: reads no record and spends nothing. With a
+        query_id (optional here), it also says whether this caller already has an
+        answer under that id for this query, which asking again replays for free;
+        an id used by this caller for another query is ALREADY_EXISTS, as Query.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

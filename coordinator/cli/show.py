@@ -1,0 +1,77 @@
+"""``tiaki show``: a past answer again, from the mirror ledger, without asking any node."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from coordinator.cli.common import (
+    CommandError,
+    ExitCode,
+    add_config_argument,
+    add_unreliable_share_argument,
+)
+from coordinator.config import load_federation
+from coordinator.federated import UnknownQuestion, past_answer
+from coordinator.mirror import MirrorLedger
+from coordinator.output import OutputError, federated_csv, federated_json, federated_table, plot
+from coordinator.results import FederatedAnswer
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "show",
+        help="show a past answer again (from the mirror ledger; asks no node, spends nothing)",
+        description="Render an answer this coordinator received before, as table, JSON, CSV "
+        "or plot. The answer is combined again from the node answers the mirror ledger kept: "
+        "no node is asked and nothing is spent.",
+    )
+    add_config_argument(p)
+    p.add_argument("query_id", help="the question's query id (see 'tiaki history')")
+    p.add_argument("--format", choices=("table", "json", "csv"), help="output format")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="bar chart with error bars")
+    add_unreliable_share_argument(p)
+    p.set_defaults(run=run)
+
+
+def print_answer(answer: FederatedAnswer, fmt: str, plot_path: Path | None) -> None:
+    """Write ``answer`` to stdout in ``fmt``, then the plot if asked for.
+
+    Called only once the answer is durable in the mirror ledger: if writing
+    fails, the message says how to get the answer again.
+    """
+    try:
+        if fmt == "json":
+            print(federated_json(answer))
+        elif fmt == "csv":
+            print(federated_csv(answer), end="")
+        else:
+            print(federated_table(answer))
+        sys.stdout.flush()
+        if plot_path is not None and answer.released and answer.cells:
+            plot(answer, plot_path)
+            print(f"plot written to {plot_path}", file=sys.stderr)
+    except OutputError as exc:
+        raise CommandError(
+            f"{exc}. The answer is kept in the mirror ledger: 'tiaki show {answer.query_id} "
+            "--plot FILE.png' draws it again without asking any node"
+        ) from None
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; the answer is kept: 'tiaki show {answer.query_id}' shows it again",
+            file=sys.stderr,
+        )
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_federation(args.config)
+    with MirrorLedger(config.ledger) as mirror:
+        try:
+            answer = past_answer(mirror, args.query_id, args.unreliable_share)
+        except UnknownQuestion as exc:
+            raise CommandError(exc.message, ExitCode.USAGE) from None
+    print_answer(answer, args.format or config.defaults.format, args.plot)
+    return 0
