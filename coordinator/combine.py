@@ -114,6 +114,23 @@ def summed_noise_half_width(noises: Sequence[Noise]) -> float:
     return _half_width([_moments(n) for n in noises])
 
 
+def ratio_half_width(
+    numerators: Sequence[Noise], denominators: Sequence[Noise], offset: float, denominator: float
+) -> float:
+    """95% half-width of ΣS/ΣN by the delta method, as :func:`combine` computes it.
+
+    ``offset`` is how far the ratio is from each numerator's shift (a mean's
+    midpoint; 0 for a proportion's unshifted numerator, where it is the
+    proportion itself), and ``denominator`` the combined denominator: both are
+    data, so a planner passes assumed values.
+    """
+    lin = []
+    for t, d in zip(numerators, denominators, strict=True):
+        (vt, kt), (vn, kn) = _moments(t), _moments(d)
+        lin.append((vt + offset**2 * vn, kt + offset**4 * kn))
+    return _half_width(lin) / max(denominator, 1.0)
+
+
 def _label(key: Key) -> str:
     group, bin_ = key
     return " ".join(["/".join(group), f"bin {bin_}" if bin_ else ""]).strip() or "(all)"

@@ -143,20 +143,54 @@ def channel_credentials(
     )
 
 
+# What gRPC's connection errors mean, as far as the client can tell them apart:
+# (words in gRPC's message, what to tell the analyst). First match wins.
+_CONNECTION_FAILURES = (
+    ("Connection refused", "connection refused: nothing listens at that address (the node "
+     "is stopped, or the address or port is wrong)"),
+    ("No route to host", "no route to the node's host (network or firewall)"),
+    ("Network is unreachable", "no route to the node's host (network or firewall)"),
+    ("DNS resolution failed", "the node's host name does not resolve"),
+    ("certificate has expired", "the node's certificate has expired: the NGO must renew it"),
+    ("CERTIFICATE_VERIFY_FAILED", "the node's certificate is not trusted: it was not issued by "
+     "the CA in the federation file's tls.ca"),
+    ("Hostname Verification", "the node's certificate does not carry the expected name: check "
+     "the node's server_name in the federation file against its certificate"),
+    ("Peer name", "the node's certificate does not carry the expected name: check the node's "
+     "server_name in the federation file against its certificate"),
+    ("Socket closed", "the node closed the connection at the TLS handshake: most likely it "
+     "does not accept our certificate (issued by a CA it does not trust, or expired); the "
+     "node's log says which"),
+    ("CERTIFICATE_REQUIRED", "the node requires a client certificate and did not accept ours"),
+    ("BAD_CERTIFICATE", "the node did not accept our certificate"),
+    ("UNKNOWN_CA", "the node does not trust the CA that issued our certificate"),
+)  # fmt: skip
+
+
+def connection_failure(message: str) -> str:
+    """Why a connection failed, in words, followed by gRPC's own last error."""
+    detail = message.rpartition("last error: ")[2].strip() or message.strip()
+    for words, meaning in _CONNECTION_FAILURES:
+        if words in message:
+            return f"unreachable: {meaning} ({detail})"
+    return f"unreachable: {detail}"
+
+
 def _failure(exc: RemoteError) -> tuple[NodeStatus, str]:
     if exc.status_code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return NodeStatus.UNREACHABLE, "unreachable: no answer before the deadline"
     if exc.status_code in TRANSIENT:
         if "in flight" in exc.message:  # the node's own word: busy, try again shortly
             return NodeStatus.UNREACHABLE, f"busy: {exc.message.splitlines()[0][:200]}"
-        return NodeStatus.UNREACHABLE, (
-            "unreachable: no connection, or the TLS handshake failed (untrusted or expired "
-            "certificate, or the node's identity is not the expected one; the node's log says "
-            "which)"
-        )
+        return NodeStatus.UNREACHABLE, connection_failure(exc.message)
     if exc.status_code in REFUSALS:
         return NodeStatus.REFUSED, exc.message
     return NodeStatus.ERROR, exc.message
+
+
+def failure_reason(exc: RemoteError) -> str:
+    """The words for a failed call: the connection failure explained, or the node's message."""
+    return _failure(exc)[1]
 
 
 def _preflight_one(name: str, client: NodeClient, query: Query, query_id: str) -> Preflight:

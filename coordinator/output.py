@@ -217,8 +217,10 @@ def _describe_filter(flt: Filter) -> str:
             if len(flt.values) > 1
             else (f"{flt.column} = {flt.values[0]}")
         )
-    low = flt.min if isinstance(flt, NumericRange) else flt.start
-    high = flt.max if isinstance(flt, NumericRange) else flt.end
+    low: object = flt.min if isinstance(flt, NumericRange) else flt.start
+    high: object = flt.max if isinstance(flt, NumericRange) else flt.end
+    # Numbers as people write them (1, not 1.0); dates as ISO text.
+    low, high = (f"{v:g}" if isinstance(v, float) else v for v in (low, high))
     if low is not None and high is not None:
         return f"{low} ≤ {flt.column} ≤ {high}"
     return f"{flt.column} ≥ {low}" if low is not None else f"{flt.column} ≤ {high}"

@@ -3,8 +3,12 @@
 Everything here comes from each node's ``Plan``, which the node decides from
 its schema and policy alone, so planning reveals nothing about any record.
 Ratio estimates (means, proportions) have intervals that depend on their
-denominators, which are data; for them the plan reports the noise of the
-numerator and denominator instead of promising an interval.
+denominators, which are data. For them the plan states the half-width at an
+assumed denominator (``expected_count``; without one, a guess of
+:data:`GUESSED_COUNT_PER_NODE` per node, labelled as a guess) and at the worst
+place the ratio could be (a mean at a bound of its clamping range, a
+proportion at 1), so the real interval is at most that wide when the
+denominator is at least as large.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from coordinator.client import NodeClient
-from coordinator.combine import summed_noise_half_width
+from coordinator.combine import ratio_half_width, summed_noise_half_width
 from coordinator.fanout import Federation, Preflight, preflight
 from tiaki.convert import charged_from_proto
 from tiaki.errors import InvalidQueryError, RemoteError
@@ -25,6 +29,9 @@ ADDITIVE = frozenset({QueryKind.COUNT, QueryKind.COUNT_CLIENTS, QueryKind.SUM, Q
 # Costs are searched on a grid of 1/10000: fine enough for any analyst, and a
 # decimal an analyst can read back.
 COST_STEP = Fraction(1, 10_000)
+# Denominator assumed per answering node when planning a mean or proportion
+# without --expected-count: a small NGO's typical group. Always labelled a guess.
+GUESSED_COUNT_PER_NODE = 100
 
 
 @dataclass(frozen=True)
@@ -42,22 +49,59 @@ class QuestionPlan:
         )
 
 
-def expected_half_width(kind: QueryKind, plans: list[pb.QueryPlan]) -> tuple[float | None, str]:
-    """The 95% half-width each combined cell would have, from the planned noise alone."""
-    if kind not in ADDITIVE:
-        return None, "ratio estimate: its interval depends on the (noisy) denominator"
+def _ratio_plan(
+    kind: QueryKind, plans: list[pb.QueryPlan], expected_count: float | None
+) -> tuple[float | None, str]:
+    count = expected_count
+    guessed = count is None
+    if count is None:
+        count = float(GUESSED_COUNT_PER_NODE * len(plans))
+    numerators = [p.components[0] for p in plans]
+    denominators = [p.components[1] for p in plans]
+    if kind is QueryKind.MEAN:
+        ranges = [(p.bounds.lower, p.bounds.upper) for p in plans if p.HasField("bounds")]
+        if not ranges:
+            return None, "the nodes did not report their clamping bounds"
+        lower, upper = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        offset, where = (upper - lower) / 2, f"a mean at a bound of [{lower:g}, {upper:g}]"
+        unit = "in the column's units"
+    else:
+        offset, where, unit = 1.0, "a proportion near 1", "as a proportion"
+    width = ratio_half_width(numerators, denominators, offset, count)
+    basis = (
+        f"a guess of {GUESSED_COUNT_PER_NODE} per node; give --expected-count"
+        if guessed
+        else "--expected-count"
+    )
+    return width, (
+        f"{unit}, for a denominator of {count:g} ({basis}), at worst ({where}); delta method "
+        f"over {len(plans)} node(s): narrower with a larger denominator"
+    )
+
+
+def expected_half_width(
+    kind: QueryKind, plans: list[pb.QueryPlan], expected_count: float | None = None
+) -> tuple[float | None, str]:
+    """The 95% half-width each combined cell would have, from the planned noise alone.
+
+    Means and proportions: at ``expected_count`` (see the module docs).
+    """
     if not plans:
         return None, "no node would answer"
+    if kind not in ADDITIVE:
+        return _ratio_plan(kind, plans, expected_count)
     if len(plans) == 1:
         return plans[0].components[0].accuracy_95, "exact: OpenDP 95% accuracy of one node's noise"
     width = summed_noise_half_width([p.components[0] for p in plans])
     return width, f"kurtosis-corrected normal approximation over {len(plans)} nodes"
 
 
-def plan_question(federation: Federation, query: Query) -> QuestionPlan:
+def plan_question(
+    federation: Federation, query: Query, expected_count: float | None = None
+) -> QuestionPlan:
     checks = preflight(federation, query)
     ready = [c.plan for c in checks.values() if c.ok and c.plan is not None]
-    half_width, method = expected_half_width(query.kind, ready)
+    half_width, method = expected_half_width(query.kind, ready, expected_count)
     return QuestionPlan(query, checks, half_width, method)
 
 

@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from coordinator.cli.common import ExitCode, add_config_argument, open_federation
 from coordinator.client import NodeClient
+from coordinator.fanout import failure_reason
 from coordinator.mirror import MirrorLedger, reconcile
 from tiaki.budget import BudgetStatus, display_amount, format_amount
 from tiaki.errors import RemoteError
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             return client.budget()
         except RemoteError as exc:
-            return exc.message.splitlines()[0][:80]
+            return failure_reason(exc)
 
     with federation:
         results = dict(federation.each(fetch))

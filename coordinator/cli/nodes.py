@@ -10,6 +10,7 @@ from tabulate import tabulate
 from coordinator.cli.common import CommandError, ExitCode, add_config_argument, open_federation
 from coordinator.client import NodeClient
 from coordinator.config import add_node
+from coordinator.fanout import failure_reason
 from tiaki.budget import display_amount
 from tiaki.errors import RemoteError
 from tiaki.v1 import node_pb2 as pb
@@ -85,7 +86,7 @@ def run_list(args: argparse.Namespace) -> int:
         try:
             return client.info(), client.budget()
         except RemoteError as exc:
-            return exc.message.splitlines()[0][:80]
+            return failure_reason(exc)
 
     with federation:
         results = dict(federation.each(probe))
@@ -125,6 +126,7 @@ def run_list(args: argparse.Namespace) -> int:
             rows,
             headers=["node", "address", "reachable", "accounts in", "schema", "left", "about"],
             disable_numparse=True,
+            maxcolwidths=[None, None, None, None, 30, None, 60],  # wrapped, never cut
         )
     )
     reachable = sum(1 for r in results.values() if not isinstance(r, str))

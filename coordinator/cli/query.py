@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -87,6 +88,13 @@ def register(sub: Any) -> None:
         type=float,
         metavar="HALF_WIDTH",
         help="choose the smallest cost whose 95%% half-width is at most this",
+    )
+    p.add_argument(
+        "--expected-count",
+        type=float,
+        metavar="N",
+        help="with --dry-run of a mean or proportion: the denominator (records or clients, "
+        "all nodes together) to plan the half-width for; without it a guess is used, and said",
     )
     p.add_argument("--query-id", help="reuse an id to retry a question without a new charge")
     p.add_argument("--format", choices=("table", "json", "csv"), help="output format")
@@ -178,8 +186,10 @@ def _waiting(quiet: bool) -> Any:
     return report
 
 
-def _print_plan(federation: Federation, query: Query) -> int:
-    plan = plan_question(federation, query)
+def _print_plan(federation: Federation, query: Query, expected_count: float | None) -> int:
+    if expected_count is not None and not (math.isfinite(expected_count) and expected_count >= 1):
+        raise CommandError(f"--expected-count must be a number of at least 1, not {expected_count}")
+    plan = plan_question(federation, query, expected_count)
     rows = []
     for name, check in plan.nodes.items():
         if check.plan is None:
@@ -251,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             if args.dry_run:
-                return _print_plan(federation, query)
+                return _print_plan(federation, query, args.expected_count)
         except RemoteError as exc:
             raise CommandError(exc.message, ExitCode.UNREACHABLE) from None
         with MirrorLedger(config.ledger) as mirror:

@@ -22,24 +22,21 @@ from typing import Any
 import pytest
 import yaml
 
-from coordinator.cli.main import main
 from coordinator.config import load_federation
-from coordinator.mirror import MirrorLedger
 from coordinator.query_files import load_query_file
-from node.synth import write_csv
 from tests.conftest import ROOT, TEMPLATE, Cli, FederationPki
-from tests.integration.conftest import LiveNode
+from tests.integration.conftest import (
+    BIG_POLICY,
+    NAMES,
+    LiveNode,
+    ledgers,
+    mirror_questions,
+    stop,
+    write_federation,
+)
 from tiaki.budget import format_amount
 from tiaki.v1 import node_pb2 as pb
 
-NAMES = ("ngo-a", "ngo-b", "ngo-c")
-SEEDS = (3, 5, 8)
-CLIENTS = (300, 400, 500)
-# Room for every example query and then some: nothing here should run out of budget.
-BIG_POLICY: dict[str, Any] = {
-    "budget": {"limit": "100", "period": "none"},
-    "per_query_max": "2",
-}
 OUTCOMES = ROOT / "deploy" / "examples" / "queries" / "outcomes.yaml"
 OUTCOME_QUERIES = tuple(load_query_file(OUTCOMES))
 TEMPLATE_SCHEMA: dict[str, Any] = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))["schema"]
@@ -48,21 +45,7 @@ REGIONS = tuple(TEMPLATE_SCHEMA["columns"]["region"]["categories"])
 DROPPED_REGION = "southland"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-Ledgers = list[tuple[Fraction, int]]
-
-
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def csvs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    root = tmp_path_factory.mktemp("cli-data")
-    paths = []
-    for name, seed, clients in zip(NAMES, SEEDS, CLIENTS, strict=True):
-        path = root / f"{name}.csv"
-        write_csv(path, clients, seed)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -76,36 +59,6 @@ def csv_without_dropped_region(csvs: list[Path]) -> Path:
             writer = csv.DictWriter(dst, reader.fieldnames, lineterminator="\n")
             writer.writeheader()
             writer.writerows(r for r in reader if r["region"] != DROPPED_REGION)
-    return path
-
-
-@pytest.fixture
-def nodes(
-    make_node_config: Callable[..., Path], start_node: Callable[..., LiveNode], csvs: list[Path]
-) -> list[LiveNode]:
-    return [
-        start_node(make_node_config(node_id=name, policy=BIG_POLICY), path)
-        for name, path in zip(NAMES, csvs, strict=True)
-    ]
-
-
-def write_federation(path: Path, members: list[LiveNode], pki: FederationPki) -> Path:
-    """``tiaki nodes add`` for each node; the first call creates the file with mutual TLS."""
-    tls = pki.federation_tls("coordinator-a")
-    for node in members:
-        argv = ["nodes", "add", node.config.node_id, node.address, "--config", str(path)]
-        argv += ["--analyst", "ana", "--tls-ca", tls["ca"], "--tls-cert", tls["cert"]]
-        assert main([*argv, "--tls-key", tls["key"]]) == 0
-    return path
-
-
-@pytest.fixture
-def fed(
-    tmp_path: Path, nodes: list[LiveNode], pki: FederationPki, capsys: pytest.CaptureFixture[str]
-) -> Path:
-    """A federation file naming the three nodes, built with ``tiaki nodes add``."""
-    path = write_federation(tmp_path / "federation.yaml", nodes, pki)
-    capsys.readouterr()
     return path
 
 
@@ -138,23 +91,6 @@ def odd_fed(
 # ---------------------------------------------------------------- helpers
 
 
-def ledgers(members: list[LiveNode]) -> Ledgers:
-    """Each node's own account: lifetime spent and number of charged entries."""
-    return [(n.budget().lifetime_spent, len(n.running.service.ledger.entries())) for n in members]
-
-
-def mirror_questions(fed_file: Path) -> int:
-    path = load_federation(fed_file).ledger
-    if not path.exists():
-        return 0
-    with MirrorLedger(path) as mirror:
-        return len(mirror.questions())
-
-
-def stop(node: LiveNode) -> None:
-    node.running.stop(grace=0)
-
-
 def slow_info(monkeypatch: pytest.MonkeyPatch, node: LiveNode, seconds: float) -> None:
     """Make this node answer GetInfo late, to fix the order in which nodes respond."""
     service = node.running.service
@@ -168,9 +104,17 @@ def slow_info(monkeypatch: pytest.MonkeyPatch, node: LiveNode, seconds: float) -
 
 
 def table_rows(text: str) -> dict[str, list[str]]:
-    """A tabulate table's body rows keyed by their first cell (columns split on 2+ spaces)."""
+    """A tabulate table's body rows keyed by their first cell (columns split on 2+ spaces).
+
+    A wrapped cell continues on lines whose first column is blank; those are
+    the same row's, and only its first line is kept.
+    """
     rows: dict[str, list[str]] = {}
     for line in text.splitlines()[2:]:
+        if not line.strip():
+            break  # the table ends at the first blank line
+        if line.startswith(" "):
+            continue
         cells = re.split(r"\s{2,}", line.strip())
         rows[cells[0]] = cells
     return rows

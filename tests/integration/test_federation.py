@@ -214,7 +214,7 @@ def test_mirror_agrees_with_nodes_after_a_mixed_run(
 ) -> None:
     cfg = ["--config", str(federation_file)]
     assert main(["query", *cfg, "count", "--by", "region", "--epsilon", "0.3", "--quiet"]) == 0
-    assert main(["query", *cfg, "count", "--by", "client_name", "--epsilon", "0.3"]) == 3
+    assert main(["query", *cfg, "count", "--by", "region", "--rho", "0.3"]) == 3  # pure DP
     assert main(["query", *cfg, "count", "--epsilon", "5"]) == 3  # above per-query max
     five_nodes[4].running.stop(grace=0)
     assert main(["query", *cfg, "count_clients", "--epsilon", "0.2", "--quiet"]) == 0

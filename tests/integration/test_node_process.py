@@ -115,11 +115,15 @@ def test_ngo_workflow_end_to_end(tmp_path: Path) -> None:
         answer = json.loads(asked.stdout)
         assert len(answer["cells"]) == 5
         assert [n["charged"] for n in answer["nodes"]] == ["0.5"]
+        # A text column is published by no node: refused before asking, nothing spent.
         refused = cli(
             "tiaki", "query", *fed, "count", "--by", "client_name", "--epsilon", "0.1", check=False
         )
-        assert refused.returncode == 3 and "never-queryable" in refused.stdout
+        assert refused.returncode == 2 and "no column 'client_name'" in refused.stderr
         assert "Traceback" not in refused.stderr + refused.stdout
+        # One the node alone can refuse (it accounts in pure DP) is refused by the node.
+        refused = cli("tiaki", "query", *fed, "count", "--rho", "0.1", check=False)
+        assert refused.returncode == 3 and "give the cost as epsilon" in refused.stdout
 
         with client() as c:
             version_a = c.info().dataset_version
