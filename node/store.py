@@ -431,28 +431,26 @@ def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
     return meta
 
 
-def store_content_hash(config: NodeConfig) -> str | None:
-    """The store's private content hash, or None if nothing has been imported yet."""
+def _store_meta(config: NodeConfig, key: str) -> str | None:
+    """One value of the store's metadata, or None if nothing has been imported yet."""
     try:
         conn = _connect_ro(store_path(config))
     except StoreMissing:
         return None
     try:
-        return _read_meta(conn, store_path(config)).get("content_hash")
+        return _read_meta(conn, store_path(config)).get(key)
     finally:
         conn.close()
+
+
+def store_content_hash(config: NodeConfig) -> str | None:
+    """The store's private content hash (never published), or None before the first import."""
+    return _store_meta(config, "content_hash")
 
 
 def store_version(config: NodeConfig) -> str | None:
-    """The current dataset version, or None if nothing has been imported yet."""
-    try:
-        conn = _connect_ro(store_path(config))
-    except StoreMissing:
-        return None
-    try:
-        return _read_meta(conn, store_path(config)).get("dataset_version")
-    finally:
-        conn.close()
+    """The current (published, random) dataset version, or None before the first import."""
+    return _store_meta(config, "dataset_version")
 
 
 def load_dataset(config: NodeConfig) -> Dataset:
