@@ -43,7 +43,6 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
 
 from coordinator.mirror_replay import PENDING as PENDING  # re-exported: callers name it here
 from coordinator.mirror_replay import (
@@ -153,7 +152,7 @@ class MirrorOutcome:
     """One node's part in one question. ``charged`` is None until the node reports a charge."""
 
     node: str
-    status: NodeStatus | Literal["pending"]
+    status: NodeStatus
     reason: str
     charged: Fraction | None
     attempts: int  # total over every fan-out of this question
@@ -604,7 +603,7 @@ class MirrorLedger:
             outcomes.setdefault(qid, []).append(
                 MirrorOutcome(
                     node=str(node),
-                    status=PENDING if status == PENDING else NodeStatus(status),
+                    status=NodeStatus(status),
                     reason=str(reason),
                     charged=None if charged is None else read_amount(charged),
                     attempts=int(attempts),

@@ -12,8 +12,9 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any
 
+from coordinator.results import NodeStatus
 from tiaki.budget import format_amount, read_amount
 from tiaki.chain import ChainEntry, ChainFormatError
 from tiaki.ledger_records import (
@@ -25,9 +26,7 @@ from tiaki.ledger_records import (
     parse_record,
 )
 
-# A node asked but not yet answered (the mirror's own constant, repeated to
-# keep this module free of an import cycle).
-PENDING: Literal["pending"] = "pending"
+PENDING = NodeStatus.PENDING  # a node asked but not yet answered
 
 
 def v1_questions(conn: sqlite3.Connection) -> list[tuple[QuestionRecord, str]]:

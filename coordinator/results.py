@@ -16,6 +16,9 @@ DP_NOISE_ONLY = (
 
 
 class NodeStatus(StrEnum):
+    """Every state a node's part in a question can be in, as the mirror and outputs say it."""
+
+    PENDING = "pending"  # recorded before asking; no outcome yet (or the coordinator stopped)
     ANSWERED = "answered"  # answered now, and charged
     REPLAYED = "replayed"  # the stored answer to this query id; nothing charged now
     REFUSED = "refused"  # the node said no (policy, budget, schema); nothing charged

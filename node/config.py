@@ -8,6 +8,7 @@ the key and what to do about it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
 from pathlib import Path
@@ -327,6 +328,38 @@ class ServerSettings(_Strict):
         return v
 
 
+@dataclass(frozen=True)
+class NodePaths:
+    """Every file a node keeps in its data directory: the one place their names live."""
+
+    data_dir: Path
+
+    @property
+    def records(self) -> Path:
+        """The record store (validated records and the columnar cache)."""
+        return self.data_dir / "records.sqlite"
+
+    @property
+    def salt(self) -> Path:
+        """The node's secret salt for keyed hashes (never leaves the node)."""
+        return self.data_dir / "node.salt"
+
+    @property
+    def ledger(self) -> Path:
+        """The privacy ledger: every charge, hash-chained."""
+        return self.data_dir / "ledger.sqlite"
+
+    @property
+    def signing_key(self) -> Path:
+        """The Ed25519 key that signs ledger exports."""
+        return self.data_dir / "signing.key"
+
+    @property
+    def serve_lock(self) -> Path:
+        """Held by the one process serving this directory (hidden, so backups skip it)."""
+        return self.data_dir / ".serve.lock"
+
+
 class NodeConfig(_Strict):
     version: Literal[1] = 1
     node_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -338,6 +371,10 @@ class NodeConfig(_Strict):
     @property
     def schema(self) -> Schema:  # type: ignore[override]
         return self.schema_
+
+    @property
+    def paths(self) -> NodePaths:
+        return NodePaths(self.data_dir)
 
 
 _HINTS = {

@@ -7,7 +7,7 @@ service unit, would have two sets of grants, caps and reloads that disagree.
 The lock makes that mistake loud: the second ``serve`` exits, naming the pid
 that holds the directory.
 
-The lock is ``flock`` on ``data_dir/.serve.lock``: the kernel releases it when
+The lock is ``flock`` on :attr:`NodePaths.serve_lock`: the kernel releases it when
 the holder exits, however it exits, so a crashed node never leaves a stale
 lock behind (the pid written into the file is only for the message).
 """
@@ -19,8 +19,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-# Hidden, so backups (which skip dot files) leave it out.
-LOCK_NAME = ".serve.lock"
+from node.config import NodePaths
 
 
 class DataDirBusy(Exception):
@@ -40,7 +39,7 @@ class DataDirLock:
     """Held while a node serves ``data_dir``; use as a context manager."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = Path(data_dir) / LOCK_NAME
+        self.path = NodePaths(Path(data_dir)).serve_lock
         self._fd: int | None = None
 
     def acquire(self) -> None:

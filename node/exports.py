@@ -22,7 +22,7 @@ from tiaki.signing import SigningKey, load_or_create_signing_key
 
 
 def signing_key_path(config: NodeConfig) -> Path:
-    return config.data_dir / "signing.key"
+    return config.paths.signing_key
 
 
 def node_signing_key(config: NodeConfig) -> tuple[SigningKey, bool]:

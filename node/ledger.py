@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -74,11 +74,11 @@ from tiaki.ledger_records import (
     PolicyRecord,
     SigningKeyRecord,
 )
+from tiaki.periods import LIFETIME, period_bounds, period_label
 from tiaki.receipts import commitment
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
-LIFETIME = "lifetime"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -150,42 +150,6 @@ class StoredAnswer:
     charge: Fraction
     seq: int  # the ledger entry that paid for it
     commitment_salt: bytes = b""  # b"" for entries from before schema 3
-
-
-# ---------------------------------------------------------------- periods
-
-
-def period_label(kind: str, when: datetime) -> str:
-    """The budget period containing ``when`` (UTC): "2026", "2026-Q4", "2026-11" or "lifetime"."""
-    day = _utc(when)
-    if kind == "yearly":
-        return f"{day.year}"
-    if kind == "quarterly":
-        return f"{day.year}-Q{(day.month - 1) // 3 + 1}"
-    if kind == "monthly":
-        return f"{day.year}-{day.month:02d}"
-    return LIFETIME
-
-
-def period_bounds(label: str) -> tuple[str, str]:
-    """ISO start and (exclusive) end dates of a period label; ("", "") for "lifetime"."""
-    if label == LIFETIME:
-        return "", ""
-    year, _, rest = label.partition("-")
-    y = int(year)
-    if not rest:
-        start, end = date(y, 1, 1), date(y + 1, 1, 1)
-    else:
-        first = (int(rest[1:]) - 1) * 3 + 1 if rest.startswith("Q") else int(rest)
-        months = 3 if rest.startswith("Q") else 1
-        start = date(y, first, 1)
-        nxt = first - 1 + months
-        end = date(y + nxt // 12, nxt % 12 + 1, 1)
-    return start.isoformat(), end.isoformat()
-
-
-def _utc(when: datetime) -> datetime:
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 # ---------------------------------------------------------------- ledger

@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 from node import answering, engine
@@ -335,17 +334,9 @@ def _clamping(plan: engine.QueryPlan) -> dict[str, Any]:
     return {"bounds": (spec.lower, spec.upper), "midpoint": midpoint}
 
 
-def data_paths(config: NodeConfig) -> dict[str, Path]:
-    """Where this node keeps its files."""
-    return {
-        "records": store_path(config),
-        "ledger": config.data_dir / "ledger.sqlite",
-    }
-
-
 def open_ledger(config: NodeConfig) -> PrivacyLedger:
     """The node's privacy ledger, opened for its configured policy."""
-    return PrivacyLedger.open(data_paths(config)["ledger"], config.policy, node_id=config.node_id)
+    return PrivacyLedger.open(config.paths.ledger, config.policy, node_id=config.node_id)
 
 
 def open_service(config: NodeConfig) -> NodeService:

@@ -67,13 +67,14 @@ from node.config import (
     DateColumn,
     DerivedColumn,
     NodeConfig,
+    NodePaths,
     NumericColumn,
     Schema,
 )
 from node.dataset import MISSING_DATE, Dataset
 
-STORE_FILE = "records.sqlite"
-SALT_FILE = "node.salt"
+STORE_FILE = NodePaths(Path()).records.name
+SALT_FILE = NodePaths(Path()).salt.name
 SALT_BYTES = 32
 STORE_FORMAT = "tiaki-store-1"
 
@@ -99,7 +100,7 @@ class StoreMissing(StoreError):
 
 
 def store_path(config: NodeConfig) -> Path:
-    return config.data_dir / STORE_FILE
+    return config.paths.records
 
 
 # ---------------------------------------------------------------- salt
@@ -117,7 +118,7 @@ def load_or_create_salt(data_dir: Path) -> bytes:
     private temporary file and hard-linked into place, which fails rather than
     overwrites if another process got there first.
     """
-    path = data_dir / SALT_FILE
+    path = NodePaths(data_dir).salt
     if not path.exists():
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".node.salt-")  # mode 0600

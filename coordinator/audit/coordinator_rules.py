@@ -17,18 +17,12 @@ from fractions import Fraction
 
 from coordinator.audit.findings import Finding, error, warning
 from coordinator.audit.ledgers import ParsedLedger, Placed
+from coordinator.results import NodeStatus
 from tiaki.budget import format_amount
 from tiaki.ledger_records import OutcomeRecord, QuestionRecord
 
-CHARGING_STATUSES = frozenset({"answered", "replayed"})
-KNOWN_STATUSES = CHARGING_STATUSES | {
-    "refused",
-    "skipped",
-    "unreachable",
-    "error",
-    "failed",
-    "pending",
-}
+CHARGING_STATUSES = frozenset({NodeStatus.ANSWERED.value, NodeStatus.REPLAYED.value})
+KNOWN_STATUSES = frozenset(status.value for status in NodeStatus)
 
 
 def _check_outcome(

@@ -29,42 +29,14 @@ period is counted the same way, by time, as the node counts it against a cap.
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left
-from datetime import date
 from fractions import Fraction
 
 from coordinator.audit.findings import Finding, error, warning
 from coordinator.audit.ledgers import ParsedLedger, Placed, parse_time
 from tiaki.budget import format_amount
 from tiaki.ledger_records import ChargeRecord, PeriodRecord, PolicyRecord
-
-LIFETIME = "lifetime"
-_LABELS = {
-    "none": re.compile(r"lifetime"),
-    "yearly": re.compile(r"\d{4}"),
-    "quarterly": re.compile(r"\d{4}-Q[1-4]"),
-    "monthly": re.compile(r"\d{4}-(0[1-9]|1[0-2])"),
-}
-
-
-def period_dates(label: str) -> tuple[str, str] | None:
-    """ISO start and (exclusive) end dates a period label implies; ("", "") for lifetime.
-
-    None if the label has none of the known shapes.
-    """
-    if label == LIFETIME:
-        return "", ""
-    if not any(p.fullmatch(label) for p in _LABELS.values()):
-        return None
-    year, _, rest = label.partition("-")
-    y = int(year)
-    if not rest:
-        return date(y, 1, 1).isoformat(), date(y + 1, 1, 1).isoformat()
-    months = 3 if rest.startswith("Q") else 1
-    first = (int(rest[1:]) - 1) * 3 + 1 if rest.startswith("Q") else int(rest)
-    after = first - 1 + months  # months from January to the end, 0-based
-    return date(y, first, 1).isoformat(), date(y + after // 12, after % 12 + 1, 1).isoformat()
+from tiaki.periods import LABEL_SHAPES, period_dates
 
 
 def _amount(value: Fraction) -> str:
@@ -102,14 +74,14 @@ class _NodeWalk:
 
     def on_policy(self, placed: Placed[PolicyRecord]) -> None:
         policy = placed.record
-        if policy.period not in _LABELS:
+        if policy.period not in LABEL_SHAPES:
             self.findings.append(
                 warning(
                     placed.export,
                     placed.seq,
                     "unknown-period-kind",
                     f"the policy's period kind {policy.period!r:.40} is not one of "
-                    f"{', '.join(_LABELS)}; its period labels cannot be checked",
+                    f"{', '.join(LABEL_SHAPES)}; its period labels cannot be checked",
                 )
             )
         self.policy = placed
@@ -124,7 +96,7 @@ class _NodeWalk:
                 )
         else:
             kind = self.policy.record.period
-            shape = _LABELS.get(kind)
+            shape = LABEL_SHAPES.get(kind)
             if shape is not None and not shape.fullmatch(label):
                 self.fail(
                     placed,

@@ -44,11 +44,14 @@ from fractions import Fraction
 
 from coordinator.audit.findings import Finding, error, info, warning
 from coordinator.audit.ledgers import ParsedLedger, Placed, parse_time
+from coordinator.results import NodeStatus
 from tiaki.budget import format_amount
 from tiaki.ledger_records import ChargeRecord, OutcomeRecord, QuestionRecord
 
 # Outcomes that leave open whether the node charged: the reply never arrived.
-UNKNOWN_STATUSES = frozenset({"pending", "unreachable", "error", "failed"})
+UNKNOWN_STATUSES = frozenset(
+    s.value for s in (NodeStatus.PENDING, NodeStatus.UNREACHABLE, NodeStatus.ERROR)
+)
 
 
 @dataclass

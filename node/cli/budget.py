@@ -11,7 +11,6 @@ from tabulate import tabulate
 
 from node.config import load_config
 from node.ledger import PrivacyLedger
-from node.service import data_paths
 from tiaki.budget import BudgetStatus, display_amount, format_amount
 
 
@@ -58,7 +57,7 @@ def as_json(status: BudgetStatus) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    ledger_path = data_paths(config)["ledger"]
+    ledger_path = config.paths.ledger
     config.data_dir.mkdir(parents=True, exist_ok=True)
     ledger = PrivacyLedger.open(ledger_path, config.policy)
     try:

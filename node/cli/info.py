@@ -12,7 +12,7 @@ from tabulate import tabulate
 from node.cli.errors import CommandError
 from node.config import load_config
 from node.exports import signing_key_path
-from node.service import data_paths, open_ledger
+from node.service import open_ledger
 from tiaki import __version__
 from tiaki.certs import describe
 from tiaki.signing import load_signing_key
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if tls is not None:
         cert = describe(tls.cert)
         doc["tls_identity"], doc["tls_fingerprint"] = cert.subject_cn, cert.sha256
-    if data_paths(config)["ledger"].exists():
+    if config.paths.ledger.exists():
         with open_ledger(config) as ledger:
             seq, head = ledger.head()
             doc.update(ledger_id=ledger.ledger_id, ledger_entries=seq, ledger_head=head)

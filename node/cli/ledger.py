@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             why = f"--since must be a date written YYYY-MM-DD, not {args.since!r:.40}"
             raise CommandError(why) from None
     config = load_config(args.config)
-    ledger_file = config.data_dir / "ledger.sqlite"
+    ledger_file = config.paths.ledger
     if not ledger_file.exists():
         raise CommandError(
             f"{ledger_file}: no ledger yet; it is created when the node first serves, "
