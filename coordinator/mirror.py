@@ -2,7 +2,7 @@
 
 The node's own ledger is the authority on privacy spent. The mirror is the
 coordinator's durable copy, so the ministry and an auditor can compare the two
-(:func:`reconcile`). One SQLite file (WAL journal, ``synchronous=FULL``):
+(:func:`spending_disagreements`). One SQLite file (WAL journal, ``synchronous=FULL``):
 
 - :meth:`MirrorLedger.record_intent` commits the question and one ``pending``
   row per node *before* fan-out, so a crash mid-question leaves a visible
@@ -736,7 +736,9 @@ class MirrorLedger:
         self.close()
 
 
-def reconcile(mirror: dict[str, Fraction], node_reported: dict[str, Fraction]) -> list[Discrepancy]:
+def spending_disagreements(
+    mirror: dict[str, Fraction], node_reported: dict[str, Fraction]
+) -> list[Discrepancy]:
     """Every node whose own lifetime spending differs from this coordinator's mirror.
 
     ``mirror`` is :meth:`MirrorLedger.spent_by_node`; ``node_reported`` is each

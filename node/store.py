@@ -315,7 +315,8 @@ class StoreBuilder:
         conn.execute(f"CREATE TABLE records ({declared})")
         conn.execute("CREATE TABLE columns (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._insert = f"INSERT INTO records VALUES ({', '.join('?' * len(columns))})"
+        # Only placeholders are formatted in; the values are bound parameters.
+        self._insert = f"INSERT INTO records VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
 
     def add_records(self, records: Sequence[tuple[object, ...]]) -> None:
         """Append validated raw values, in the column order given to :func:`build_store`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,11 +173,11 @@ def make_node_config(tmp_path: Path, pki: FederationPki) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def pums_dup() -> Iterator[Path]:
+def pums_dup() -> Path:
     path = PUMS_DIR / "PUMS_dup.csv"
     if not path.exists():
         pytest.fail(f"{path} is missing from the repository")
-    yield path
+    return path
 
 
 # ---------------------------------------------------------------- the tiaki CLI, in-process

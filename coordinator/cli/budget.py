@@ -12,7 +12,7 @@ from tabulate import tabulate
 from coordinator.cli.common import ExitCode, add_config_argument, open_federation
 from coordinator.client import NodeClient
 from coordinator.fanout import failure_reason
-from coordinator.mirror import MirrorLedger, reconcile
+from coordinator.mirror import MirrorLedger, spending_disagreements
 from tiaki.budget import BudgetStatus, display_amount, format_amount
 from tiaki.errors import RemoteError
 
@@ -44,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
         mirrored = mirror.spent_by_node()
     reported = {n: r.lifetime_spent for n, r in results.items() if isinstance(r, BudgetStatus)}
     findings = {
-        d.node: d for d in reconcile({n: mirrored.get(n, Fraction(0)) for n in reported}, reported)
+        d.node: d
+        for d in spending_disagreements(
+            {n: mirrored.get(n, Fraction(0)) for n in reported}, reported
+        )
     }
     rows: list[list[str]] = []
     doc: list[dict[str, object]] = []

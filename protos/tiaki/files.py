@@ -123,7 +123,8 @@ def read_yaml(
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot read: {exc}") from None
     try:
-        return yaml.load(text, Loader=loader)
+        # ``loader`` is typed as SafeLoader: PyYAML's safe loader or a subclass of it.
+        return yaml.load(text, Loader=loader)  # noqa: S506
     except (ValueError, TypeError, RecursionError):  # PyYAML: odd scalars, unhashable keys, nesting
         raise error(
             f"{path}: not valid YAML: a value cannot be read (an impossible date, an "

@@ -47,7 +47,7 @@ from coordinator.client import NodeClient
 from coordinator.config import load_federation
 from coordinator.fanout import Federation
 from coordinator.federated import ask_federation
-from coordinator.mirror import PENDING, MirrorLedger, MirrorQuestion, reconcile
+from coordinator.mirror import PENDING, MirrorLedger, MirrorQuestion, spending_disagreements
 from coordinator.results import NodeStatus
 from node.config import NodeConfig, load_config
 from node.ledger import LedgerEntry, PrivacyLedger
@@ -407,7 +407,7 @@ def reask_pending(
                     assert outcome.charged == entry.charge
         assert not any(q.pending_nodes for q in mirror.questions())
         node_spent = {n.config.node_id: n.budget().lifetime_spent for n in nodes}
-        assert reconcile(mirror.spent_by_node(), node_spent) == []
+        assert spending_disagreements(mirror.spent_by_node(), node_spent) == []
 
 
 @pytest.mark.parametrize(

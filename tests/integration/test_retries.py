@@ -36,7 +36,7 @@ from coordinator.client import NodeClient, new_query_id
 from coordinator.config import CoordinatorTls, Defaults, FederationConfig, NodeEntry
 from coordinator.fanout import BACKOFF_SECONDS, Federation, ask_node
 from coordinator.federated import ask_federation
-from coordinator.mirror import MirrorLedger, reconcile
+from coordinator.mirror import MirrorLedger, spending_disagreements
 from coordinator.output import federated_json
 from coordinator.results import FederatedAnswer, NodeStatus
 from node.config import CoordinatorGrant
@@ -464,7 +464,7 @@ def test_partial_federation_returns_on_time_labelled_and_fully_mirrored(
         for name, node in (("slow", slow), ("refuses", refuses)):
             node_spent[name] = node.budget().lifetime_spent
             assert node_spent[name] == 0
-        assert reconcile(mirror.spent_by_node(), node_spent) == []
+        assert spending_disagreements(mirror.spent_by_node(), node_spent) == []
 
 
 @pytest.mark.parametrize("require_all", [False, True], ids=["partial", "require-all"])
@@ -523,7 +523,7 @@ def test_an_answer_after_the_deadline_is_charged_and_reasking_reconciles(
             "prompt": prompt.budget().lifetime_spent,
             "late": late.budget().lifetime_spent,
         }
-        [gap] = reconcile(mirror.spent_by_node(), node_spent)
+        [gap] = spending_disagreements(mirror.spent_by_node(), node_spent)
         assert (gap.node, gap.mirror_spent, gap.node_spent) == ("late", Fraction(0), entry.charge)
 
         monkeypatch.undo()  # the late node is prompt again
@@ -554,7 +554,7 @@ def test_an_answer_after_the_deadline_is_charged_and_reasking_reconciles(
             "prompt": prompt.budget().lifetime_spent,
             "late": late.budget().lifetime_spent,
         }
-        assert reconcile(mirror.spent_by_node(), node_spent) == []
+        assert spending_disagreements(mirror.spent_by_node(), node_spent) == []
         assert (
             len(service.ledger.entries()) == 1 and len(prompt.running.service.ledger.entries()) == 1
         )

@@ -136,8 +136,8 @@ def test_per_identity_caps_hold_under_concurrency(node: LiveNode) -> None:
         with node.client("coord-b") as client:
             try:
                 return client.query(QUERY, query_id=f"b-{i}", analyst="b").charged.amount
-            except RemoteError as exc:
-                assert status_code(exc) is grpc.StatusCode.RESOURCE_EXHAUSTED
+            except RemoteError as exc:  # over the cap is one of the two right outcomes
+                assert status_code(exc) is grpc.StatusCode.RESOURCE_EXHAUSTED  # noqa: PT017
                 return None
 
     with ThreadPoolExecutor(max_workers=12) as pool:

@@ -48,7 +48,7 @@ DELETE = object()
 
 
 @pytest.mark.parametrize(
-    "mutate, key, words",
+    ("mutate", "key", "words"),
     [
         (_set("policy.budget.limit", 0), "policy.budget.limit", "greater than zero"),
         (_set("policy.budget.limit", "nan"), "policy.budget.limit", "finite"),

@@ -93,7 +93,7 @@ def cost(text: str = "0.5") -> PrivacyCost:
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    ("kwargs", "message"),
     [
         ({"kind": QueryKind.SUM}, "numeric column"),
         ({"kind": QueryKind.COUNT, "column": "x"}, "takes no column"),
@@ -111,7 +111,7 @@ def test_malformed_queries_are_refused(kwargs: dict[str, object], message: str) 
         Query(cost=cost(), **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("lower, upper", [(1, 1), (2, 1), (float("nan"), 1), (0, float("inf"))])
+@pytest.mark.parametrize(("lower", "upper"), [(1, 1), (2, 1), (float("nan"), 1), (0, float("inf"))])
 def test_bad_bounds(lower: float, upper: float) -> None:
     with pytest.raises(InvalidQueryError):
         Bounds(lower, upper)
@@ -153,7 +153,7 @@ def test_query_round_trips_through_proto() -> None:
 
 
 @pytest.mark.parametrize(
-    "mutate, message",
+    ("mutate", "message"),
     [
         (lambda m: setattr(m, "query_id", ""), "query id"),
         (lambda m: setattr(m, "query_id", "x" * 500), "query id"),

@@ -60,7 +60,7 @@ def test_configure_replaces_the_handler() -> None:
         logging.getLogger("tiaki.node").info("hidden without --verbose")
         logging.getLogger("tiaki.node").warning("shown")
         assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == ["shown"]
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="log format must be one of"):
             logs.configure("xml", verbose=False)
     finally:
         root.handlers[:] = handlers

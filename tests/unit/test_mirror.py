@@ -1,4 +1,4 @@
-"""The coordinator's mirror ledger: durable intent, exact charges, once each, and reconcile."""
+"""The coordinator's mirror ledger: durable intent, exact charges, once each, and disagreements."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from coordinator.mirror import (
     MirrorError,
     MirrorLedger,
     MirrorQuestion,
-    reconcile,
+    spending_disagreements,
 )
 from coordinator.results import NodeOutcome, NodeStatus
 from tiaki.answer import Answer
@@ -207,11 +207,11 @@ def test_reusing_a_query_id_for_another_question_is_refused(tmp_path: Path) -> N
 
 def test_bad_calls_are_rejected(tmp_path: Path) -> None:
     with MirrorLedger(tmp_path / "m.db") as mirror:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="non-empty, distinct names"):
             intent(mirror, "q1", nodes=())
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="non-empty, distinct names"):
             intent(mirror, "q1", nodes=("a", "a"))
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="positive Fraction"):
             intent(mirror, "q1", requested=F(0))
         with pytest.raises(MirrorError, match="record_intent"):
             mirror.record_outcome("never", answered("a", F(1)))
@@ -353,7 +353,7 @@ def test_files_that_are_not_a_mirror_are_refused(tmp_path: Path) -> None:
 def test_reconcile_flags_both_directions_and_nothing_when_equal() -> None:
     mirror = {"a": F(1, 2), "b": F(1, 2), "c": F(3, 10), "d": F(1, 5)}
     reported = {"a": F(1, 2), "b": F(7, 10), "c": F(1, 10), "e": F(1, 4)}
-    found = reconcile(mirror, reported)
+    found = spending_disagreements(mirror, reported)
     assert [(d.node, d.mirror_spent, d.node_spent) for d in found] == [
         ("b", F(1, 2), F(7, 10)),
         ("c", F(3, 10), F(1, 10)),
@@ -367,7 +367,7 @@ def test_reconcile_flags_both_directions_and_nothing_when_equal() -> None:
     assert "difference 0.2" in less
     assert "cannot reconcile" in silent
     assert "other coordinators" in other
-    assert reconcile({"a": F(1, 10) * 10}, {"a": F(1)}) == []
-    assert reconcile({"a": F(0)}, {}) == []
-    assert reconcile({}, {}) == []
+    assert spending_disagreements({"a": F(1, 10) * 10}, {"a": F(1)}) == []
+    assert spending_disagreements({"a": F(0)}, {}) == []
+    assert spending_disagreements({}, {}) == []
     assert isinstance(found[0], Discrepancy)

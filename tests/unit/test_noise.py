@@ -9,7 +9,7 @@ a wrong scale (say off by 5%) or a biased sampler fails it surely.
 
 Also: calibrate() charges at most the budget and wastes no more than a
 relative 1e-9 of it; OpenDP's only enabled feature is "contrib"; and no
-product module draws randomness of its own (DESIGN.md, "Privacy semantics").
+product module draws randomness of its own (docs/privacy.md, "Noise").
 """
 
 from __future__ import annotations
@@ -266,11 +266,11 @@ def test_calibrate_spends_the_budget_without_exceeding_or_wasting_it(
 
 
 def test_calibrate_refuses_non_positive_inputs() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be positive"):
         mechanisms.calibrate(PURE, 0.0, Fraction(1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be positive"):
         mechanisms.calibrate(ZCDP, 1.0, Fraction(0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="integer L1 sensitivity"):
         mechanisms.release(np.zeros(3, dtype=np.int64), 1.5, Fraction(1), PURE)
 
 
