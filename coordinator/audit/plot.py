@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MAX_LABEL_CHARS = 40
-FIGURE_WIDTH = 10.0  # inches at 100 dpi: 1000 px, within the HTML page's column
+FIGURE_WIDTH = 11.6  # inches at 100 dpi: 1160 px, the width of the HTML page's column
 PANEL_HEIGHT = 2.1
 TITLE_HEIGHT = 0.6
 # Policy periods that reset the period limit ("none" is one period for the lifetime).
@@ -133,7 +133,8 @@ class Limits:
 
 
 def _limits(node: NodeReport, start: datetime) -> Limits:
-    """The policy in force at ``start`` (the first charge drawn), and every later change."""
+    """The policy in force at ``start`` (the left edge of the time axis), and every
+    later change."""
     limits = Limits([], [], [])
     for placed in node.policies:
         when = parse_time(placed.at)
@@ -229,10 +230,13 @@ def _panel(
                 label=_limit_label("lifetime limit", limits.lifetime, unit),
             )
             top = max(top, float(max(lifetime)))
-    axes.set_ylim(0, top * 1.15 if top > 0 else 1)
+    top = top if top > 0 else 1.0
+    # A little below zero, so that a line back at zero (a new period) is not
+    # hidden by the axis.
+    axes.set_ylim(-0.03 * top, 1.15 * top)
     axes.grid(axis="y", color="#dddddd", linewidth=0.6)
     # Outside the axes, so that the legend never hides a line.
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
 
 
 def _panel_title(node: NodeReport) -> str:
@@ -243,13 +247,16 @@ def _panel_title(node: NodeReport) -> str:
 
 
 def _span(nodes: Sequence[NodeReport]) -> tuple[datetime, datetime] | None:
-    """The time axis every panel shares: first to last charge, a little wider."""
+    """The time axis every panel shares: first to last charge, a little wider, so
+    that the first charge's step is not drawn on the axis itself."""
     times = [when for node in nodes for when, _, _ in _timed(node)]
     if not times:
         return None
     first, last = min(times), max(times)
-    pad = max((last - first) / 25, timedelta(minutes=1))
-    return first, last + pad
+    # In proportion to the span, which may be seconds (a test run) or years;
+    # more on the right, where the last level is carried on to be seen.
+    pad = (last - first) / 40 if last > first else timedelta(seconds=1)
+    return first - pad, last + 2 * pad
 
 
 def spend_figure(nodes: Sequence[NodeReport]) -> Figure:

@@ -45,7 +45,7 @@ from fractions import Fraction
 from coordinator.audit.findings import Finding, error, info, warning
 from coordinator.audit.ledgers import ParsedLedger, Placed, parse_time
 from coordinator.results import NodeStatus
-from tiaki.budget import format_amount
+from tiaki.budget import display_amount, format_amount
 from tiaki.ledger_records import ChargeRecord, OutcomeRecord, QuestionRecord
 
 # Outcomes that leave open whether the node charged: the reply never arrived.
@@ -299,7 +299,9 @@ def reconcile(coordinators: Sequence[ParsedLedger], nodes: Sequence[ParsedLedger
                     node.name,
                     None,
                     "other-identity",
-                    f"{len(charges)} charge(s) totalling {_amount(total)} by {identity!r:.60}, "
+                    # An informational total, for reading: rounded (the entries are exact).
+                    f"{len(charges)} charge(s) totalling about {display_amount(total)} by "
+                    f"{identity!r:.60}, "
                     "for whom no coordinator export was given, were not reconciled",
                 )
             )

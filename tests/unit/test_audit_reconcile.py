@@ -76,7 +76,7 @@ def test_a_matched_federation_has_no_errors_or_warnings(
     # The other identity's charges are listed, not judged.
     assert run.where("info") == {("other-identity", "ngo-a.jsonl", None)}
     [other] = run.findings("info")
-    assert "2 charge(s) totalling 0.375 by 'university'" in other["message"]
+    assert "2 charge(s) totalling about 0.375 by 'university'" in other["message"]
 
 
 def test_a_coordinator_under_reporting_a_charge_is_named(

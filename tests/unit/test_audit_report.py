@@ -3,20 +3,29 @@
 Totals are checked against sums computed here from the builders' own chain
 entries, not against the report's other numbers. The HTML page is read back
 with :mod:`html.parser` (what a browser would see), and strings planted in an
-export must come out as text, never as markup.
+export must come out as text, never as markup. Amounts the page shows rounded
+carry their exact value in ``title``. The spending chart is checked on the
+matplotlib figure itself: one panel per node, its limits, its unit. (How the
+page looks in a browser: tests/integration/test_audit_report_browser.py.)
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
+from datetime import datetime
 from fractions import Fraction
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 
+from coordinator.audit.inputs import load_exports
+from coordinator.audit.report import NodeReport, build_report
+from coordinator.audit.verify import verify_exports
 from tests.unit.audit_ledgers import (
     NGO_A_SPENT,
     NGO_B_SPENT,
@@ -26,9 +35,13 @@ from tests.unit.audit_ledgers import (
     charge,
     edit_lines,
     federation,
+    policy,
     run_audit,
 )
-from tiaki.budget import format_amount
+from tiaki.budget import display_amount, format_amount
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('owned')</script>"
@@ -134,6 +147,8 @@ class _Page(HTMLParser):
         self.verdict = ""
         self.node: str | None = None
         self.fields: dict[tuple[str, str], list[str]] = {}
+        self.titles: dict[tuple[str, str], list[str]] = {}  # title="" of the same elements
+        self.classes: dict[tuple[str, str], list[str]] = {}
         self._field: str | None = None
         self._in_verdict = False
 
@@ -146,6 +161,10 @@ class _Page(HTMLParser):
             self.node = found.get("data-subject")
         self._field = found.get("data-field")
         self._in_verdict = found.get("id") == "verdict"
+        if self._field and self.node is not None:
+            key = (self.node, self._field)
+            self.titles.setdefault(key, []).append(found.get("title") or "")
+            self.classes.setdefault(key, []).append(found.get("class") or "")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "section":
@@ -283,3 +302,152 @@ def test_plot_must_be_png(capsys: Any, exports: tuple[Path, ...], tmp_path: Path
     run = run_audit(capsys, "report", *exports, "--plot", tmp_path / "spend.svg")
     assert run.code == 2
     assert "PNG" in run.error_line()
+
+
+def test_html_rounds_amounts_for_reading_and_keeps_them_exact_in_title(
+    capsys: Any, fed: Federation, tmp_path: Path
+) -> None:
+    long = "0.1234567891"  # more digits than anyone reads
+    fed.ngo_a.add(
+        charge("q9", long, "2026-Q2", identity="university"), at("2026-04-02", "11:00:00")
+    )
+    path = fed.ngo_a.export(tmp_path / "ngo-a.jsonl")
+    total = _total(_charges(fed.ngo_a))
+    run = run_audit(capsys, "report", path, "--format", "html")
+    assert run.code == 0, run.err
+    page = _page(run.out)
+    assert page.fields[("ngo-a", "spent")] == [display_amount(total)] == ["1.99846"]
+    assert page.titles[("ngo-a", "spent")] == [format_amount(total)] == ["1.9984567891"]
+    assert page.classes[("ngo-a", "spent")] == ["amount rounded"]
+    charges = dict(
+        zip(page.titles[("ngo-a", "charge")], page.fields[("ngo-a", "charge")], strict=True)
+    )
+    assert charges[long] == "0.123457"
+    assert charges["0.5"] == "0.5"  # nothing to round: shown as it is, and not marked
+    # Times to the second, as the ledger wrote them in title.
+    assert "2026-04-02 11:00:00" in page.text
+    assert f'title="{at("2026-04-02", "11:00:00")}"' in run.out
+    assert "pure (ε)" in page.text
+    # The JSON report stays exact.
+    doc = run_audit(capsys, "report", path, "--format", "json").doc()
+    assert doc["nodes"][0]["spent"] == "1.9984567891"
+    assert doc["nodes"][0]["charges"][-1]["charge"] == long
+
+
+# ---------------------------------------------------------------- the chart
+
+
+def _nodes(*paths: Path) -> tuple[NodeReport, ...]:
+    return build_report(verify_exports(load_exports(list(paths)))).nodes
+
+
+def _legend(axes: Axes) -> list[str]:
+    legend = axes.get_legend()
+    assert legend is not None
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def _line(axes: Axes, label: str) -> tuple[list[datetime], list[float]]:
+    [line] = [ln for ln in axes.get_lines() if ln.get_label() == label]
+    xs = np.asarray(line.get_xdata()).astype("datetime64[us]").astype(datetime).tolist()
+    return xs, [float(y) for y in np.asarray(line.get_ydata())]
+
+
+def _when(day: str, clock: str) -> datetime:
+    return datetime.fromisoformat(f"{day}T{clock}")
+
+
+def test_the_chart_has_a_panel_per_node_with_its_limits_and_unit(
+    fed: Federation, exports: tuple[Path, Path, Path]
+) -> None:
+    pytest.importorskip("matplotlib")
+    from coordinator.audit.plot import spend_figure
+
+    figure = spend_figure(_nodes(*exports))
+    a, b = figure.axes  # one panel per node, in the order of the report
+    assert a.get_title(loc="left").startswith("ngo-a: 1.875 ε spent, 5 queries")
+    assert b.get_title(loc="left").startswith("ngo-b-id: 1.25 ε spent, 2 queries")
+    assert a.get_ylabel() == b.get_ylabel() == "ε spent"  # pure DP: amounts are ε
+    assert b.get_xlabel() == "time (UTC)"
+    assert a.get_shared_x_axes().joined(a, b)  # one time axis for every panel
+    # ngo-a counts quarterly: its total, and its spending in each period, which
+    # the quarterly limit applies to and which starts again at the roll-over.
+    assert _legend(a) == [
+        "spent in total",
+        "spent in the period",
+        "quarterly limit 2 ε",
+        "lifetime limit 5 ε",
+    ]
+    _, total = _line(a, "spent in total")
+    assert total[-1] == float(_total(_charges(fed.ngo_a))) == 1.875
+    times, period = _line(a, "spent in the period")
+    reset = times.index(_when("2026-04-01", "00:00:00"))  # the Q2 period entry
+    assert period[reset - 1] == float(NGO_A_SPENT["2026-Q1"]) and period[reset] == 0.0
+    assert period[-1] == float(NGO_A_SPENT["2026-Q2"])
+    assert set(_line(a, "quarterly limit 2 ε")[1]) == {2.0}
+    assert set(_line(a, "lifetime limit 5 ε")[1]) == {5.0}
+    # ngo-b has one period for its lifetime: one line, and its limit.
+    assert _legend(b) == ["spent", "limit 3 ε"]
+    assert _line(b, "spent")[1][-1] == float(NGO_B_SPENT["lifetime"])
+
+
+def test_every_node_is_drawn_even_when_they_spend_alike(tmp_path: Path) -> None:
+    """Nodes asked the same questions spend the same at the same moments: on one
+    chart their lines would lie on top of each other."""
+    pytest.importorskip("matplotlib")
+    from coordinator.audit.plot import spend_figure
+
+    fed = federation(tmp_path / "keys")
+    [a] = _nodes(fed.ngo_a.export(tmp_path / "a.jsonl"))
+    twins = tuple(replace(a, subject=name) for name in ("ngo-a", "ngo-b", "ngo-c"))
+    figure = spend_figure(twins)
+    assert [ax.get_title(loc="left").split(":")[0] for ax in figure.axes] == [
+        "ngo-a",
+        "ngo-b",
+        "ngo-c",
+    ]
+    colours = {_line_colour(ax, "spent in total") for ax in figure.axes}
+    assert len(colours) == 3  # and each its own colour
+
+
+def _line_colour(axes: Axes, label: str) -> str:
+    [line] = [ln for ln in axes.get_lines() if ln.get_label() == label]
+    return str(line.get_color())
+
+
+def test_a_zcdp_node_is_plotted_in_rho(fed: Federation, exports: tuple[Path, Path, Path]) -> None:
+    pytest.importorskip("matplotlib")
+    from coordinator.audit.plot import spend_figure
+
+    b = next(n for n in _nodes(*exports) if n.subject == "ngo-b-id")
+    [axes] = spend_figure((replace(b, definition="zcdp"),)).axes
+    assert axes.get_ylabel() == "ρ spent"
+    assert _legend(axes) == ["spent", "limit 3 ρ"]
+    [unknown] = spend_figure((replace(b, definition="renyi"),)).axes
+    assert unknown.get_ylabel() == "spent"  # no unit rather than a wrong one
+
+
+def test_a_changed_limit_is_drawn_as_a_step(fed: Federation, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from coordinator.audit.plot import spend_figure
+
+    raised = at("2026-04-02", "09:30:00")  # between q4 and q5
+    fed.ngo_a.add(policy("ngo-a", limit="3"), raised)
+    nodes = _nodes(fed.ngo_a.export(tmp_path / "a.jsonl"))
+    [axes] = spend_figure(nodes).axes
+    assert "quarterly limit 2 → 3 ε" in _legend(axes)
+    times, limits = _line(axes, "quarterly limit 2 → 3 ε")
+    assert limits[0] == 2.0 and limits[-1] == 3.0
+    assert limits[times.index(_when("2026-04-02", "09:30:00"))] == 3.0
+
+
+def test_a_node_without_charges_gets_an_empty_panel(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from coordinator.audit.plot import spend_png
+
+    fed = federation(tmp_path / "keys")
+    entries = [e for e in fed.ngo_b.entries if e.type != "charge"]
+    entries = entries[:4]  # opened, key, policy, period: before any charge
+    path = fed.ngo_b.export(tmp_path / "b.jsonl", entries=entries)
+    assert spend_png(_nodes(path)).startswith(PNG_MAGIC)
+    assert spend_png(()).startswith(PNG_MAGIC)
