@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from fractions import Fraction
-from typing import Any
 
 from node import answering, engine
 from node.config import CoordinatorGrant, NodeConfig
@@ -245,12 +244,10 @@ class NodeService:
             replay=bool(query_id)
             and self.ledger.stored_answer(identity, query_id, query.canonical()) is not None,
         )
-        clamping = _clamping(plan)
-        if clamping["bounds"] is not None:
-            lower, upper = clamping["bounds"]
-            message.bounds.CopyFrom(pb.Bounds(lower=lower, upper=upper))
-        if clamping["midpoint"] is not None:
-            message.midpoint = clamping["midpoint"]
+        bounds, midpoint = _clamping(plan)
+        if bounds is not None and midpoint is not None:
+            message.bounds.CopyFrom(pb.Bounds(lower=bounds[0], upper=bounds[1]))
+            message.midpoint = midpoint
         return message
 
     def query(
@@ -282,6 +279,7 @@ class NodeService:
         aggregates = engine.evaluate(plan, dataset, config.schema)
         definition = config.policy.privacy_definition
         cells, cost = answering.release_cells(plan, aggregates, definition)
+        bounds, midpoint = _clamping(plan)
         fresh = Answer(
             query_id=query_id,
             node_id=config.node_id,
@@ -294,7 +292,8 @@ class NodeService:
             budget=None,
             privacy_map=PrivacyCost(definition, cost.privacy_map),
             max_records_per_client=plan.k,
-            **_clamping(plan),
+            bounds=bounds,
+            midpoint=midpoint,
         )
         salt = receipts.new_salt()
         stored_answer, replayed = self.ledger.charge(
@@ -325,13 +324,12 @@ class NodeService:
         )
 
 
-def _clamping(plan: engine.QueryPlan) -> dict[str, Any]:
+def _clamping(plan: engine.QueryPlan) -> tuple[tuple[float, float] | None, float | None]:
     """SUM and MEAN: the clamping bounds in force and their midpoint (a mean's shift)."""
     spec = plan.numeric
     if spec is None or plan.query.kind not in (QueryKind.SUM, QueryKind.MEAN):
-        return {"bounds": None, "midpoint": None}
-    midpoint = (spec.lower_int + spec.upper_int) / (2.0 * spec.factor)
-    return {"bounds": (spec.lower, spec.upper), "midpoint": midpoint}
+        return None, None
+    return (spec.lower, spec.upper), (spec.lower_int + spec.upper_int) / (2.0 * spec.factor)
 
 
 def open_ledger(config: NodeConfig) -> PrivacyLedger:
