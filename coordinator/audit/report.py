@@ -29,7 +29,7 @@ REPORT_VERSION = 1
 ZERO = Fraction(0)
 # What amounts are measured in, by privacy definition: the letter readers know
 # from the papers (a budget of 1 means very different things in the two).
-UNITS = {PrivacyDefinition.PURE.value: "ε", PrivacyDefinition.ZCDP.value: "ρ"}
+UNITS = {d.value: d.letter for d in PrivacyDefinition}
 
 
 def amount_unit(definition: str) -> str:

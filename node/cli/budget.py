@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(as_json(status), indent=2))
         return 0
-    symbol = "ε" if status.definition.value == "pure" else "ρ"
+    symbol = status.definition.letter
     periods = list(status.periods)
     if status.current.label not in {p.label for p in periods}:
         periods.append(status.current)

@@ -181,7 +181,7 @@ def _show(ledger: PrivacyLedger, config: NodeConfig, args: argparse.Namespace) -
         }
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
-    symbol = "ε" if status.definition.value == "pure" else "ρ"
+    symbol = status.definition.letter
     print(
         f"Privacy ledger of node {config.node_id}: {questions} questions answered. "
         f"Spent {display_amount(status.current.spent)} of {display_amount(status.current.limit)} "

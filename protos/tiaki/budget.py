@@ -30,7 +30,13 @@ class PrivacyDefinition(StrEnum):
 
     @property
     def symbol(self) -> str:
+        """The amount's name in ASCII, for JSON keys and messages: ``epsilon`` or ``rho``."""
         return "epsilon" if self is PrivacyDefinition.PURE else "rho"
+
+    @property
+    def letter(self) -> str:
+        """The letter readers know from the papers: ``ε`` for pure DP, ``ρ`` for zCDP."""
+        return "ε" if self is PrivacyDefinition.PURE else "ρ"
 
 
 class AmountError(ValueError):
