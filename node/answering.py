@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from node.engine import ExactAggregate, QueryPlan, sensitivities
+from node.engine import ExactAggregate, QueryPlan
 from node.mechanisms import (
     NoisyVector,
     accuracy_95,
@@ -96,7 +96,7 @@ def plan_noise(plan: QueryPlan, definition: PrivacyDefinition) -> tuple[PlannedN
     """What releasing this plan would add and charge, without any data."""
     planned = []
     split = shares(plan.query.cost.amount, len(plan.components))
-    for s, share in zip(sensitivities(plan), split, strict=True):
+    for s, share in zip(plan.sensitivities, split, strict=True):
         sensitivity = s.l1 if definition is PrivacyDefinition.PURE else s.l2
         scale = calibrate(definition, float(sensitivity), share)
         divisor = _unit(plan, s.name)

@@ -9,18 +9,15 @@ Two halves, kept apart on purpose:
   vectorised numpy passes that produce exact integer vectors, each with the
   sensitivity that OpenDP must be told. Nothing here adds noise.
 
-Sensitivities are under the privacy unit: neighbouring datasets differ by one
-client *with all of their records*, and per-client bounding has already left
-each client with at most ``k = max_records_per_client`` records.
+Sensitivities come from the plan alone, in :mod:`node.sensitivity`, under the
+privacy unit (one client with all of their records).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from datetime import date
-from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
@@ -34,19 +31,18 @@ from node.config import (
     Schema,
 )
 from node.dataset import MISSING_DATE, Dataset
+from node.sensitivity import (
+    COMPONENTS,
+    NumericSpec,
+    Sensitivity,
+    fixed_point_grid,
+    sensitivities,
+)
 from tiaki.budget import format_amount
 from tiaki.errors import InvalidQueryError, PolicyViolationError
 from tiaki.query import DateRange, Filter, InSet, NumericRange, Query, QueryKind
 
 _EPOCH = date(1970, 1, 1)
-# Float columns are summed as integers on a dyadic grid so sums are exact and
-# their sensitivity is exact. 2**24 steps across the bounds is finer than any
-# released noise, and keeps every per-record term far inside int32.
-_FIXED_POINT_RANGE = 2.0**24
-# Integer columns are summed as they are while every term stays below 2**31:
-# int64 sums then cannot overflow below 2**32 records.
-_INTEGER_RANGE = 2.0**31
-_MAX_FIXED_POINT_SCALE = 2.0**20
 Mask = npt.NDArray[np.bool_]
 I64 = npt.NDArray[np.int64]
 # Histograms with at most this many bins place values by comparing with each
@@ -68,23 +64,6 @@ class PerQueryLimitError(PolicyViolationError):
 
 
 @dataclass(frozen=True)
-class NumericSpec:
-    """How a numeric column is clamped and turned into integers for exact sums."""
-
-    column: str
-    lower: float
-    upper: float
-    factor: float  # value * factor, rounded, is the integer that is summed
-    integer: bool  # the column holds whole numbers (factor is then 1)
-    lower_int: int
-    upper_int: int
-
-    @property
-    def max_abs_int(self) -> int:
-        return max(abs(self.lower_int), abs(self.upper_int))
-
-
-@dataclass(frozen=True)
 class QueryPlan:
     """A validated query with everything needed to run it, decided without data."""
 
@@ -103,6 +82,11 @@ class QueryPlan:
     @property
     def n_cells(self) -> int:
         return len(self.group_labels) * len(self.bin_labels)
+
+    @property
+    def sensitivities(self) -> tuple[Sensitivity, ...]:
+        """Each component's sensitivity under the privacy unit (see :mod:`node.sensitivity`)."""
+        return sensitivities(self.query.kind, self.k, self.n_cells, self.numeric)
 
 
 @dataclass(frozen=True)
@@ -180,30 +164,7 @@ def _numeric_spec(schema: Schema, query: Query) -> NumericSpec:
     )
     if integer and not (float(lower).is_integer() and float(upper).is_integer()):
         raise InvalidQueryError(f"{query.column!r} holds whole numbers; give whole-number bounds")
-    magnitude = max(abs(lower), abs(upper), 2.0**-20)
-    if integer and magnitude <= _INTEGER_RANGE:
-        factor = 1.0
-    else:
-        # Floats, and integers too large to sum safely in int64, go on a
-        # dyadic grid chosen from the public bounds alone.
-        exponent = math.floor(math.log2(_FIXED_POINT_RANGE / magnitude))
-        factor = min(_MAX_FIXED_POINT_SCALE, 2.0**exponent)
-        integer = False
-    lower_int, upper_int = math.ceil(lower * factor), math.floor(upper * factor)
-    if lower_int >= upper_int:
-        raise InvalidQueryError(
-            f"bounds [{lower}, {upper}] are narrower than the resolution of {query.column!r} "
-            f"({1 / factor:g}); widen them"
-        )
-    return NumericSpec(
-        column=query.column,
-        lower=lower,
-        upper=upper,
-        factor=factor,
-        integer=integer,
-        lower_int=lower_int,
-        upper_int=upper_int,
-    )
+    return fixed_point_grid(query.column, lower, upper, integer)
 
 
 def _bin_label(lo: float, hi: float, last: bool) -> str:
@@ -261,34 +222,18 @@ def plan(query: Query, schema: Schema, policy: Policy) -> QueryPlan:
             f"the answer would have {len(labels) * len(bins)} cells; this node computes at most "
             f"{policy.max_cells}"
         )
-    components = {
-        QueryKind.COUNT: ("count",),
-        QueryKind.COUNT_CLIENTS: ("clients",),
-        QueryKind.SUM: ("sum",),
-        QueryKind.MEAN: ("shifted_sum", "count"),
-        QueryKind.PROPORTION: ("numerator", "denominator"),
-        QueryKind.HISTOGRAM: ("count",),
-    }[query.kind]
     return QueryPlan(
         query=query,
         group_columns=query.group_by,
         group_labels=tuple(labels),
         bin_labels=bins,
-        components=components,
+        components=COMPONENTS[query.kind],
         numeric=numeric,
         k=policy.max_records_per_client,
     )
 
 
 # ---------------------------------------------------------------- evaluation
-
-
-def sqrt_up(m: int) -> float:
-    """The float nearest above √m: an L2 bound must never be rounded down."""
-    root = math.sqrt(m)
-    if Fraction(root) ** 2 < m:
-        root = math.nextafter(root, math.inf)
-    return root
 
 
 def _day(value: date) -> int:
@@ -472,57 +417,12 @@ def _histogram(
     return counts.reshape(n_groups, n_bins + 1)[:, 1:].ravel().astype(np.int64)
 
 
-@dataclass(frozen=True)
-class Sensitivity:
-    """How far one client can move one released vector: L1 for pure DP, L2 for zCDP."""
-
-    name: str
-    l1: int
-    l2: float
-
-
-def sensitivities(plan_: QueryPlan) -> tuple[Sensitivity, ...]:
-    """Each component's sensitivity under the privacy unit, from the plan alone.
-
-    One client, with all of their (at most k) records, is added or removed.
-    """
-    query, k, n_cells = plan_.query, plan_.k, plan_.n_cells
-    if query.kind in (QueryKind.COUNT, QueryKind.HISTOGRAM):
-        # One client adds or removes at most k records, each in one cell (or
-        # one (group, bin) cell): L1 <= k, and L2 <= k (all k in one cell).
-        return (Sensitivity("count", l1=k, l2=float(k)),)
-    if query.kind in (QueryKind.COUNT_CLIENTS, QueryKind.PROPORTION):
-        # A client is counted once in each cell they touch, and touches at
-        # most m = min(k, cells) cells: L1 = m, L2 = sqrt(m). A proportion's
-        # numerator and denominator are each such counts.
-        m = min(k, n_cells)
-        names = ("clients",) if query.kind is QueryKind.COUNT_CLIENTS else plan_.components
-        return tuple(Sensitivity(name, l1=m, l2=sqrt_up(m)) for name in names)
-    spec = plan_.numeric
-    assert spec is not None
-    if query.kind is QueryKind.SUM:
-        # Each record adds a value in [L, U] to one cell; one client's k
-        # records change the vector by at most k * max(|L|, |U|) in L1, and in
-        # L2 too when all k land in one cell.
-        bound = k * spec.max_abs_int
-        return (Sensitivity("sum", l1=bound, l2=float(bound)),)
-    # MEAN releases T = sum(2x - (L + U)) and N = count. Shifting by the
-    # midpoint halves the range each term can take: 2x - (L+U) lies in
-    # [-(U-L), U-L], so one client moves T by at most k * (U - L) and N by k.
-    # Doubling keeps the midpoint an integer on the fixed-point grid.
-    width = k * (spec.upper_int - spec.lower_int)
-    return (
-        Sensitivity("shifted_sum", l1=width, l2=float(width)),
-        Sensitivity("count", l1=k, l2=float(k)),
-    )
-
-
 def evaluate(plan_: QueryPlan, ds: Dataset, schema: Schema) -> tuple[ExactAggregate, ...]:
     """Exact aggregate vectors (cell order: group-major, then bin) and their sensitivities."""
     vectors = _exact_vectors(plan_, ds, schema)
     return tuple(
         ExactAggregate(s.name, values, l1=s.l1, l2=s.l2)
-        for s, values in zip(sensitivities(plan_), vectors, strict=True)
+        for s, values in zip(plan_.sensitivities, vectors, strict=True)
     )
 
 

@@ -1,10 +1,11 @@
 """The only module that calls OpenDP to release anything.
 
 The engine hands over an exact integer aggregate vector and its sensitivity
-(derived from the privacy unit, beside the code that computes it); this module
-builds the matching OpenDP measurement, finds the smallest noise scale whose
-privacy map fits the share of the budget, releases, and reports the charge as
-OpenDP's own privacy map states it, converted exactly to a Fraction.
+(derived from the privacy unit in :mod:`node.sensitivity`, the module beside
+this one); this module builds the matching OpenDP measurement, finds the
+smallest noise scale whose privacy map fits the share of the budget, releases,
+and reports the charge as OpenDP's own privacy map states it, converted
+exactly to a Fraction.
 
 Pure ε-DP uses the discrete Laplace mechanism over the L1 distance; ρ-zCDP
 uses the discrete Gaussian over the L2 distance. Both sample exactly with
