@@ -35,19 +35,14 @@ hash. :mod:`node.store` says how, and why each is keyed with the node's salt.
 from __future__ import annotations
 
 import csv
-import math
-import re
 import sqlite3
-from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import BinaryIO
 from urllib.request import pathname2url
 
 import numpy as np
-import numpy.typing as npt
 
 from node.config import (
     CategoricalColumn,
@@ -56,15 +51,20 @@ from node.config import (
     NodeConfig,
     NumericColumn,
     Schema,
-    TextColumn,
 )
-from node.dataset import MISSING_DATE
+from node.record_fields import (
+    BadValue,
+    MissingValue,
+    StoredColumn,
+    column_label,
+    show_raw,
+    stored_columns,
+)
 from node.store import (
     StoreBuilder,
     StoreError,
     build_store,
     client_codes,
-    code_dtype,
     content_version,
     keyed_words,
     load_or_create_salt,
@@ -81,11 +81,6 @@ MAX_LINE = 4 << 20  # physical line cap, so a file without newlines cannot exhau
 MAX_BAD_ROWS_REPORTED = 1000
 _BATCH = 10_000
 _MAX_IGNORED_LISTED = 100
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-
-_INTEGER = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
-_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True)
@@ -120,138 +115,6 @@ class ImportFailed(Exception):
     """The source as a whole cannot be imported; the message says what and how to fix it."""
 
 
-class _Bad(Exception):
-    """A value that breaks the schema; the message says how."""
-
-
-class _Missing(Exception):
-    """A required value is empty."""
-
-
-# ---------------------------------------------------------------- values
-
-
-def _show(raw: str) -> str:
-    return repr(raw) if len(raw) <= 40 else repr(raw[:40]) + "..."
-
-
-def _label(name: str) -> str:
-    """A source column name safe to print: shortened, and quoted if it holds control characters."""
-    short = name if len(name) <= 100 else name[:100] + "..."
-    return short if short.isprintable() else repr(short)
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
-
-
-# A parser takes a trimmed non-empty value and returns (value for the records
-# table, value for the columnar cache), or raises _Bad with the problem.
-_Parser = Callable[[str], tuple[object, float | int]]
-
-
-def _categorical(spec: CategoricalColumn) -> _Parser:
-    codes = {c: i for i, c in enumerate(spec.categories)}
-    folded = {c.casefold(): c for c in spec.categories}
-
-    def parse(s: str) -> tuple[object, int]:
-        code = codes.get(s)
-        if code is None:
-            hint = folded.get(s.casefold())
-            extra = f" (did you mean {hint!r}?)" if hint else ""
-            raise _Bad(f"{_show(s)} is not a declared category{extra}")
-        return s, code
-
-    return parse
-
-
-def _numeric(spec: NumericColumn) -> _Parser:
-    lo, hi = spec.bounds
-    integer = spec.type == "integer"
-
-    def parse(s: str) -> tuple[object, float]:
-        value: int | float
-        if integer:
-            digits = s
-            if not (s.isascii() and s.isdigit()):  # the common case needs no regex
-                if not _INTEGER.fullmatch(s):
-                    raise _Bad(f"{_show(s)} is not a whole number")
-                digits = s.split(".", 1)[0]
-            try:
-                value = int(digits)
-            except ValueError:  # more digits than Python converts
-                raise _Bad(f"{_show(s)[:20]}... has too many digits") from None
-        else:
-            if not _FLOAT.fullmatch(s):
-                raise _Bad(f"{_show(s)} is not a number")
-            value = float(s) + 0.0  # + 0.0 turns -0.0 into 0.0
-            if not math.isfinite(value):
-                raise _Bad(f"{_show(s)} is not a finite number")
-        if not lo <= value <= hi:
-            raise _Bad(f"{_show(s)} is outside the bounds [{_fmt(lo)}, {_fmt(hi)}]")
-        return value, float(value)
-
-    return parse
-
-
-def _date(spec: DateColumn) -> _Parser:
-    def parse(s: str) -> tuple[object, int]:
-        try:
-            if not _DATE.fullmatch(s):
-                raise ValueError
-            day = date.fromisoformat(s)
-        except ValueError:
-            raise _Bad(f"{_show(s)} is not a date (YYYY-MM-DD)") from None
-        if spec.min is not None and day < spec.min:
-            raise _Bad(f"{s} is before {spec.min}, the earliest allowed date")
-        if spec.max is not None and day > spec.max:
-            raise _Bad(f"{s} is after {spec.max}, the latest allowed date")
-        return s, day.toordinal() - _EPOCH_ORDINAL
-
-    return parse
-
-
-def _text(s: str) -> tuple[object, int]:
-    return s, 0
-
-
-@dataclass
-class _Col:
-    """One stored column: where it is in the source and how its values are checked."""
-
-    name: str
-    index: int | None  # None: optional column absent from the source
-    required: bool
-    parse: _Parser
-    sql_type: str
-    cache: array[int] | array[float] | None  # None for text and the identifier
-    missing: float | int
-
-    def array(self) -> npt.NDArray[np.generic]:
-        assert self.cache is not None
-        dtype = {"h": np.int16, "i": np.int32, "d": np.float64}[self.cache.typecode]
-        return np.frombuffer(self.cache, dtype=dtype)
-
-
-def _columns(schema: Schema, positions: dict[str, int]) -> list[_Col]:
-    cols = [_Col(schema.identifier, positions[schema.identifier], True, _text, "TEXT", None, 0)]
-    for name, spec in schema.columns.items():
-        pos = positions.get(name)
-        if isinstance(spec, TextColumn):
-            cols.append(_Col(name, pos, spec.required, _text, "TEXT", None, 0))
-        elif isinstance(spec, CategoricalColumn):
-            typecode = "h" if code_dtype(spec) is np.int16 else "i"
-            cols.append(_Col(name, pos, True, _categorical(spec), "TEXT", array(typecode), 0))
-        elif isinstance(spec, NumericColumn):
-            sql = "INTEGER" if spec.type == "integer" else "REAL"
-            cols.append(_Col(name, pos, spec.required, _numeric(spec), sql, array("d"), math.nan))
-        elif isinstance(spec, DateColumn):
-            cols.append(
-                _Col(name, pos, spec.required, _date(spec), "TEXT", array("i"), MISSING_DATE)
-            )
-    return cols
-
-
 def _plan(schema: Schema, header: list[str], source: str) -> tuple[dict[str, int], list[str]]:
     """Map schema columns to source positions; refuse headers that cannot be imported."""
     positions: dict[str, int] = {}
@@ -262,10 +125,10 @@ def _plan(schema: Schema, header: list[str], source: str) -> tuple[dict[str, int
             ignored.append(f"(unnamed column {i + 1})")
             continue
         if name not in schema.columns and name != schema.identifier:
-            ignored.append(_label(name))
+            ignored.append(column_label(name))
         if name in positions:
             raise ImportFailed(
-                f"{source}: column {_show(name)} appears twice in the header (columns "
+                f"{source}: column {show_raw(name)} appears twice in the header (columns "
                 f"{positions[name] + 1} and {i + 1}); remove or rename one"
             )
         positions[name] = i
@@ -292,7 +155,7 @@ def _plan(schema: Schema, header: list[str], source: str) -> tuple[dict[str, int
         raise ImportFailed(
             f"{source}: required column(s) missing from the header: {', '.join(parts)}. "
             "Add them or fix their names (names are case-sensitive); the header has: "
-            + ", ".join(_show(h) for h in header[:50])
+            + ", ".join(show_raw(h) for h in header[:50])
             + (", ..." if len(header) > 50 else "")
         )
     if len(ignored) > _MAX_IGNORED_LISTED:
@@ -319,7 +182,7 @@ class _Tally:
 
 
 def _validate(
-    cols: list[_Col],
+    cols: list[StoredColumn],
     width: int,
     rows: Iterator[Row],
     salt: bytes,
@@ -348,13 +211,13 @@ def _validate(
                     if s:
                         value, cache = col.parse(s)
                     elif col.required:
-                        raise _Missing
+                        raise MissingValue
                     else:
                         value, cache = None, col.missing
-                except _Bad as exc:
+                except BadValue as exc:
                     problems.append(f"{col.name}: {exc}")
                     continue
-                except _Missing:
+                except MissingValue:
                     problems.append(f"{col.name} is missing")
                     continue
                 values.append(value)
@@ -392,7 +255,7 @@ def _ingest(
 ) -> ImportReport:
     schema = config.schema
     positions, ignored = _plan(schema, header, source)
-    cols = _columns(schema, positions)
+    cols = stored_columns(schema, positions)
     lowered = [c.name.lower() for c in cols]
     if len(set(lowered)) != len(lowered):
         raise ImportFailed(
@@ -617,7 +480,7 @@ def _as_text(value: object) -> str:
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, _Unusable):
-        raise _Bad(value.reason)
+        raise BadValue(value.reason)
     if isinstance(value, bytes):
-        raise _Bad("binary (BLOB) values cannot be imported")
-    raise _Bad(f"unsupported value of type {type(value).__name__}")
+        raise BadValue("binary (BLOB) values cannot be imported")
+    raise BadValue(f"unsupported value of type {type(value).__name__}")
