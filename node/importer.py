@@ -60,18 +60,20 @@ from node.record_fields import (
     show_raw,
     stored_columns,
 )
+from node.record_keys import (
+    client_codes,
+    content_version,
+    keyed_words,
+    new_dataset_version,
+    record_digest,
+    record_ranks,
+)
 from node.store import (
     StoreBuilder,
     StoreError,
     build_store,
-    client_codes,
-    content_version,
-    keyed_words,
     load_or_create_salt,
-    new_dataset_version,
     quote_identifier,
-    record_digest,
-    record_ranks,
     schema_fingerprint,
     store_path,
 )

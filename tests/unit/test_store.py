@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from node.config import NodeConfig
 from node.dataset import MISSING_DATE
 from node.importer import import_csv
+from node.record_keys import record_ranks
 from node.store import (
     SALT_BYTES,
     StoreError,
     StoreMissing,
     load_dataset,
     load_or_create_salt,
-    record_ranks,
     store_path,
     store_version,
 )
