@@ -33,17 +33,25 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
-    PrivateKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tiaki.files import write_atomic
+from tiaki.pem import CertError as CertError  # raised by every function here
+from tiaki.pem import (
+    check_key_matches,
+    load_certificate,
+    load_private_key,
+    parse_certificate,
+    parse_private_key,
+    private_key_pem,
+    read_pem_file,
+)
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -55,10 +63,6 @@ Role = Literal["ca", "node", "coordinator", "unknown"]
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _DNS_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
-
-
-class CertError(Exception):
-    """A certificate operation failed; the message says what and where, never secrets."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def create_ca(
         .sign(key, hashes.SHA256())
     )
     _make_dir(directory, 0o700)
-    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(key_path, private_key_pem(key), 0o600)
     write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return crt_path, key_path
 
@@ -162,7 +166,7 @@ def issue_coordinator(
 
 def describe(cert_path: Path) -> CertInfo:
     """What a certificate file says (the first certificate if the file holds a chain)."""
-    cert = _load_cert(Path(cert_path))
+    cert = load_certificate(Path(cert_path))
     is_ca = _basic_constraints_ca(cert)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -185,7 +189,7 @@ def describe(cert_path: Path) -> CertInfo:
 
 def fingerprint(cert_pem: bytes) -> str:
     """SHA-256 of the (first) certificate's DER encoding, lowercase hex without colons."""
-    return _fingerprint(_parse_cert(cert_pem, "the given data"))
+    return _fingerprint(parse_certificate(cert_pem, "the given data"))
 
 
 def identity_of(cert_pem: bytes) -> str:
@@ -198,7 +202,7 @@ def identity_of(cert_pem: bytes) -> str:
     subject, or one with only ``O=``, and no DNS or URI name) names nobody:
     :class:`CertError`.
     """
-    cert = _parse_cert(cert_pem, "the given data")
+    cert = parse_certificate(cert_pem, "the given data")
     cn = _cn(cert.subject)
     if cn:
         return cn
@@ -224,13 +228,13 @@ def renew(ca_dir: Path, cert_path: Path, key_path: Path, *, days: int = 397) -> 
     """
     _check_days(days)
     cert_path, key_path = Path(cert_path), Path(key_path)
-    old = _load_cert(cert_path)
+    old = load_certificate(cert_path)
     if _basic_constraints_ca(old):
         raise CertError(
             f"{cert_path} is a CA certificate; renew() only re-issues leaf certificates"
         )
-    key = _load_key(key_path)
-    _check_pair(old, cert_path, key, key_path)
+    key = load_private_key(key_path)
+    check_key_matches(old, cert_path, key, key_path)
     ca_cert, ca_key, ca_crt_path = _load_ca(Path(ca_dir))
     if old.issuer != ca_cert.subject:
         raise CertError(
@@ -254,7 +258,7 @@ def expires_within(cert_path: Path, days: int) -> bool:
     """True if the certificate is expired or expires within ``days`` days from now."""
     if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= 36_500:
         raise CertError(f"days must be a whole number from 0 to 36500, not {days!r}")
-    return _load_cert(Path(cert_path)).not_valid_after_utc <= _now() + timedelta(days=days)
+    return load_certificate(Path(cert_path)).not_valid_after_utc <= _now() + timedelta(days=days)
 
 
 def tls_files(cert_path: Path, key_path: Path, ca_path: Path) -> TlsFiles:
@@ -263,12 +267,12 @@ def tls_files(cert_path: Path, key_path: Path, ca_path: Path) -> TlsFiles:
     least one certificate (a bundle of several trusted CAs is fine).
     """
     cert_path, key_path, ca_path = Path(cert_path), Path(key_path), Path(ca_path)
-    cert_pem = _read(cert_path, "certificate")
-    cert = _parse_cert(cert_pem, str(cert_path))
-    key_pem = _read(key_path, "private key")
-    _check_pair(cert, cert_path, _parse_key(key_pem, key_path), key_path)
-    ca_pem = _read(ca_path, "CA certificate")
-    _parse_cert(ca_pem, str(ca_path))
+    cert_pem = read_pem_file(cert_path, "certificate")
+    cert = parse_certificate(cert_pem, str(cert_path))
+    key_pem = read_pem_file(key_path, "private key")
+    check_key_matches(cert, cert_path, parse_private_key(key_pem, key_path), key_path)
+    ca_pem = read_pem_file(ca_path, "CA certificate")
+    parse_certificate(ca_pem, str(ca_path))
     return TlsFiles(cert_chain=cert_pem, private_key=key_pem, root_certificates=ca_pem)
 
 
@@ -304,7 +308,7 @@ def _issue(
     eku = x509.ExtendedKeyUsage([usage])
     cert = _build_leaf(subject, key.public_key(), ca_cert, ca_key, sans, eku, days, not_before)
     _make_dir(out_dir, 0o755)
-    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(key_path, private_key_pem(key), 0o600)
     write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return crt_path, key_path
 
@@ -370,7 +374,7 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, CertificateIssuerPrivateKe
     if not ca_dir.is_dir():
         raise CertError(f"CA directory not found: {ca_dir}")
     crt_path, key_path = ca_dir / CA_CERT, ca_dir / CA_KEY
-    cert = _load_cert(crt_path)
+    cert = load_certificate(crt_path)
     if not key_path.exists():
         raise CertError(
             f"CA key missing: {key_path} not found; issuing needs the CA's private key "
@@ -380,8 +384,8 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, CertificateIssuerPrivateKe
         raise CertError(f"{crt_path} is not a CA certificate (basicConstraints CA is not set)")
     if cert.not_valid_after_utc <= _now():
         raise CertError(f"the CA certificate {crt_path} expired on {cert.not_valid_after_utc}")
-    key = _load_key(key_path)
-    _check_pair(cert, crt_path, key, key_path)
+    key = load_private_key(key_path)
+    check_key_matches(cert, crt_path, key, key_path)
     if not isinstance(
         key,
         ec.EllipticCurvePrivateKey
@@ -391,65 +395,6 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, CertificateIssuerPrivateKe
     ):
         raise CertError(f"{key_path}: unsupported CA key type; use ECDSA, RSA or Ed25519")
     return cert, key, crt_path
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise CertError(f"{what} file not found: {path}") from None
-    except IsADirectoryError:
-        raise CertError(f"{what} path is a directory, not a file: {path}") from None
-    except PermissionError:
-        raise CertError(f"cannot read {what} file {path}: permission denied") from None
-
-
-def _load_cert(path: Path) -> x509.Certificate:
-    return _parse_cert(_read(path, "certificate"), str(path))
-
-
-def _parse_cert(data: bytes, where: str) -> x509.Certificate:
-    if b"PRIVATE KEY-----" in data and b"-----BEGIN CERTIFICATE-----" not in data:
-        raise CertError(f"{where} holds a private key, not a certificate")
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise CertError(f"{where} is not a PEM certificate (no BEGIN CERTIFICATE block)")
-    try:
-        return x509.load_pem_x509_certificates(data)[0]
-    except (ValueError, IndexError):
-        raise CertError(f"{where} is not a valid PEM certificate (it does not parse)") from None
-
-
-def _load_key(path: Path) -> PrivateKeyTypes:
-    return _parse_key(_read(path, "private key"), path)
-
-
-def _parse_key(data: bytes, path: Path) -> PrivateKeyTypes:
-    # Never echo the underlying exception: its text could quote key material.
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise CertError(
-            f"{path} is an encrypted private key; tiaki needs an unencrypted key "
-            "protected by file permissions (0600)"
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise CertError(f"{path} is not a PEM private key (it does not parse)") from None
-
-
-def _check_pair(
-    cert: x509.Certificate, cert_path: Path, key: PrivateKeyTypes, key_path: Path
-) -> None:
-    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
-        raise CertError(f"key {key_path} does not match certificate {cert_path}")
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
