@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
-
-from tabulate import tabulate
 
 from node.config import load_config
 from node.ledger import PrivacyLedger
 from tiaki.budget import BudgetStatus, display_amount, format_amount
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Document, Table
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "budget",
         help="show privacy spent and remaining, per period",
@@ -23,7 +21,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="the node's node.yaml")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
 def as_json(status: BudgetStatus) -> dict[str, object]:
@@ -55,19 +53,8 @@ def as_json(status: BudgetStatus) -> dict[str, object]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    ledger_path = config.paths.ledger
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    ledger = PrivacyLedger.open(ledger_path, config.policy)
-    try:
-        status = ledger.status()
-    finally:
-        ledger.close()
-    if args.format == "json":
-        print(json.dumps(as_json(status), indent=2))
-        return 0
-    symbol = status.definition.letter
+def budget_table(node_id: str, status: BudgetStatus) -> Table:
+    """Each period's limit, spending and what is left, the current one marked."""
     periods = list(status.periods)
     if status.current.label not in {p.label for p in periods}:
         periods.append(status.current)
@@ -80,12 +67,32 @@ def run(args: argparse.Namespace) -> int:
         ]
         for p in periods
     ]
-    print(f"node {config.node_id}: {status.definition.value} privacy, budget in {symbol}")
-    print(tabulate(rows, headers=["period", "limit", "spent", "remaining"], disable_numparse=True))
     lifetime = f"lifetime spent: {display_amount(status.lifetime_spent)}"
     if status.lifetime_limit is not None:
         lifetime += f" of {display_amount(status.lifetime_limit)}"
-    print(lifetime)
-    print(f"per-query maximum: {display_amount(status.per_query_max)}")
-    print(f"available to the next query: {display_amount(status.available)}")
-    return 0
+    return Table(
+        ["period", "limit", "spent", "remaining"],
+        rows,
+        title=[
+            f"node {node_id}: {status.definition.value} privacy, "
+            f"budget in {status.definition.letter}"
+        ],
+        notes=[
+            lifetime,
+            f"per-query maximum: {display_amount(status.per_query_max)}",
+            f"available to the next query: {display_amount(status.available)}",
+        ],
+    )
+
+
+def run(args: argparse.Namespace) -> Document | Table:
+    config = load_config(args.config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger.open(config.paths.ledger, config.policy)
+    try:
+        status = ledger.status()
+    finally:
+        ledger.close()
+    if args.format == "json":
+        return Document(as_json(status))
+    return budget_table(config.node_id, status)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from node.cli.errors import CommandError, ExitCode
 from node.config import load_config
+from tiaki.cli.exits import CommandError, ExitCode
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Outcome, Text
 
 SHOWN_BAD_ROWS = 20
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "import",
         help="import client records from CSV or a SQLite table",
@@ -26,10 +27,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--allow-bad-rows", action="store_true", help="import the good rows, report the rest"
     )
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Outcome:
     from node.importer import ImportFailed, import_csv, import_sqlite
 
     config = load_config(args.config)
@@ -41,22 +42,23 @@ def run(args: argparse.Namespace) -> int:
         else:
             report = import_csv(config, args.source, allow_bad_rows=args.allow_bad_rows)
     except ImportFailed as exc:
-        raise CommandError(str(exc), ExitCode.REJECTED) from None
+        raise CommandError(str(exc), ExitCode.REFUSED) from None
 
-    print(f"source:        {report.source}")
-    print(f"rows read:     {report.rows_read}")
-    print(f"bad rows:      {report.bad_row_count}")
+    lines = [
+        f"source:        {report.source}",
+        f"rows read:     {report.rows_read}",
+        f"bad rows:      {report.bad_row_count}",
+    ]
     if report.ignored_columns:
-        print(f"ignored columns (not in the schema): {', '.join(report.ignored_columns)}")
-    for bad in report.bad_rows[:SHOWN_BAD_ROWS]:
-        print(f"  line {bad.line}: {bad.reason}")
+        lines.append(f"ignored columns (not in the schema): {', '.join(report.ignored_columns)}")
+    lines.extend(f"  line {bad.line}: {bad.reason}" for bad in report.bad_rows[:SHOWN_BAD_ROWS])
     if report.bad_row_count > SHOWN_BAD_ROWS:
-        print(f"  ... and {report.bad_row_count - SHOWN_BAD_ROWS} more")
+        lines.append(f"  ... and {report.bad_row_count - SHOWN_BAD_ROWS} more")
     if not report.committed:
-        print("nothing imported: the previous records are unchanged.")
+        lines.append("nothing imported: the previous records are unchanged.")
         if report.bad_rows:
-            print("fix the rows above, or re-run with --allow-bad-rows to import the rest.")
-        return int(ExitCode.REJECTED)
-    print(f"imported:      {report.rows_imported} records of {report.clients} clients")
-    print(f"version:       {report.dataset_version}")
-    return 0
+            lines.append("fix the rows above, or re-run with --allow-bad-rows to import the rest.")
+        return Outcome(Text.lines(*lines), ExitCode.REFUSED)
+    lines.append(f"imported:      {report.rows_imported} records of {report.clients} clients")
+    lines.append(f"version:       {report.dataset_version}")
+    return Outcome(Text.lines(*lines))

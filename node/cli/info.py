@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
-from node.cli.errors import CommandError
 from node.config import load_config
 from node.exports import signing_key_path
 from node.service import open_ledger
 from tiaki import __version__
 from tiaki.certs import describe
+from tiaki.cli.exits import CommandError
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Document, Table
 from tiaki.signing import load_signing_key
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "info",
         help="the node's id, ledger signing key, TLS identity and ledger head",
@@ -28,10 +27,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="the node's node.yaml")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Document | Table:
     config = load_config(args.config)
     key_file = signing_key_path(config)
     if not key_file.exists():
@@ -61,8 +60,5 @@ def run(args: argparse.Namespace) -> int:
             seq, head = ledger.head()
             doc.update(ledger_id=ledger.ledger_id, ledger_entries=seq, ledger_head=head)
     if args.format == "json":
-        print(json.dumps(doc, indent=2))
-        return 0
-    rows = [[key.replace("_", " "), "-" if value is None else value] for key, value in doc.items()]
-    print(tabulate(rows, disable_numparse=True, tablefmt="plain"))
-    return 0
+        return Document(doc)
+    return Table((), [[k.replace("_", " "), "-" if v is None else str(v)] for k, v in doc.items()])

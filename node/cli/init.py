@@ -7,18 +7,19 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from node.cli.errors import CommandError
 from node.config import load_config
 from node.exports import node_signing_key
 from node.store import load_or_create_salt
+from tiaki.cli.exits import CommandError
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Text
 
 CONFIG_NAME = "node.yaml"
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "node.yaml"
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "init",
         help="create a node directory with an annotated node.yaml",
@@ -46,7 +47,7 @@ def register(sub: Any) -> None:
         metavar="IDENTITY",
         help="a coordinator identity allowed to ask (repeat for several)",
     )
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
 def template_text() -> str:
@@ -83,7 +84,7 @@ def render(
     return text
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Text:
     directory: Path = args.directory
     node_id = args.node_id or re.sub(r"[^A-Za-z0-9._-]", "-", directory.resolve().name) or "node"
     target = directory / CONFIG_NAME
@@ -108,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     load_or_create_salt(config.data_dir)
     key, _ = node_signing_key(config)
-    print(f"created {target} (node id {node_id}, serving on {args.address})")
-    print(f"ledger signing key {key.path}; give auditors its public key:")
-    print(f"  {key.public_text}")
-    print("next:")
-    print("  tiaki-node synth --clients 5000 --seed 7 --out clients.csv   # or your own export")
-    print(f"  tiaki-node import --config {target} clients.csv")
-    print(f"  tiaki-node serve --config {target}")
-    return 0
+    return Text.lines(
+        f"created {target} (node id {node_id}, serving on {args.address})",
+        f"ledger signing key {key.path}; give auditors its public key:",
+        f"  {key.public_text}",
+        "next:",
+        "  tiaki-node synth --clients 5000 --seed 7 --out clients.csv   # or your own export",
+        f"  tiaki-node import --config {target} clients.csv",
+        f"  tiaki-node serve --config {target}",
+    )

@@ -14,22 +14,20 @@ Three actions on the node's own privacy ledger, none of which spends anything:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Any
 
-from tabulate import tabulate
-
-from node.cli.errors import CommandError
 from node.config import NodeConfig, load_config
 from node.exports import export_ledger, node_signing_key
 from node.ledger import PrivacyLedger
 from node.service import open_ledger
 from tiaki.budget import display_amount, format_amount
 from tiaki.chain import ChainEntry
+from tiaki.cli.exits import CommandError
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Document, Outcome, Table, Text
 from tiaki.ledger_records import (
     ChargeRecord,
     Opened,
@@ -44,7 +42,7 @@ from tiaki.signing import key_id
 ACTIONS = ("show", "export", "verify")
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "ledger",
         help="what has been asked of this node's data, by whom and at what cost",
@@ -58,10 +56,10 @@ def register(sub: Any) -> None:
     p.add_argument("--identity", help="show: only questions from this coordinator identity")
     p.add_argument("--out", type=Path, help="export: write here (default: standard output)")
     p.add_argument("--from-seq", type=int, default=1, metavar="N", help="export: start at entry N")
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Document | Outcome | Table | Text:
     if args.action != "export" and (args.out is not None or args.from_seq != 1):
         raise CommandError("--out and --from-seq apply only to 'ledger export'")
     if args.action != "show" and (args.since or args.identity or args.format != "table"):
@@ -85,15 +83,14 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "verify":
             ledger.verify()
             seq, head = ledger.head()
-            print(
+            return Text.lines(
                 f"ledger {ledger.ledger_id} verified: {seq} chain entries, head {head[:16]}…, "
                 "every charge matches its chain entry and the period totals"
             )
-            return 0
         return _show(ledger, config, args)
 
 
-def _export(ledger: PrivacyLedger, config: NodeConfig, out: Path | None, from_seq: int) -> int:
+def _export(ledger: PrivacyLedger, config: NodeConfig, out: Path | None, from_seq: int) -> Outcome:
     last, _ = ledger.head()
     if not 1 <= from_seq <= last + 1:
         raise CommandError(f"--from-seq must be between 1 and {last + 1}")
@@ -102,9 +99,7 @@ def _export(ledger: PrivacyLedger, config: NodeConfig, out: Path | None, from_se
         print(f"created the ledger signing key {key.path}", file=sys.stderr)
     lines = list(export_ledger(ledger, key, config, from_seq))
     text = "".join(line + "\n" for line in lines)
-    if out is None:
-        sys.stdout.write(text)
-    else:
+    if out is not None:
         tmp = out.with_name(f".{out.name}.tmp")
         try:
             tmp.write_text(text, encoding="utf-8")
@@ -112,12 +107,11 @@ def _export(ledger: PrivacyLedger, config: NodeConfig, out: Path | None, from_se
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise CommandError(f"cannot write {out}: {exc.strerror or exc}") from None
-    print(
-        f"exported {len(lines) - 2} entries of ledger {ledger.ledger_id}, signed by key "
+    return Outcome(
+        Text(text) if out is None else None,
+        note=f"exported {len(lines) - 2} entries of ledger {ledger.ledger_id}, signed by key "
         f"{key.key_id} ({key.public_text})",
-        file=sys.stderr,
     )
-    return 0
 
 
 def _event(entry: ChainEntry) -> tuple[str, str, str, str] | None:
@@ -155,7 +149,7 @@ def _event(entry: ChainEntry) -> tuple[str, str, str, str] | None:
     return None
 
 
-def _show(ledger: PrivacyLedger, config: NodeConfig, args: argparse.Namespace) -> int:
+def _show(ledger: PrivacyLedger, config: NodeConfig, args: argparse.Namespace) -> Document | Table:
     _, entries = ledger.chain()
     status = ledger.status()
     rows: list[dict[str, str]] = []
@@ -179,28 +173,18 @@ def _show(ledger: PrivacyLedger, config: NodeConfig, args: argparse.Namespace) -
             "limit_per_period": format_amount(status.current.limit),
             "events": rows,
         }
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
-        return 0
+        return Document(doc, ascii_only=False)
     symbol = status.definition.letter
-    print(
-        f"Privacy ledger of node {config.node_id}: {questions} questions answered. "
-        f"Spent {display_amount(status.current.spent)} of {display_amount(status.current.limit)} "
-        f"({symbol}) in period {status.current.label}."
+    return Table(
+        ["when (UTC)", "asked by", "what was asked", f"cost ({symbol})"],
+        [[r["when"][:16].replace("T", " "), r["who"], r["what"], r["cost"]] for r in rows],
+        title=[
+            f"Privacy ledger of node {config.node_id}: {questions} questions answered. "
+            f"Spent {display_amount(status.current.spent)} of "
+            f"{display_amount(status.current.limit)} ({symbol}) in period {status.current.label}.",
+            "No client record ever left this node: each question was answered with noisy totals "
+            "only, and its cost was recorded here before the answer was sent.",
+        ],
+        widths=[None, 30, 70, None],
+        empty="Nothing to show" + (" for that selection." if args.since or args.identity else "."),
     )
-    print(
-        "No client record ever left this node: each question was answered with noisy totals "
-        "only, and its cost was recorded here before the answer was sent."
-    )
-    if not rows:
-        print("Nothing to show" + (" for that selection." if args.since or args.identity else "."))
-        return 0
-    table = [[r["when"][:16].replace("T", " "), r["who"], r["what"], r["cost"]] for r in rows]
-    print(
-        tabulate(
-            table,
-            headers=["when (UTC)", "asked by", "what was asked", f"cost ({symbol})"],
-            disable_numparse=True,
-            maxcolwidths=[None, 30, 70, None],
-        )
-    )
-    return 0

@@ -12,25 +12,26 @@ import threading
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from node import logs
-from node.cli.errors import CommandError
 from node.config import ConfigError, NodeConfig, load_config
 from node.datadir_lock import DataDirBusy, DataDirLock
 from node.ledger import LedgerError
 from node.server import RunningNode, create_server
 from node.service import NodeService, PolicyReloadError, open_service
 from node.tls import TlsError, server_credentials
+from tiaki.cli.exits import CommandError
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Outcome
 from tiaki.files import is_loopback
 
 RELOAD_CHECK_SECONDS = 2.0
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "serve",
         help="answer DP queries over gRPC",
@@ -60,7 +61,7 @@ def register(sub: Any) -> None:
         help="development only: plaintext gRPC without TLS, loopback addresses only; the "
         "coordinator's identity is then an unverified claim",
     )
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
 def credentials_for(
@@ -162,7 +163,7 @@ def reload_config(path: Path, service: NodeService, say: logs.Announcer) -> None
         say(note, level=logging.WARNING, event="reload_note")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Outcome:
     check_health_address(args.health_address)
     config = load_config(args.config)
     address = args.address or config.server.address
@@ -178,9 +179,10 @@ def run(args: argparse.Namespace) -> int:
     except DataDirBusy as exc:
         raise CommandError(str(exc)) from None
     try:
-        return _serve(args, config, address, credentials, say)
+        _serve(args, config, address, credentials, say)
     finally:
         lock.release()
+    return Outcome()
 
 
 def _serve(
@@ -189,7 +191,7 @@ def _serve(
     address: str,
     credentials: grpc.ServerCredentials | None,
     say: logs.Announcer,
-) -> int:
+) -> None:
     service = open_service(config)
     try:
         node = create_server(service, address, credentials)
@@ -255,4 +257,3 @@ def _serve(
         health_server.stop(0).wait()
     service.ledger.close()
     say("stopped", event="stopped")
-    return 0

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from node.cli.errors import CommandError, ExitCode
+from tiaki.cli.exits import CommandError, ExitCode
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Text
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "synth",
         help="write synthetic client records (CSV) matching the example config",
@@ -20,10 +21,10 @@ def register(sub: Any) -> None:
     p.add_argument("--clients", type=int, default=5000, help="number of clients (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="random seed; also sets the NGO's mix")
     p.add_argument("--out", type=Path, required=True, help="CSV file to write")
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Text:
     from node.synth import write_csv
 
     try:
@@ -32,5 +33,4 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(f"cannot write {args.out}: {exc.strerror}", ExitCode.USAGE) from None
-    print(f"wrote {rows} records for {args.clients} clients to {args.out}")
-    return 0
+    return Text.lines(f"wrote {rows} records for {args.clients} clients to {args.out}")

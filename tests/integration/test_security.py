@@ -17,13 +17,13 @@ import pytest
 import yaml
 
 from coordinator.client import NodeClient, new_query_id
-from node.cli.errors import CommandError
 from node.cli.serve import credentials_for
 from node.config import load_config
 from tests.conftest import FederationPki
 from tests.integration.conftest import LiveNode, status_code
 from tiaki import certs
 from tiaki.budget import PrivacyDefinition
+from tiaki.cli.exits import CommandError
 from tiaki.errors import RemoteError
 from tiaki.query import PrivacyCost, Query, QueryKind
 
