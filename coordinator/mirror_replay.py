@@ -1,5 +1,5 @@
-"""The mirror's chain, rebuilt and replayed: upgrading a schema-1 file, and checking
-that the hash chain accounts for the ``questions`` and ``outcomes`` tables exactly.
+"""The mirror's chain replayed: checking that the hash chain accounts for the
+``questions`` and ``outcomes`` tables exactly.
 
 Used only by :mod:`coordinator.mirror`; kept apart so the ledger's write path
 reads in one sitting.
@@ -8,7 +8,6 @@ reads in one sitting.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -27,57 +26,6 @@ from tiaki.ledger_records import (
 )
 
 PENDING = NodeStatus.PENDING  # a node asked but not yet answered
-
-
-def v1_questions(conn: sqlite3.Connection) -> list[tuple[QuestionRecord, str]]:
-    """A schema-1 file's questions as ``question`` entries, with their creation times."""
-    asked: dict[str, list[str]] = {}
-    for query_id, node in conn.execute("SELECT query_id, node FROM outcomes ORDER BY rowid"):
-        asked.setdefault(str(query_id), []).append(str(node))
-    rows = conn.execute(
-        "SELECT query_id, analyst, identity, canonical_query, requested, definition, created_at "
-        "FROM questions ORDER BY seq"
-    ).fetchall()
-    return [
-        (
-            QuestionRecord(
-                str(qid),
-                str(analyst),
-                str(identity),
-                str(canonical),
-                read_amount(requested),
-                str(definition),
-                tuple(asked.get(str(qid), ())),
-            ),
-            str(created),
-        )
-        for qid, analyst, identity, canonical, requested, definition, created in rows
-    ]
-
-
-def v1_outcomes(conn: sqlite3.Connection) -> list[tuple[OutcomeRecord, str]]:
-    """A schema-1 file's settled outcome rows as ``outcome`` entries, oldest update first."""
-    rows = conn.execute(
-        "SELECT query_id, node, status, reason, charged, attempts, dataset_version, node_id, "
-        "updated_at FROM outcomes WHERE status != ? ORDER BY updated_at, rowid",
-        (PENDING,),
-    ).fetchall()
-    return [
-        (
-            OutcomeRecord(
-                str(qid),
-                str(node),
-                str(status),
-                str(reason),
-                None if charged is None else read_amount(charged),
-                int(attempts),
-                str(version),
-                str(node_id),
-            ),
-            str(updated),
-        )
-        for qid, node, status, reason, charged, attempts, version, node_id, updated in rows
-    ]
 
 
 class ChainDisagreement(Exception):
@@ -139,9 +87,7 @@ class ChainReplayedRow:
     attempts: int = 0
     dataset_version: str = ""
     node_id: str = ""
-    # Set by outcome entries only: a row added by a re-send before schema 2 has no
-    # entry of its own saying when it was added.
-    updated_at: str | None = None
+    updated_at: str = ""  # when the question entry asked the node, or the last outcome
 
     def apply(self, seq: int, at: str, outcome: OutcomeRecord) -> None:
         """The same rules :meth:`MirrorLedger._write_outcome` applies to the row."""
@@ -207,7 +153,7 @@ class ChainReplay:
                 raise ChainDisagreement(
                     f"{where}: asks node {node!r} question {record.query_id!r} a second time"
                 )
-            self.rows[record.query_id, node] = ChainReplayedRow(entry.seq)
+            self.rows[record.query_id, node] = ChainReplayedRow(entry.seq, updated_at=entry.at)
             asked.nodes.append(node)
 
     def _outcome(self, entry: ChainEntry, record: OutcomeRecord, where: str) -> None:
@@ -280,6 +226,7 @@ class ChainReplay:
                 "attempts": row.attempts,
                 "dataset_version": row.dataset_version,
                 "node_id": row.node_id,
+                "updated_at": row.updated_at,
             }
             stored: dict[str, object] = {
                 "status": status,
@@ -290,8 +237,6 @@ class ChainReplay:
                 "node_id": node_id,
                 "updated_at": updated,
             }
-            if row.updated_at is not None:
-                chained["updated_at"] = row.updated_at
             difference = _first_difference(chained, stored)
             if difference is not None:
                 key, said, held = difference

@@ -1,4 +1,4 @@
-"""The mirror's hash chain: what each change appends, tamper evidence, the v1 upgrade.
+"""The mirror's hash chain: what each change appends, and tamper evidence.
 
 Also ``tiaki ledger export`` and ``tiaki ledger verify`` end to end through
 :func:`coordinator.cli.main.main` (no nodes needed: both read only the
@@ -23,7 +23,7 @@ from tests.conftest import Cli
 from tests.unit.test_mirror import answered, failed, intent
 from tiaki.chain import ChainEntry, genesis_hash
 from tiaki.ledger_export import integrity_problems, parse_export, read_export
-from tiaki.ledger_records import Opened, OutcomeRecord, QuestionRecord
+from tiaki.ledger_records import Opened, OutcomeRecord
 from tiaki.signing import SigningKeyError, create_signing_key, load_signing_key
 
 F = Fraction
@@ -285,137 +285,6 @@ def test_an_untouched_file_with_triggers_dropped_still_verifies(tmp_path: Path) 
     edit(path)
     with MirrorLedger(path) as mirror:
         assert mirror.verify() == 5
-
-
-# ---------------------------------------------------------------- the schema-1 upgrade
-
-# The schema-1 file exactly as tiaki wrote it before the chain (tables, triggers, meta).
-V1_APPEND_ONLY = "BEGIN SELECT RAISE(ABORT, 'the mirror ledger is append-only'); END"
-V1_SCHEMA = (
-    """CREATE TABLE meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )""",
-    """CREATE TABLE questions (
-        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-        query_id        TEXT NOT NULL UNIQUE,
-        analyst         TEXT NOT NULL,
-        identity        TEXT NOT NULL,
-        canonical_query TEXT NOT NULL,
-        requested       TEXT NOT NULL,
-        definition      TEXT NOT NULL,
-        created_at      TEXT NOT NULL
-    )""",
-    """CREATE TABLE outcomes (
-        query_id        TEXT NOT NULL REFERENCES questions (query_id),
-        node            TEXT NOT NULL,
-        status          TEXT NOT NULL,
-        reason          TEXT NOT NULL DEFAULT '',
-        charged         TEXT,
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        seconds         REAL NOT NULL DEFAULT 0,
-        dataset_version TEXT NOT NULL DEFAULT '',
-        node_id         TEXT NOT NULL DEFAULT '',
-        updated_at      TEXT NOT NULL,
-        PRIMARY KEY (query_id, node)
-    )""",
-    f"CREATE TRIGGER questions_no_update BEFORE UPDATE ON questions {V1_APPEND_ONLY}",
-    f"CREATE TRIGGER questions_no_delete BEFORE DELETE ON questions {V1_APPEND_ONLY}",
-    f"CREATE TRIGGER outcomes_no_delete BEFORE DELETE ON outcomes {V1_APPEND_ONLY}",
-    """CREATE TRIGGER outcomes_charge_once BEFORE UPDATE OF charged ON outcomes
-    WHEN OLD.charged IS NOT NULL AND NEW.charged IS NOT OLD.charged
-    BEGIN SELECT RAISE(ABORT, 'a recorded charge never changes'); END""",
-)
-
-T0, T1, T2, T3, T4 = (f"2026-03-0{d}T10:00:00.000000Z" for d in range(1, 6))
-
-
-def write_v1(path: Path, a_charge: str = "0.5") -> None:
-    """q1 asked a, b, then a re-send added c; a answered (T3), b refused, c pending; q2 asked a."""
-    conn = raw(path)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("BEGIN")
-    for statement in V1_SCHEMA:
-        conn.execute(statement)
-    conn.executemany(
-        "INSERT INTO meta VALUES (?, ?)",
-        [("kind", "tiaki-coordinator-mirror"), ("schema_version", "1"), ("created_at", T0)],
-    )
-    conn.executemany(
-        "INSERT INTO questions (query_id, analyst, identity, canonical_query, requested, "
-        "definition, created_at) VALUES (?, 'ana', 'coord-1', ?, ?, ?, ?)",
-        [("q1", CANONICAL, "0.5", "pure", T1), ("q2", "{}", "1/3", "zcdp", T2)],
-    )
-    conn.executemany(
-        "INSERT INTO outcomes (query_id, node, status, reason, charged, attempts, seconds, "
-        "dataset_version, node_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            ("q1", "a", "answered", "", a_charge, 2, 0.5, "v7", "a-id", T3),
-            ("q1", "b", "refused", "budget exhausted", None, 1, 0.1, "", "", T2),
-            ("q2", "a", "pending", "", None, 0, 0.0, "", "", T2),
-            ("q1", "c", "pending", "", None, 0, 0.0, "", "", T4),
-        ],
-    )
-    conn.execute("COMMIT")
-    conn.close()
-
-
-def test_a_schema_1_mirror_is_upgraded_in_place(tmp_path: Path) -> None:
-    path = tmp_path / "v1.db"
-    write_v1(path)
-    with MirrorLedger(path) as mirror:
-        entries = mirror.chain_entries()
-        ledger_id = mirror.ledger_id
-        assert [(e.type, e.at) for e in entries] == [
-            ("opened", T0),
-            ("question", T1),
-            ("question", T2),
-            ("outcome", T2),
-            ("outcome", T3),
-        ]
-        assert entries[0].body == Opened("coordinator", ledger_id, 2).body()
-        assert QuestionRecord.from_body(entries[1].body) == QuestionRecord(
-            "q1", "ana", "coord-1", CANONICAL, F(1, 2), "pure", ("a", "b", "c")
-        )
-        assert QuestionRecord.from_body(entries[2].body).nodes == ("a",)
-        assert QuestionRecord.from_body(entries[2].body).requested == F(1, 3)
-        assert OutcomeRecord.from_body(entries[3].body) == OutcomeRecord(
-            "q1", "b", "refused", "budget exhausted", None, 1, "", ""
-        )
-        assert OutcomeRecord.from_body(entries[4].body) == OutcomeRecord(
-            "q1", "a", "answered", "", F(1, 2), 2, "v7", "a-id"
-        )
-        # The tables are untouched and still read as before.
-        q1, q2 = mirror.questions()
-        assert [(o.node, o.status, o.charged) for o in q1.outcomes] == [
-            ("a", NodeStatus.ANSWERED, F(1, 2)),
-            ("b", NodeStatus.REFUSED, None),
-            ("c", "pending", None),
-        ]
-        assert (q2.requested, q2.pending_nodes) == (F(1, 3), ("a",))
-        assert mirror.spent_by_node() == {"a": F(1, 2), "b": F(0), "c": F(0)}
-        assert mirror.verify() == 5
-        # And it goes on as a current mirror.
-        mirror.record_outcome("q2", answered("a", F(1, 3)))
-        assert mirror.verify() == 6
-    conn = raw(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
-    conn.close()
-    with MirrorLedger(path) as reopened:  # upgraded once, not again
-        assert reopened.ledger_id == ledger_id and len(reopened.chain_entries()) == 6
-
-
-def test_an_upgrade_that_fails_leaves_the_schema_1_file_as_it_was(tmp_path: Path) -> None:
-    path = tmp_path / "v1.db"
-    write_v1(path, a_charge="half")
-    with pytest.raises(MirrorError, match="cannot upgrade this schema-1 mirror"):
-        MirrorLedger(path)
-    conn = raw(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert "chain" not in tables
-    assert conn.execute("SELECT count(*) FROM meta WHERE key = 'ledger_id'").fetchone() == (0,)
-    conn.close()
 
 
 # ---------------------------------------------------------------- the signing key setting
