@@ -1,21 +1,40 @@
-"""A typed client for one node: contract types in, contract types out."""
+"""A typed client for one node: contract types in, contract types out.
+
+The coordinator's edge, and its only module that speaks protobuf or gRPC's
+status codes: every reply is converted here (:mod:`tiaki.convert`), and every
+failed call becomes the typed error it stands for (:mod:`tiaki.wire_errors`),
+with the node's address on it.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
 
+from coordinator.config import FederationConfig, FederationConfigError, NodeEntry
 from tiaki.answer import Answer
 from tiaki.budget import BudgetStatus
-from tiaki.convert import answer_from_proto, budget_from_proto, query_to_proto
-from tiaki.errors import from_rpc_error
+from tiaki.certs import CertError, tls_files
+from tiaki.convert import (
+    answer_from_proto,
+    budget_from_proto,
+    node_info_from_proto,
+    node_plan_from_proto,
+    query_to_proto,
+)
+from tiaki.files import is_loopback
 from tiaki.metadata import IDENTITY_METADATA_KEY
+from tiaki.node_info import NodeInfo, NodePlan
 from tiaki.query import Query
 from tiaki.v1 import node_pb2 as pb
 from tiaki.v1 import node_pb2_grpc
+from tiaki.wire_errors import from_rpc_error
+
+T = TypeVar("T")
 
 
 def new_query_id() -> str:
@@ -24,7 +43,7 @@ def new_query_id() -> str:
 
 
 class NodeClient:
-    """Talks to one node. Errors arrive as :class:`tiaki.errors.RemoteError`."""
+    """Talks to one node. Errors arrive as :class:`tiaki.errors.TiakiError` types."""
 
     def __init__(
         self,
@@ -52,49 +71,35 @@ class NodeClient:
             self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = node_pb2_grpc.NodeStub(self._channel)
 
-    def info(self) -> pb.NodeInfo:
+    def _call(self, method: Callable[..., T], request: object) -> T:
         try:
-            info: pb.NodeInfo = self._stub.GetInfo(
-                pb.GetInfoRequest(), timeout=self.timeout, metadata=self._metadata
-            )
+            reply: T = method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        return info
+            raise from_rpc_error(exc, self.address) from None
+        return reply
+
+    def info(self) -> NodeInfo:
+        return node_info_from_proto(self._call(self._stub.GetInfo, pb.GetInfoRequest()))
 
     def budget(self) -> BudgetStatus:
-        try:
-            report = self._stub.GetBudget(
-                pb.GetBudgetRequest(), timeout=self.timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        return budget_from_proto(report)
+        return budget_from_proto(self._call(self._stub.GetBudget, pb.GetBudgetRequest()))
 
-    def plan(self, query: Query, query_id: str = "") -> pb.QueryPlan:
+    def plan(self, query: Query, query_id: str = "") -> NodePlan:
         """The node's own account of what ``query`` would cost; spends nothing.
 
         With ``query_id``, the plan also says whether asking under that id
         would replay an answer this coordinator already holds (free).
         """
         request = query_to_proto(query, query_id=query_id, analyst="")
-        try:
-            plan: pb.QueryPlan = self._stub.Plan(
-                request, timeout=self.timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        return plan
+        return node_plan_from_proto(self._call(self._stub.Plan, request))
 
     def query(self, query: Query, *, query_id: str, analyst: str) -> Answer:
         request = query_to_proto(query, query_id=query_id, analyst=analyst)
         return self.query_raw(request)
 
     def query_raw(self, request: pb.QueryRequest) -> Answer:
-        try:
-            response = self._stub.Query(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        return answer_from_proto(response)
+        """Send a request exactly as given (tests use it to send malformed ones)."""
+        return answer_from_proto(self._call(self._stub.Query, request))
 
     def export_ledger(self, from_seq: int = 0) -> Iterator[str]:
         """The node's signed ledger export, one line at a time (each without its newline).
@@ -113,7 +118,7 @@ class NodeClient:
             for message in call:
                 yield message.line
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise from_rpc_error(exc, self.address) from None
         finally:
             call.cancel()
 
@@ -130,3 +135,66 @@ class NodeClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def channel_credentials(
+    config: FederationConfig, entries: Sequence[NodeEntry]
+) -> grpc.ChannelCredentials | None:
+    """Mutual-TLS credentials from the federation file, or None in insecure development mode."""
+    if config.insecure:
+        remote = [e.name for e in entries if not is_loopback(e.address)]
+        if remote:
+            raise FederationConfigError(
+                f"insecure mode talks only to loopback nodes; {', '.join(remote)} is not: "
+                "configure tls in the federation file"
+            )
+        return None
+    if config.tls is None:
+        raise FederationConfigError(
+            "the federation file has no tls section (ca, cert, key); add it, or set "
+            "'insecure: true' for loopback development"
+        )
+    try:
+        files = tls_files(config.tls.cert, config.tls.key, config.tls.ca)
+    except CertError as exc:
+        raise FederationConfigError(f"tls: {exc}") from None
+    return grpc.ssl_channel_credentials(
+        root_certificates=files.root_certificates,
+        private_key=files.private_key,
+        certificate_chain=files.cert_chain,
+    )
+
+
+# What gRPC's connection errors mean, as far as the client can tell them apart:
+# (words in gRPC's own message, what to tell the analyst). First match wins.
+# gRPC gives no structured cause for a failed connection, only these words;
+# a node's refusals never come this way (they carry a reason code).
+_CONNECTION_FAILURES = (
+    ("Connection refused", "connection refused: nothing listens at that address (the node "
+     "is stopped, or the address or port is wrong)"),
+    ("No route to host", "no route to the node's host (network or firewall)"),
+    ("Network is unreachable", "no route to the node's host (network or firewall)"),
+    ("DNS resolution failed", "the node's host name does not resolve"),
+    ("certificate has expired", "the node's certificate has expired: the NGO must renew it"),
+    ("CERTIFICATE_VERIFY_FAILED", "the node's certificate is not trusted: it was not issued by "
+     "the CA in the federation file's tls.ca"),
+    ("Hostname Verification", "the node's certificate does not carry the expected name: check "
+     "the node's server_name in the federation file against its certificate"),
+    ("Peer name", "the node's certificate does not carry the expected name: check the node's "
+     "server_name in the federation file against its certificate"),
+    ("Socket closed", "the node closed the connection at the TLS handshake: most likely it "
+     "does not accept our certificate (issued by a CA it does not trust, or expired); the "
+     "node's log says which"),
+    ("CERTIFICATE_REQUIRED", "the node requires a client certificate and did not accept ours"),
+    ("BAD_CERTIFICATE", "the node did not accept our certificate"),
+    ("UNKNOWN_CA", "the node does not trust the CA that issued our certificate"),
+)  # fmt: skip
+
+
+def connection_failure(message: str) -> str:
+    """Why a connection failed, in words, followed by gRPC's own last error."""
+    detail = message.rpartition("last error: ")[2].strip() or message.strip()
+    for words, meaning in _CONNECTION_FAILURES:
+        if words in message:
+            return f"unreachable: {meaning} ({detail})"
+    return f"unreachable: {detail}"

@@ -45,8 +45,8 @@ _RATIO: dict[QueryKind, tuple[str, str]] = {
     QueryKind.MEAN: ("shifted_sum", "count"),
     QueryKind.PROPORTION: ("numerator", "denominator"),
 }
-# Components a node rescales from its integer grid into column units (by a
-# factor the answer does not carry): see _moments.
+# Components a node rescales from its integer grid into column units (by
+# 1/grid_unit, a shifted sum by twice that): see _moments.
 _RESCALED = frozenset({"sum", "shifted_sum"})
 
 Key = tuple[tuple[str, ...], str]
@@ -87,9 +87,10 @@ def _moments(c: Noise) -> tuple[float, float]:
     if c.distribution != "discrete_laplace":
         return var, 0.0  # the discrete Gaussian's excess kurtosis is 0 or just below
     if c.name in _RESCALED:
-        # Rescaled from an integer grid by a factor d >= 1 the answer does not
-        # carry; the exact formula at the rescaled scale would understate the
-        # variance. The continuous Laplace's 2s² bounds it for every d (κ4 = 3·var²).
+        # Rescaled from an integer grid by a factor d >= 1; the exact formula at
+        # the rescaled scale would understate the variance. The continuous
+        # Laplace's 2s² bounds it for every d (κ4 = 3·var²), so no interval
+        # depends on d (an answer's grid_unit gives it, for the exact variance).
         var = 2.0 * c.scale * c.scale
         return var, 3.0 * var * var
     q = math.exp(-1.0 / c.scale)  # DL = G1 − G2: κ4 = 2q(1 + 4q + q²)/(1 − q)⁴
@@ -283,11 +284,12 @@ def combine(
 ) -> tuple[CombinedCell, ...]:
     """One combined cell per public cell, each with a 95% CI for the DP noise only.
 
-    ``answers`` are (node name, answer) pairs. A mean's answer carries the
-    midpoint (L + U)/2 of the clamping bounds its node used, to undo the shift
-    of its ``shifted_sum``; ``midpoints`` maps node names to it for answers
-    from nodes that did not report it. Raises ValueError naming the node on
-    missing, non-finite or mismatched cells and components, or a missing midpoint.
+    ``answers`` are (node name, answer) pairs, and each answer carries what
+    combining it needs: a mean's carries the midpoint (L + U)/2 of the
+    clamping bounds its node used, to undo the shift of its ``shifted_sum``.
+    ``midpoints`` maps node names to it for answers kept without one. Raises
+    ValueError naming the node on missing, non-finite or mismatched cells and
+    components, or a missing midpoint.
     ``unreliable_share`` sets the interval-width rule for flagging cells.
     """
     if not answers:

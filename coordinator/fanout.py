@@ -16,28 +16,34 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
-
-from coordinator.client import NodeClient
-from coordinator.config import FederationConfig, FederationConfigError, NodeEntry
+from coordinator.client import NodeClient, channel_credentials, connection_failure
+from coordinator.config import FederationConfig
 from coordinator.results import NodeOutcome, NodeStatus
 from tiaki.budget import BudgetStatus, display_amount
-from tiaki.certs import CertError, identity_of, tls_files
-from tiaki.convert import budget_from_proto, charged_from_proto
-from tiaki.errors import RemoteError
-from tiaki.files import is_loopback
+from tiaki.certs import identity_of
+from tiaki.errors import (
+    BusyError,
+    DeadlineExceededError,
+    InsufficientBudgetError,
+    InvalidQueryError,
+    NodeUnreachableError,
+    NotReadyError,
+    PolicyViolationError,
+    QueryIdConflictError,
+    RemoteError,
+    TiakiError,
+)
+from tiaki.node_info import NodePlan
 from tiaki.query import Query
-from tiaki.v1 import node_pb2 as pb
 
-TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-REFUSALS = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    }
+# Worth asking again, with the same query id: the node did not decide anything.
+TRANSIENT: tuple[type[TiakiError], ...] = (NodeUnreachableError, NotReadyError, BusyError)
+# The node looked at the request and declined it; asking again changes nothing.
+REFUSALS: tuple[type[TiakiError], ...] = (
+    InvalidQueryError,
+    PolicyViolationError,
+    InsufficientBudgetError,
+    QueryIdConflictError,
 )
 BACKOFF_SECONDS = 0.2
 T = TypeVar("T")
@@ -48,7 +54,7 @@ class Preflight:
     """One node's answer to "what would this cost you, and can you afford it?"."""
 
     node: str
-    plan: pb.QueryPlan | None
+    plan: NodePlan | None
     budget: BudgetStatus | None
     status: NodeStatus | None  # None: the node can be asked
     reason: str = ""
@@ -115,80 +121,20 @@ class Federation:
         self.close()
 
 
-def channel_credentials(
-    config: FederationConfig, entries: Sequence[NodeEntry]
-) -> grpc.ChannelCredentials | None:
-    """Mutual-TLS credentials from the federation file, or None in insecure development mode."""
-    if config.insecure:
-        remote = [e.name for e in entries if not is_loopback(e.address)]
-        if remote:
-            raise FederationConfigError(
-                f"insecure mode talks only to loopback nodes; {', '.join(remote)} is not: "
-                "configure tls in the federation file"
-            )
-        return None
-    if config.tls is None:
-        raise FederationConfigError(
-            "the federation file has no tls section (ca, cert, key); add it, or set "
-            "'insecure: true' for loopback development"
-        )
-    try:
-        files = tls_files(config.tls.cert, config.tls.key, config.tls.ca)
-    except CertError as exc:
-        raise FederationConfigError(f"tls: {exc}") from None
-    return grpc.ssl_channel_credentials(
-        root_certificates=files.root_certificates,
-        private_key=files.private_key,
-        certificate_chain=files.cert_chain,
-    )
-
-
-# What gRPC's connection errors mean, as far as the client can tell them apart:
-# (words in gRPC's message, what to tell the analyst). First match wins.
-_CONNECTION_FAILURES = (
-    ("Connection refused", "connection refused: nothing listens at that address (the node "
-     "is stopped, or the address or port is wrong)"),
-    ("No route to host", "no route to the node's host (network or firewall)"),
-    ("Network is unreachable", "no route to the node's host (network or firewall)"),
-    ("DNS resolution failed", "the node's host name does not resolve"),
-    ("certificate has expired", "the node's certificate has expired: the NGO must renew it"),
-    ("CERTIFICATE_VERIFY_FAILED", "the node's certificate is not trusted: it was not issued by "
-     "the CA in the federation file's tls.ca"),
-    ("Hostname Verification", "the node's certificate does not carry the expected name: check "
-     "the node's server_name in the federation file against its certificate"),
-    ("Peer name", "the node's certificate does not carry the expected name: check the node's "
-     "server_name in the federation file against its certificate"),
-    ("Socket closed", "the node closed the connection at the TLS handshake: most likely it "
-     "does not accept our certificate (issued by a CA it does not trust, or expired); the "
-     "node's log says which"),
-    ("CERTIFICATE_REQUIRED", "the node requires a client certificate and did not accept ours"),
-    ("BAD_CERTIFICATE", "the node did not accept our certificate"),
-    ("UNKNOWN_CA", "the node does not trust the CA that issued our certificate"),
-)  # fmt: skip
-
-
-def connection_failure(message: str) -> str:
-    """Why a connection failed, in words, followed by gRPC's own last error."""
-    detail = message.rpartition("last error: ")[2].strip() or message.strip()
-    for words, meaning in _CONNECTION_FAILURES:
-        if words in message:
-            return f"unreachable: {meaning} ({detail})"
-    return f"unreachable: {detail}"
-
-
-def _failure(exc: RemoteError) -> tuple[NodeStatus, str]:
-    if exc.status_code is grpc.StatusCode.DEADLINE_EXCEEDED:
+def _failure(exc: TiakiError) -> tuple[NodeStatus, str]:
+    """What became of a node's part, decided by the error's type, never its words."""
+    if isinstance(exc, DeadlineExceededError):
         return NodeStatus.UNREACHABLE, "unreachable: no answer before the deadline"
-    if exc.status_code in TRANSIENT:
-        if "in flight" in exc.message:  # the node's own word: busy, try again shortly
-            return NodeStatus.UNREACHABLE, f"busy: {exc.message.splitlines()[0][:200]}"
+    if isinstance(exc, BusyError):
+        return NodeStatus.UNREACHABLE, f"busy: {exc.message.splitlines()[0][:200]}"
+    if isinstance(exc, TRANSIENT):
         return NodeStatus.UNREACHABLE, connection_failure(exc.message)
-    if exc.status_code in REFUSALS:
+    if isinstance(exc, REFUSALS) or (isinstance(exc, RemoteError) and exc.refused):
         return NodeStatus.REFUSED, exc.message
     return NodeStatus.ERROR, exc.message
 
 
-def failure_reason(exc: RemoteError) -> str:
+def failure_reason(exc: TiakiError) -> str:
     """The words for a failed call: the connection failure explained, or the node's message."""
     return _failure(exc)[1]
 
@@ -197,11 +143,11 @@ def _preflight_one(name: str, client: NodeClient, query: Query, query_id: str) -
     try:
         plan = client.plan(query, query_id)
         # Nodes report their budget inside the plan; one round trip serves both.
-        budget = budget_from_proto(plan.budget) if plan.HasField("budget") else client.budget()
-    except RemoteError as exc:
+        budget = plan.budget if plan.budget is not None else client.budget()
+    except TiakiError as exc:
         status, reason = _failure(exc)
         return Preflight(name, None, None, status, reason)
-    cost = charged_from_proto(plan.charge).amount
+    cost = plan.charge.amount
     if plan.replay:  # already answered under this id: the node replays it for free
         return Preflight(name, plan, budget, None)
     if cost > budget.available:
@@ -235,7 +181,7 @@ def ask_node(
         attempt += 1
         try:
             answer = client.query(query, query_id=query_id, analyst=analyst)
-        except RemoteError as exc:
+        except TiakiError as exc:
             status, reason = _failure(exc)
             if status is NodeStatus.UNREACHABLE and attempt <= retries:
                 time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
 
 from coordinator.client import new_query_id
@@ -11,10 +11,9 @@ from coordinator.combine import UNRELIABLE_SHARE, combine_outcomes
 from coordinator.fanout import Federation, Preflight, ask_node, preflight
 from coordinator.mirror import MirrorLedger
 from coordinator.results import CombinedCell, FederatedAnswer, NodeOutcome, NodeStatus
-from tiaki.convert import answer_from_proto, query_from_proto, query_to_proto
+from tiaki.convert import answer_from_bytes, query_from_bytes, query_to_bytes
 from tiaki.errors import TiakiError
 from tiaki.query import Query, QueryKind
-from tiaki.v1 import node_pb2 as pb
 
 OnOutcome = Callable[[NodeOutcome, int, int], None]
 OnWaiting = Callable[[list[str], float], None]
@@ -33,9 +32,13 @@ def _skipped(checks: dict[str, Preflight], why: str) -> list[NodeOutcome]:
     return outcomes
 
 
-def midpoints(checks: dict[str, Preflight]) -> dict[str, float]:
-    """Each node's clamping midpoint for a mean, as its own plan states it."""
-    return {n: c.plan.midpoint for n, c in checks.items() if c.plan is not None}
+def midpoints(outcomes: Sequence[NodeOutcome]) -> dict[str, float]:
+    """Each answering node's clamping midpoint for a mean, as its answer states it."""
+    return {
+        o.node: o.answer.midpoint
+        for o in outcomes
+        if o.answer is not None and o.answer.midpoint is not None
+    }
 
 
 def ask_federation(
@@ -70,10 +73,10 @@ def ask_federation(
         nodes=list(checks),
         requested=query.cost.amount,
         definition=query.cost.definition,
-        request=query_to_proto(query, query_id=query_id, analyst=analyst).SerializeToString(),
+        request=query_to_bytes(query, query_id=query_id, analyst=analyst),
         require_all=require_all,
     )
-    mids = midpoints(checks) if query.kind is QueryKind.MEAN else None
+    mean = query.kind is QueryKind.MEAN
     if require_all and len(ready) < total:
         outcomes = _skipped(checks, "not asked: another node would not answer (--require-all)")
         mirror.record_outcomes(query_id, outcomes)
@@ -111,7 +114,8 @@ def ask_federation(
         # write per batch rather than per node.
         batch = [future.result() for future in finished]
         if batch:
-            mirror.record_outcomes(query_id, batch, mids)
+            # The mirror keeps each answer and, for a mean, its midpoint beside it.
+            mirror.record_outcomes(query_id, batch, midpoints(batch) if mean else None)
         for outcome in batch:
             by_node[outcome.node] = outcome
             done += 1
@@ -122,7 +126,8 @@ def ask_federation(
     released = not require_all or all(o.answered for o in final)
     cells: tuple[CombinedCell, ...] = ()
     if released:
-        cells = combine_outcomes(query, final, mids, unreliable_share)
+        # Each answer carries what combining it needs (a mean's midpoint among it).
+        cells = combine_outcomes(query, final, None, unreliable_share)
     return FederatedAnswer(query_id, query, query.group_by, cells, final, released)
 
 
@@ -142,12 +147,12 @@ def past_answer(
         raise UnknownQuestion(
             f"question {query_id!r} was recorded before answers were kept; it cannot be shown"
         )
-    _, _, query = query_from_proto(pb.QueryRequest.FromString(stored.request))
+    _, _, query = query_from_bytes(stored.request)
     (question,) = [q for q in mirror.questions() if q.query_id == query_id]
     outcomes = []
     for row in question.outcomes:
         raw = stored.answers.get(row.node)
-        answer = answer_from_proto(pb.QueryResponse.FromString(raw)) if raw else None
+        answer = answer_from_bytes(raw) if raw else None
         status = NodeStatus.UNREACHABLE if row.pending else NodeStatus(row.status)
         reason = "no outcome recorded (the coordinator stopped)" if row.pending else row.reason
         outcomes.append(

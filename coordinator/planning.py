@@ -20,10 +20,9 @@ from fractions import Fraction
 from coordinator.client import NodeClient
 from coordinator.combine import ratio_half_width, summed_noise_half_width
 from coordinator.fanout import Federation, Preflight, preflight
-from tiaki.convert import charged_from_proto
-from tiaki.errors import InvalidQueryError, RemoteError
+from tiaki.errors import InvalidQueryError, TiakiError
+from tiaki.node_info import NodePlan
 from tiaki.query import PrivacyCost, Query, QueryKind
-from tiaki.v1 import node_pb2 as pb
 
 ADDITIVE = frozenset({QueryKind.COUNT, QueryKind.COUNT_CLIENTS, QueryKind.SUM, QueryKind.HISTOGRAM})
 # Costs are searched on a grid of 1/10000: fine enough for any analyst, and a
@@ -44,13 +43,13 @@ class QuestionPlan:
     @property
     def total_cost(self) -> Fraction:
         return sum(
-            (charged_from_proto(c.plan.charge).amount for c in self.nodes.values() if c.plan),
+            (c.plan.charge.amount for c in self.nodes.values() if c.plan),
             Fraction(0),
         )
 
 
 def _ratio_plan(
-    kind: QueryKind, plans: list[pb.QueryPlan], expected_count: float | None
+    kind: QueryKind, plans: list[NodePlan], expected_count: float | None
 ) -> tuple[float | None, str]:
     count = expected_count
     guessed = count is None
@@ -59,7 +58,7 @@ def _ratio_plan(
     numerators = [p.components[0] for p in plans]
     denominators = [p.components[1] for p in plans]
     if kind is QueryKind.MEAN:
-        ranges = [(p.bounds.lower, p.bounds.upper) for p in plans if p.HasField("bounds")]
+        ranges = [p.bounds for p in plans if p.bounds is not None]
         if not ranges:
             return None, "the nodes did not report their clamping bounds"
         lower, upper = min(r[0] for r in ranges), max(r[1] for r in ranges)
@@ -80,7 +79,7 @@ def _ratio_plan(
 
 
 def expected_half_width(
-    kind: QueryKind, plans: list[pb.QueryPlan], expected_count: float | None = None
+    kind: QueryKind, plans: list[NodePlan], expected_count: float | None = None
 ) -> tuple[float | None, str]:
     """The 95% half-width each combined cell would have, from the planned noise alone.
 
@@ -105,11 +104,11 @@ def plan_question(
     return QuestionPlan(query, checks, half_width, method)
 
 
-def _plans_at(federation: Federation, query: Query) -> list[pb.QueryPlan]:
-    def plan(name: str, client: NodeClient) -> pb.QueryPlan | None:
+def _plans_at(federation: Federation, query: Query) -> list[NodePlan]:
+    def plan(name: str, client: NodeClient) -> NodePlan | None:
         try:
             return client.plan(query)
-        except RemoteError:
+        except TiakiError:
             return None
 
     return [p for _, p in federation.each(plan) if p is not None]

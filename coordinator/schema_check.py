@@ -13,10 +13,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 
-from tiaki.convert import kind_from_proto
 from tiaki.errors import InvalidQueryError
+from tiaki.node_info import ColumnInfo, NodeInfo
 from tiaki.query import InSet, Query
-from tiaki.v1 import node_pb2 as pb
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -25,26 +24,26 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _columns(infos: Iterable[pb.NodeInfo]) -> dict[str, list[pb.ColumnInfo]]:
-    by_name: dict[str, list[pb.ColumnInfo]] = {}
+def _columns(infos: Iterable[NodeInfo]) -> dict[str, list[ColumnInfo]]:
+    by_name: dict[str, list[ColumnInfo]] = {}
     for info in infos:
         for column in info.columns:
             by_name.setdefault(column.name, []).append(column)
     return by_name
 
 
-def _where(infos: Mapping[str, pb.NodeInfo]) -> str:
+def _where(infos: Mapping[str, NodeInfo]) -> str:
     names = sorted(infos)
     return "any node" if len(names) != 1 else f"node {names[0]}"
 
 
-def check_against_schemas(query: Query, infos: Mapping[str, pb.NodeInfo]) -> None:
+def check_against_schemas(query: Query, infos: Mapping[str, NodeInfo]) -> None:
     """Raise :class:`InvalidQueryError` if no node in ``infos`` could answer ``query``."""
     if not infos:
         return
     where = _where(infos)
     columns = _columns(infos.values())
-    allowed = {kind_from_proto(k) for info in infos.values() for k in info.allowed_kinds}
+    allowed = {k for info in infos.values() for k in info.allowed_kinds}
     if query.kind not in allowed:
         kinds = ", ".join(sorted(k.value for k in allowed)) or "none"
         raise InvalidQueryError(
@@ -75,12 +74,10 @@ def check_against_schemas(query: Query, infos: Mapping[str, pb.NodeInfo]) -> Non
                         f"{did_you_mean(value, known)} (categories: {', '.join(sorted(known))})"
                     )
     if query.bounds is not None and query.column:
-        declared = [c.bounds for c in columns[query.column] if c.HasField("bounds")]
-        fits = [
-            b for b in declared if b.lower <= query.bounds.lower and query.bounds.upper <= b.upper
-        ]
+        declared = [c.bounds for c in columns[query.column] if c.bounds is not None]
+        fits = [b for b in declared if b[0] <= query.bounds.lower and query.bounds.upper <= b[1]]
         if declared and not fits:
-            ranges = ", ".join(f"[{b.lower:g}, {b.upper:g}]" for b in declared)
+            ranges = ", ".join(f"[{lower:g}, {upper:g}]" for lower, upper in declared)
             raise InvalidQueryError(
                 f"bounds [{query.bounds.lower:g}, {query.bounds.upper:g}] reach outside "
                 f"{query.column!r} as declared at {where} ({ranges}); bounds may only narrow them"

@@ -29,23 +29,13 @@ import grpc
 
 from node.config import AuditorGrant, CoordinatorGrant, Policy
 from tiaki.certs import CertError, identity_of
-from tiaki.errors import PolicyViolationError, TiakiError
+from tiaki.errors import BusyError, PolicyViolationError
 from tiaki.metadata import IDENTITY_METADATA_KEY
 
 log = logging.getLogger("tiaki.node.access")
 
 
 ANONYMOUS = "anonymous"
-
-
-class TooManyConcurrentQueries(TiakiError):
-    """This identity already has as many queries in flight as the node allows.
-
-    UNAVAILABLE, not RESOURCE_EXHAUSTED: it is transient, so coordinators
-    retry it (with the same query id), whereas an exhausted budget is final.
-    """
-
-    status_code = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -163,10 +153,7 @@ class Gatekeeper:
         with self._lock:
             current = self._in_flight.get(caller.identity, 0)
             if current >= self._limit:
-                raise TooManyConcurrentQueries(
-                    f"{caller.identity!r} already has {current} queries in flight at this node "
-                    f"(the most it allows); retry shortly with the same query id"
-                )
+                raise BusyError(caller.identity, current)
             self._in_flight[caller.identity] = current + 1
         try:
             yield

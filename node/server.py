@@ -1,8 +1,10 @@
 """The gRPC face of a node: a thin servicer, the server factory, health and shutdown.
 
-The servicer decodes nothing itself: it hands requests to :class:`NodeService`
-and maps typed errors to status codes in exactly one place (``_answering``).
-An unexpected error is logged in full here and reported to the caller only as
+The servicer is the node's edge: it refuses over-large requests, converts
+messages to contract types and back (:mod:`tiaki.convert`, once each way),
+hands them to :class:`NodeService`, and turns typed errors into a rich status
+(:mod:`tiaki.wire_errors`) in exactly one place (``_answering``). An
+unexpected error is logged in full here and reported to the caller only as
 INTERNAL with a reference, so no stack trace or path leaves the node.
 """
 
@@ -23,33 +25,48 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node.access import Caller, Gatekeeper, caller_of
 from node.config import CoordinatorGrant
-from node.service import MAX_REQUEST_BYTES, NodeService
-from tiaki.convert import answer_to_proto, budget_to_proto
-from tiaki.errors import InvalidQueryError, TiakiError
+from node.service import NodeService
+from tiaki.convert import (
+    budget_to_proto,
+    node_info_to_proto,
+    node_plan_to_proto,
+    query_from_proto,
+    reply_bytes,
+)
+from tiaki.errors import InternalError, InvalidQueryError, TiakiError
+from tiaki.query import Query
 from tiaki.v1 import node_pb2 as pb
 from tiaki.v1 import node_pb2_grpc
+from tiaki.wire_errors import status_code_of, to_status
 
 log = logging.getLogger("tiaki.node")
 
 SERVICE_NAME = "tiaki.v1.Node"
+# Requests above this are refused before decoding their contents; real
+# queries are a few hundred bytes.
+MAX_REQUEST_BYTES = 64 * 1024
 
 T = TypeVar("T")
 
 
 @contextmanager
 def _answering(context: grpc.ServicerContext, what: str) -> Iterator[None]:
-    """Map errors to status codes: the single place this happens on the node."""
+    """Turn errors into a rich status: the single place this happens on the node."""
     try:
         yield
     except TiakiError as exc:
-        context.abort(exc.status_code, exc.message)
+        context.abort_with_status(to_status(exc))
     except Exception:
         reference = secrets.token_hex(4)
         log.exception("%s failed (reference %s)", what, reference)
-        context.abort(
-            grpc.StatusCode.INTERNAL,
-            f"internal error in the node (reference {reference}); its operator can look it up",
-        )
+        context.abort_with_status(to_status(InternalError(reference)))
+
+
+def _decoded(request: pb.QueryRequest, *, require_id: bool = True) -> tuple[str, str, Query]:
+    """(query id, analyst, query) of a request no larger than :data:`MAX_REQUEST_BYTES`."""
+    if request.ByteSize() > MAX_REQUEST_BYTES:
+        raise InvalidQueryError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+    return query_from_proto(request, require_id=require_id)
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
@@ -79,7 +96,11 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
         return self._call(
-            context, "GetInfo", lambda caller, grant: self._service.info(), request, auditors=True
+            context,
+            "GetInfo",
+            lambda caller, grant: node_info_to_proto(self._service.info()),
+            request,
+            auditors=True,
         )
 
     def GetBudget(
@@ -107,14 +128,14 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
             yield pb.ExportLedgerLine(line=line)
 
     def Plan(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryPlan:
-        return self._call(
-            context,
-            "Plan",
-            lambda caller, grant: self._service.plan(caller.identity, request),
-            request,
-        )
+        def run(caller: Caller, grant: CoordinatorGrant | None) -> pb.QueryPlan:
+            query_id, _, query = _decoded(request, require_id=False)
+            return node_plan_to_proto(self._service.plan(caller.identity, query_id, query))
 
-    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
+        return self._call(context, "Plan", run, request)
+
+    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> bytes:
+        """One answer, as the bytes of a ``QueryResponse`` (see :func:`reply_bytes`)."""
         started = time.monotonic()
         # What was asked, for the log: the shape and the cost, never a value.
         kind = (
@@ -123,7 +144,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
             else None
         )
 
-        def run(caller: Caller, grant: CoordinatorGrant | None) -> pb.QueryResponse:
+        def run(caller: Caller, grant: CoordinatorGrant | None) -> bytes:
             fields: dict[str, object] = {
                 "query_id": request.query_id[:64],
                 "identity": caller.identity,
@@ -131,17 +152,20 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
             }
             try:
                 with self._gate.slot(caller):
-                    answer = self._service.query(caller.identity, request, grant)
+                    query_id, analyst, query = _decoded(request)
+                    released = self._service.query(caller.identity, query_id, analyst, query, grant)
             except TiakiError as exc:
-                fields.update(outcome=exc.status_code.name.lower(), duration_ms=_ms(started))
+                code = status_code_of(exc).name
+                fields.update(outcome=code.lower(), duration_ms=_ms(started))
                 log.info(
                     "query %s from %s refused (%s)",
                     fields["query_id"],
                     caller.identity,
-                    exc.status_code.name,
+                    code,
                     extra=fields,
                 )
                 raise
+            answer = released.answer
             fields.update(
                 outcome="replayed" if answer.replayed else "answered",
                 charge=str(answer.charged),
@@ -156,7 +180,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
                 " (replayed)" if answer.replayed else "",
                 extra=fields,
             )
-            return answer_to_proto(answer)
+            return reply_bytes(released.stored, answer)
 
         if request is UNDECODABLE:
             return self._call(context, "Query", run, request)
@@ -189,13 +213,13 @@ def _node_handlers(servicer: NodeServicer) -> grpc.GenericRpcHandler:
         "GetInfo": (servicer.GetInfo, pb.GetInfoRequest, pb.NodeInfo),
         "GetBudget": (servicer.GetBudget, pb.GetBudgetRequest, pb.BudgetReport),
         "Plan": (servicer.Plan, pb.QueryRequest, pb.QueryPlan),
-        "Query": (servicer.Query, pb.QueryRequest, pb.QueryResponse),
+        "Query": (servicer.Query, pb.QueryRequest, None),  # already bytes
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             behaviour,
             request_deserializer=_tolerant(request),
-            response_serializer=response.SerializeToString,
+            response_serializer=response.SerializeToString if response is not None else None,
         )
         for name, (behaviour, request, response) in methods.items()
     }

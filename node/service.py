@@ -1,5 +1,9 @@
 """The node's behaviour as plain functions over plain objects; gRPC lives in ``server``.
 
+Everything here takes and returns contract types (:class:`~tiaki.query.Query`,
+:class:`~tiaki.answer.Answer`, :class:`~tiaki.node_info.NodeInfo`,
+:class:`~tiaki.node_info.NodePlan`); the servicer converts them, once.
+
 Order of work for a query, and why:
 
 1. decode and plan: checks that depend only on the query, schema and policy;
@@ -16,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from node import answering, engine
@@ -27,26 +31,14 @@ from node.ledger import PrivacyLedger, StoredAnswer
 from node.store import load_dataset, store_path
 from tiaki import __version__, receipts
 from tiaki.answer import Answer
-from tiaki.budget import BudgetStatus, format_amount
-from tiaki.convert import (
-    answer_from_proto,
-    answer_to_proto,
-    budget_to_proto,
-    cost_to_proto,
-    definition_to_proto,
-    kind_to_proto,
-    query_from_proto,
-)
+from tiaki.budget import BudgetStatus
+from tiaki.convert import answer_from_bytes, answer_to_bytes
 from tiaki.errors import InvalidQueryError, NotReadyError, PolicyViolationError
-from tiaki.query import PrivacyCost, QueryKind
+from tiaki.node_info import ColumnInfo, NodeInfo, NodePlan, PlannedComponent
+from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.signing import SigningKey
-from tiaki.v1 import node_pb2 as pb
 
 log = logging.getLogger("tiaki.node")
-
-# Requests above this are refused before decoding their contents; real
-# queries are a few hundred bytes.
-MAX_REQUEST_BYTES = 64 * 1024
 
 
 class DatasetHolder:
@@ -115,38 +107,38 @@ class NodeService:
 
     # ------------------------------------------------------------ info
 
-    def info(self) -> pb.NodeInfo:
+    def info(self) -> NodeInfo:
+        """Public metadata: the queryable columns, the policy's summary and the keys."""
         schema, policy = self.config.schema, self.config.policy
         columns = []
         for name, spec in schema.columns.items():
             if not schema.is_queryable(name):
                 continue
-            col = pb.ColumnInfo(name=name, type=spec.type)
-            categories = getattr(spec, "categories", None)
-            if categories is not None:
-                col.categories.extend(categories)
-            bounds = schema.numeric_bounds(name)
-            if bounds is not None:
-                col.bounds.CopyFrom(pb.Bounds(lower=bounds[0], upper=bounds[1]))
-            if spec.type == "date":
-                col.date_min = str(getattr(spec, "min", None) or "")
-                col.date_max = str(getattr(spec, "max", None) or "")
-            if spec.type == "derived":
-                col.expression = getattr(spec, "expression", "")
-            columns.append(col)
+            dated = spec.type == "date"
+            columns.append(
+                ColumnInfo(
+                    name=name,
+                    type=spec.type,
+                    categories=tuple(getattr(spec, "categories", None) or ()),
+                    bounds=_floats(schema.numeric_bounds(name)),
+                    date_min=str(getattr(spec, "min", None) or "") if dated else "",
+                    date_max=str(getattr(spec, "max", None) or "") if dated else "",
+                    expression=getattr(spec, "expression", "") if spec.type == "derived" else "",
+                )
+            )
         try:
             version = self.datasets.current.version
         except NotReadyError:
             version = ""
-        return pb.NodeInfo(
+        return NodeInfo(
             node_id=self.config.node_id,
             version=__version__,
-            definition=definition_to_proto(policy.privacy_definition),
+            definition=policy.privacy_definition,
             identifier_column=schema.identifier,
-            columns=columns,
-            allowed_kinds=[kind_to_proto(k) for k in policy.allowed_kinds],
+            columns=tuple(columns),
+            allowed_kinds=tuple(policy.allowed_kinds),
             max_records_per_client=policy.max_records_per_client,
-            per_query_max=format_amount(policy.per_query_max),
+            per_query_max=policy.per_query_max,
             budget_period=policy.budget.period,
             max_group_by=3,
             max_cells=policy.max_cells,
@@ -209,61 +201,52 @@ class NodeService:
 
     # ------------------------------------------------------------ queries
 
-    def plan(self, identity: str, request: pb.QueryRequest) -> pb.QueryPlan:
-        """Cost and noise of a query from schema and policy alone; spends nothing.
+    def plan(self, identity: str, query_id: str, query: Query) -> NodePlan:
+        """Cost and noise of ``query`` from schema and policy alone; spends nothing.
 
-        With a query id, also whether ``identity`` already holds an answer to
-        this query under it (a replay, free); only that identity's own ids are
-        looked at, as for :meth:`query`.
+        With a ``query_id`` (it may be empty here), also whether ``identity``
+        already holds an answer to this query under it (a replay, free); only
+        that identity's own ids are looked at, as for :meth:`query`.
         """
-        if request.ByteSize() > MAX_REQUEST_BYTES:
-            raise InvalidQueryError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
         config = self.config  # one policy for the whole plan, even across a reload
-        query_id, _, query = query_from_proto(request, require_id=False)
         plan = engine.plan(query, config.schema, config.policy)
         definition = config.policy.privacy_definition
         noise = answering.plan_noise(plan, definition)
-        message = pb.QueryPlan(
+        clamping = _clamping(plan)
+        return NodePlan(
             node_id=config.node_id,
             canonical_query=query.canonical(),
-            group_by=list(query.group_by),
+            group_by=query.group_by,
             cells=plan.n_cells,
-            components=[
-                pb.PlannedComponent(
-                    name=n.name,
-                    distribution=n.distribution,
-                    scale=n.scale,
-                    accuracy_95=n.accuracy_95,
-                )
-                for n in noise
-            ],
-            charge=cost_to_proto(
-                PrivacyCost(definition, sum((n.charge for n in noise), Fraction(0)))
+            components=tuple(
+                PlannedComponent(n.name, n.distribution, n.scale, n.accuracy_95) for n in noise
             ),
-            budget=budget_to_proto(self.ledger.status()),
+            charge=PrivacyCost(definition, sum((n.charge for n in noise), Fraction(0))),
+            budget=self.ledger.status(),
             replay=bool(query_id)
             and self.ledger.stored_answer(identity, query_id, query.canonical()) is not None,
+            bounds=clamping.bounds,
+            midpoint=clamping.midpoint,
         )
-        bounds, midpoint = _clamping(plan)
-        if bounds is not None and midpoint is not None:
-            message.bounds.CopyFrom(pb.Bounds(lower=bounds[0], upper=bounds[1]))
-            message.midpoint = midpoint
-        return message
 
     def query(
-        self, identity: str, request: pb.QueryRequest, grant: CoordinatorGrant | None = None
-    ) -> Answer:
-        """Answer one query for ``identity``, charging the ledger before returning.
+        self,
+        identity: str,
+        query_id: str,
+        analyst: str,
+        query: Query,
+        grant: CoordinatorGrant | None = None,
+    ) -> Released:
+        """Answer ``query`` for ``identity``, charging the ledger before returning.
 
-        Charges exactly the requested cost (OpenDP's privacy map at the noise
-        scales used is at most that, and is recorded beside it). ``grant`` is
-        the policy's entry for the caller: it may narrow the query kinds and
-        cap what this identity spends per period.
+        Privacy unit: one client of this node's records. Charges exactly the
+        requested cost (OpenDP's privacy map at the noise scales used is at
+        most that, and is recorded beside it); a replay of ``query_id``
+        charges nothing. ``grant`` is the policy's entry for the caller: it
+        may narrow the query kinds and cap what this identity spends per
+        period. ``analyst`` is recorded as the caller's claim.
         """
-        if request.ByteSize() > MAX_REQUEST_BYTES:
-            raise InvalidQueryError(f"request is larger than {MAX_REQUEST_BYTES} bytes")
         config = self.config  # one policy for the whole query, even across a reload
-        query_id, analyst, query = query_from_proto(request)
         plan = engine.plan(query, config.schema, config.policy)
         if grant is not None and grant.kinds is not None and query.kind not in grant.kinds:
             raise PolicyViolationError(
@@ -279,7 +262,7 @@ class NodeService:
         aggregates = engine.evaluate(plan, dataset, config.schema)
         definition = config.policy.privacy_definition
         cells, cost = answering.release_cells(plan, aggregates, definition)
-        bounds, midpoint = _clamping(plan)
+        clamping = _clamping(plan)
         fresh = Answer(
             query_id=query_id,
             node_id=config.node_id,
@@ -292,9 +275,11 @@ class NodeService:
             budget=None,
             privacy_map=PrivacyCost(definition, cost.privacy_map),
             max_records_per_client=plan.k,
-            bounds=bounds,
-            midpoint=midpoint,
+            bounds=clamping.bounds,
+            midpoint=clamping.midpoint,
+            grid_unit=clamping.grid_unit,
         )
+        encoded = answer_to_bytes(fresh)  # the one encoding: the ledger's and the reply's
         salt = receipts.new_salt()
         stored_answer, replayed = self.ledger.charge(
             identity=identity,
@@ -306,30 +291,60 @@ class NodeService:
             charge=cost.charge,
             privacy_map=cost.privacy_map,
             dataset_version=dataset.version,
-            response=answer_to_proto(fresh).SerializeToString(deterministic=True),
+            response=encoded,
             commitment_salt=salt,
             identity_cap=cap,
         )
         if replayed:
             return self._replay(stored_answer)
-        return replace(fresh, budget=self.ledger.status(), commitment_salt=salt)
+        return Released(replace(fresh, budget=self.ledger.status(), commitment_salt=salt), encoded)
 
-    def _replay(self, stored: StoredAnswer) -> Answer:
-        answer = answer_from_proto(pb.QueryResponse.FromString(stored.response))
-        return replace(
-            answer,
+    def _replay(self, stored: StoredAnswer) -> Released:
+        answer = replace(
+            answer_from_bytes(stored.response),
             budget=self.ledger.status(),
             replayed=True,
             commitment_salt=stored.commitment_salt,
         )
+        return Released(answer, stored.response)
 
 
-def _clamping(plan: engine.QueryPlan) -> tuple[tuple[float, float] | None, float | None]:
-    """SUM and MEAN: the clamping bounds in force and their midpoint (a mean's shift)."""
+@dataclass(frozen=True)
+class Released:
+    """An answer that may leave the node, with its stored form.
+
+    ``stored`` is the bytes the ledger keeps and commits to for it
+    (:func:`tiaki.convert.answer_to_bytes`); the reply is made from them, so
+    the answer is encoded once.
+    """
+
+    answer: Answer
+    stored: bytes
+
+
+@dataclass(frozen=True)
+class Clamping:
+    """SUM and MEAN: the clamping bounds in force, their midpoint (a mean's shift) and
+    the fixed-point grid's step in column units; all None for other kinds."""
+
+    bounds: tuple[float, float] | None = None
+    midpoint: float | None = None
+    grid_unit: float | None = None
+
+
+def _clamping(plan: engine.QueryPlan) -> Clamping:
     spec = plan.numeric
     if spec is None or plan.query.kind not in (QueryKind.SUM, QueryKind.MEAN):
-        return None, None
-    return (spec.lower, spec.upper), (spec.lower_int + spec.upper_int) / (2.0 * spec.factor)
+        return Clamping()
+    return Clamping(
+        bounds=(spec.lower, spec.upper),
+        midpoint=(spec.lower_int + spec.upper_int) / (2.0 * spec.factor),
+        grid_unit=1.0 / spec.factor,
+    )
+
+
+def _floats(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    return None if bounds is None else (float(bounds[0]), float(bounds[1]))
 
 
 def open_ledger(config: NodeConfig) -> PrivacyLedger:

@@ -14,7 +14,7 @@ from coordinator.client import NodeClient
 from coordinator.fanout import failure_reason
 from coordinator.mirror import MirrorLedger, spending_disagreements
 from tiaki.budget import BudgetStatus, display_amount, format_amount
-from tiaki.errors import RemoteError
+from tiaki.errors import TiakiError
 
 
 def register(sub: Any) -> None:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     def fetch(name: str, client: NodeClient) -> BudgetStatus | str:
         try:
             return client.budget()
-        except RemoteError as exc:
+        except TiakiError as exc:
             return failure_reason(exc)
 
     with federation:

@@ -9,7 +9,7 @@ from pathlib import Path
 from coordinator.combine import UNRELIABLE_SHARE
 from coordinator.config import FederationConfig, load_federation
 from coordinator.fanout import Federation
-from tiaki.v1 import node_pb2 as pb
+from tiaki.node_info import NodeInfo
 
 
 class ExitCode(IntEnum):
@@ -55,7 +55,7 @@ def open_federation(args: argparse.Namespace) -> tuple[FederationConfig, Federat
     return config, Federation(config, names.split(",") if names else None)
 
 
-def column_types(info: pb.NodeInfo) -> dict[str, str]:
+def column_types(info: NodeInfo) -> dict[str, str]:
     return {c.name: c.type for c in info.columns}
 
 

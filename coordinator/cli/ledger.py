@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 from tabulate import tabulate
 
 from coordinator.cli.common import CommandError, ExitCode, add_config_argument, open_federation
@@ -27,7 +26,7 @@ from coordinator.config import FederationConfig, load_federation
 from coordinator.fanout import TRANSIENT, coordinator_identity
 from coordinator.mirror import MirrorLedger, utc_now
 from tiaki.chain import ChainEntry, chain_time, genesis_hash
-from tiaki.errors import RemoteError
+from tiaki.errors import DeadlineExceededError, TiakiError, UnsupportedCallError
 from tiaki.files import write_atomic
 from tiaki.ledger_export import (
     ExportFormatError,
@@ -268,19 +267,19 @@ def fetch_one(name: str, client: NodeClient) -> Fetched:
         return Fetched(name, _receive(client))
     except _BadExport as exc:
         return Fetched(name, None, str(exc))
-    except RemoteError as exc:
-        if exc.status_code is grpc.StatusCode.UNIMPLEMENTED:
-            return Fetched(name, None, "the node's tiaki cannot export its ledger; upgrade it")
-        if exc.status_code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return Fetched(
-                name,
-                None,
-                "unreachable: the export did not arrive before the deadline "
-                "(defaults.timeout_seconds in the federation file)",
-                True,
-            )
-        first = exc.message.splitlines()[0][:120] if exc.message else str(exc.status_code)
-        unreachable = exc.status_code in TRANSIENT
+    except UnsupportedCallError:
+        return Fetched(name, None, "the node's tiaki cannot export its ledger; upgrade it")
+    except DeadlineExceededError:
+        return Fetched(
+            name,
+            None,
+            "unreachable: the export did not arrive before the deadline "
+            "(defaults.timeout_seconds in the federation file)",
+            True,
+        )
+    except TiakiError as exc:
+        first = exc.message.splitlines()[0][:120] if exc.message else exc.reason
+        unreachable = isinstance(exc, TRANSIENT)
         return Fetched(name, None, f"unreachable: {first}" if unreachable else first, unreachable)
 
 

@@ -16,7 +16,7 @@ from coordinator.output import OutputError
 from coordinator.query_files import QueryFileError
 from tiaki import __version__, certs_cli
 from tiaki.certs import CertError
-from tiaki.errors import RemoteError, TiakiError
+from tiaki.errors import TiakiError
 from tiaki.ledger_export import ExportFormatError
 from tiaki.signing import SigningKeyError
 
@@ -79,12 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
-    except RemoteError as exc:
+    except TiakiError as exc:  # a node's (it names the node), else ours
         print(f"error: {exc.message}", file=sys.stderr)
-        return int(ExitCode.REFUSED)
-    except TiakiError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return int(ExitCode.USAGE)
+        return int(ExitCode.REFUSED if exc.node is not None else ExitCode.USAGE)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # no traceback for users

@@ -11,9 +11,9 @@ from coordinator.cli.common import CommandError, ExitCode, add_config_argument, 
 from coordinator.client import NodeClient
 from coordinator.config import add_node
 from coordinator.fanout import failure_reason
-from tiaki.budget import display_amount
-from tiaki.errors import RemoteError
-from tiaki.v1 import node_pb2 as pb
+from tiaki.budget import BudgetStatus, PrivacyDefinition, display_amount
+from tiaki.errors import TiakiError
+from tiaki.node_info import NodeInfo
 
 
 def register(sub: Any) -> None:
@@ -64,11 +64,11 @@ def run_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _schema_signature(info: pb.NodeInfo) -> dict[str, tuple[str, tuple[str, ...]]]:
+def _schema_signature(info: NodeInfo) -> dict[str, tuple[str, tuple[str, ...]]]:
     return {c.name: (c.type, tuple(c.categories)) for c in info.columns}
 
 
-def _compatibility(info: pb.NodeInfo, reference: pb.NodeInfo) -> str:
+def _compatibility(info: NodeInfo, reference: NodeInfo) -> str:
     mine, theirs = _schema_signature(info), _schema_signature(reference)
     if info.definition != reference.definition:
         return "no: different privacy definition"
@@ -80,12 +80,12 @@ def _compatibility(info: pb.NodeInfo, reference: pb.NodeInfo) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     config, federation = open_federation(args)
-    infos: dict[str, pb.NodeInfo | str] = {}
+    infos: dict[str, NodeInfo | str] = {}
 
-    def probe(name: str, client: NodeClient) -> tuple[pb.NodeInfo, Any] | str:
+    def probe(name: str, client: NodeClient) -> tuple[NodeInfo, BudgetStatus] | str:
         try:
             return client.info(), client.budget()
-        except RemoteError as exc:
+        except TiakiError as exc:
             return failure_reason(exc)
 
     with federation:
@@ -115,7 +115,7 @@ def run_list(args: argparse.Namespace) -> int:
                 entry.name,
                 entry.address,
                 "yes",
-                "ε (pure)" if info.definition == pb.PURE_DP else "ρ (zCDP)",
+                "ε (pure)" if info.definition is PrivacyDefinition.PURE else "ρ (zCDP)",
                 _compatibility(info, reference),
                 f"{display_amount(budget.available)} ({budget.current.label})",
                 f"{info.node_id}, data {info.dataset_version[:10]}",

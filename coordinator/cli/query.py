@@ -30,11 +30,10 @@ from coordinator.query_files import load_query_file
 from coordinator.query_spec import build_query
 from coordinator.results import FederatedAnswer, NodeOutcome
 from coordinator.schema_check import check_against_schemas
-from tiaki.budget import display_amount
-from tiaki.convert import charged_from_proto
-from tiaki.errors import RemoteError
+from tiaki.budget import PrivacyDefinition, display_amount
+from tiaki.errors import TiakiError
+from tiaki.node_info import NodeInfo
 from tiaki.query import Query
-from tiaki.v1 import node_pb2 as pb
 
 
 def register(sub: Any) -> None:
@@ -133,13 +132,13 @@ def _words(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _infos(federation: Federation) -> dict[str, pb.NodeInfo]:
+def _infos(federation: Federation) -> dict[str, NodeInfo]:
     """Every reachable node's public metadata, in federation order (asked concurrently)."""
 
-    def info(name: str, client: NodeClient) -> pb.NodeInfo | None:
+    def info(name: str, client: NodeClient) -> NodeInfo | None:
         try:
             return client.info()
-        except RemoteError:
+        except TiakiError:
             return None
 
     found = dict(federation.each(info))
@@ -154,7 +153,7 @@ def _build(federation: Federation, words: dict[str, Any], target: float | None) 
     first = next(iter(infos.values()))
     if target is not None and not (words.get("epsilon") or words.get("rho")):
         # A placeholder cost of the node's kind; --target-ci replaces it.
-        words = {**words, ("epsilon" if first.definition == pb.PURE_DP else "rho"): "1"}
+        words = {**words, ("epsilon" if first.definition is PrivacyDefinition.PURE else "rho"): "1"}
     types: dict[str, str] = {}
     for info in reversed(infos.values()):  # the first node's word wins where they differ
         types.update(column_types(info))
@@ -195,7 +194,7 @@ def _print_plan(federation: Federation, query: Query, expected_count: float | No
         if check.plan is None:
             rows.append([name, "-", "-", "-", f"{check.status}: {check.reason}"])
             continue
-        cost = charged_from_proto(check.plan.charge).amount
+        cost = check.plan.charge.amount
         noise = ", ".join(f"{c.name} ±{c.accuracy_95:.4g}" for c in check.plan.components)
         left = display_amount(check.budget.available) if check.budget else "?"
         status = "ready" if check.ok else f"{check.status}: {check.reason}"
@@ -226,7 +225,7 @@ def _ceiling(federation: Federation, query: Query) -> Fraction:
     def room(name: str, client: NodeClient) -> Fraction | None:
         try:
             status = client.budget()
-        except RemoteError:
+        except TiakiError:
             return None
         return min(status.per_query_max, status.available)
 
@@ -262,7 +261,9 @@ def run(args: argparse.Namespace) -> int:
                 )
             if args.dry_run:
                 return _print_plan(federation, query, args.expected_count)
-        except RemoteError as exc:
+        except TiakiError as exc:
+            if exc.node is None:  # ours, not a node's
+                raise
             raise CommandError(exc.message, ExitCode.UNREACHABLE) from None
         with MirrorLedger(config.ledger) as mirror:
             answer = ask_federation(

@@ -50,6 +50,9 @@ class Answer:
     commitment_salt: bytes = b""
     # Each client counted at most this many records (0: not reported).
     max_records_per_client: int = 0
-    # SUM, MEAN: the clamping bounds in force and their midpoint (a mean's shift).
+    # SUM, MEAN: the clamping bounds in force and their midpoint (a mean's shift),
+    # and the fixed-point grid's step in column units (1 for integer columns):
+    # values are summed as integer multiples of it, a mean's shifted sum of half it.
     bounds: tuple[float, float] | None = None
     midpoint: float | None = None
+    grid_unit: float | None = None

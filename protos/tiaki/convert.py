@@ -1,14 +1,25 @@
 """``to_proto`` / ``from_proto`` for every contract type, in one place.
 
-Decoding a request validates it: whatever arrives over the wire becomes either
-a well-formed :class:`~tiaki.query.Query` or an :class:`InvalidQueryError`.
+No other module turns a contract type into protobuf or back: node and
+coordinator hand domain types to their servicer and client, which convert
+here, once. Decoding a request validates it: whatever arrives over the wire
+becomes either a well-formed :class:`~tiaki.query.Query` or an
+:class:`InvalidQueryError`.
+
+An answer has a stored form (:func:`answer_to_bytes`): the bytes a node's
+ledger keeps and commits to (:mod:`tiaki.receipts`). A reply is that stored
+form followed by what differs between replies (:func:`reply_bytes`), so a
+node encodes each answer once.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tiaki.answer import Answer, Cell, Component
 from tiaki.budget import BudgetStatus, PeriodBudget, PrivacyDefinition, format_amount, read_amount
 from tiaki.errors import InvalidQueryError
+from tiaki.node_info import ColumnInfo, NodeInfo, NodePlan, PlannedComponent
 from tiaki.query import (
     Bounds,
     DateRange,
@@ -168,6 +179,16 @@ def query_from_proto(msg: pb.QueryRequest, *, require_id: bool = True) -> tuple[
     return msg.query_id, msg.analyst, query
 
 
+def query_to_bytes(query: Query, *, query_id: str, analyst: str) -> bytes:
+    """A request as kept by a coordinator's mirror, to ask or show the question again."""
+    return query_to_proto(query, query_id=query_id, analyst=analyst).SerializeToString()
+
+
+def query_from_bytes(data: bytes) -> tuple[str, str, Query]:
+    """Inverse of :func:`query_to_bytes`: (query id, analyst, query)."""
+    return query_from_proto(pb.QueryRequest.FromString(data))
+
+
 # ---------------------------------------------------------------- budgets
 
 
@@ -254,6 +275,8 @@ def answer_to_proto(answer: Answer) -> pb.QueryResponse:
         msg.bounds.CopyFrom(pb.Bounds(lower=answer.bounds[0], upper=answer.bounds[1]))
     if answer.midpoint is not None:
         msg.midpoint = answer.midpoint
+    if answer.grid_unit is not None:
+        msg.grid_unit = answer.grid_unit
     if answer.privacy_map is not None:
         msg.privacy_map.CopyFrom(cost_to_proto(answer.privacy_map))
     if answer.budget is not None:
@@ -289,4 +312,147 @@ def answer_from_proto(msg: pb.QueryResponse) -> Answer:
         max_records_per_client=msg.max_records_per_client,
         bounds=(msg.bounds.lower, msg.bounds.upper) if msg.HasField("bounds") else None,
         midpoint=msg.midpoint if msg.HasField("midpoint") else None,
+        grid_unit=msg.grid_unit if msg.HasField("grid_unit") else None,
+    )
+
+
+def answer_to_bytes(answer: Answer) -> bytes:
+    """The stored form of ``answer``: without the budget, the replay flag and the salt.
+
+    Deterministic, so the ledger's commitment to these bytes can be checked
+    against a reply (:func:`tiaki.receipts.commitment_of`).
+    """
+    stored = replace(answer, budget=None, replayed=False, commitment_salt=b"")
+    return answer_to_proto(stored).SerializeToString(deterministic=True)
+
+
+def answer_from_bytes(data: bytes) -> Answer:
+    """An answer from its stored form or from a reply."""
+    return answer_from_proto(pb.QueryResponse.FromString(data))
+
+
+def reply_bytes(stored: bytes, answer: Answer) -> bytes:
+    """The reply carrying ``answer``, made from its stored form ``stored``.
+
+    Protobuf reads concatenated messages as one (later fields merge into
+    earlier), and the stored form leaves the budget, the replay flag and the
+    salt unset: appending them gives exactly the reply, without encoding the
+    cells a second time. ``stored`` must be :func:`answer_to_bytes` of ``answer``.
+    """
+    extra = pb.QueryResponse(replayed=answer.replayed, commitment_salt=answer.commitment_salt)
+    if answer.budget is not None:
+        extra.budget.CopyFrom(budget_to_proto(answer.budget))
+    return stored + extra.SerializeToString()
+
+
+# ---------------------------------------------------------------- info and plans
+
+
+def _bounds(msg: pb.Bounds) -> tuple[float, float]:
+    return (msg.lower, msg.upper)
+
+
+def column_to_proto(column: ColumnInfo) -> pb.ColumnInfo:
+    msg = pb.ColumnInfo(
+        name=column.name,
+        type=column.type,
+        categories=list(column.categories),
+        date_min=column.date_min,
+        date_max=column.date_max,
+        expression=column.expression,
+    )
+    if column.bounds is not None:
+        msg.bounds.CopyFrom(pb.Bounds(lower=column.bounds[0], upper=column.bounds[1]))
+    return msg
+
+
+def column_from_proto(msg: pb.ColumnInfo) -> ColumnInfo:
+    return ColumnInfo(
+        name=msg.name,
+        type=msg.type,
+        categories=tuple(msg.categories),
+        bounds=_bounds(msg.bounds) if msg.HasField("bounds") else None,
+        date_min=msg.date_min,
+        date_max=msg.date_max,
+        expression=msg.expression,
+    )
+
+
+def node_info_to_proto(info: NodeInfo) -> pb.NodeInfo:
+    return pb.NodeInfo(
+        node_id=info.node_id,
+        version=info.version,
+        definition=definition_to_proto(info.definition),
+        identifier_column=info.identifier_column,
+        columns=[column_to_proto(c) for c in info.columns],
+        allowed_kinds=[kind_to_proto(k) for k in info.allowed_kinds],
+        max_records_per_client=info.max_records_per_client,
+        per_query_max=format_amount(info.per_query_max),
+        budget_period=info.budget_period,
+        max_group_by=info.max_group_by,
+        max_cells=info.max_cells,
+        dataset_version=info.dataset_version,
+        signing_key=info.signing_key,
+        ledger_id=info.ledger_id,
+    )
+
+
+def node_info_from_proto(msg: pb.NodeInfo) -> NodeInfo:
+    """A node's metadata; a kind this version does not know is left out (it cannot ask it)."""
+    return NodeInfo(
+        node_id=msg.node_id,
+        version=msg.version,
+        definition=definition_from_proto(msg.definition),
+        identifier_column=msg.identifier_column,
+        columns=tuple(column_from_proto(c) for c in msg.columns),
+        allowed_kinds=tuple(_KIND_FROM_PB[k] for k in msg.allowed_kinds if k in _KIND_FROM_PB),
+        max_records_per_client=msg.max_records_per_client,
+        per_query_max=read_amount(msg.per_query_max),
+        budget_period=msg.budget_period,
+        max_group_by=msg.max_group_by,
+        max_cells=msg.max_cells,
+        dataset_version=msg.dataset_version,
+        signing_key=msg.signing_key,
+        ledger_id=msg.ledger_id,
+    )
+
+
+def node_plan_to_proto(plan: NodePlan) -> pb.QueryPlan:
+    msg = pb.QueryPlan(
+        node_id=plan.node_id,
+        canonical_query=plan.canonical_query,
+        group_by=list(plan.group_by),
+        cells=plan.cells,
+        components=[
+            pb.PlannedComponent(
+                name=c.name, distribution=c.distribution, scale=c.scale, accuracy_95=c.accuracy_95
+            )
+            for c in plan.components
+        ],
+        charge=cost_to_proto(plan.charge),
+        replay=plan.replay,
+    )
+    if plan.budget is not None:
+        msg.budget.CopyFrom(budget_to_proto(plan.budget))
+    if plan.bounds is not None and plan.midpoint is not None:
+        msg.bounds.CopyFrom(pb.Bounds(lower=plan.bounds[0], upper=plan.bounds[1]))
+        msg.midpoint = plan.midpoint
+    return msg
+
+
+def node_plan_from_proto(msg: pb.QueryPlan) -> NodePlan:
+    has_bounds = msg.HasField("bounds")
+    return NodePlan(
+        node_id=msg.node_id,
+        canonical_query=msg.canonical_query,
+        group_by=tuple(msg.group_by),
+        cells=msg.cells,
+        components=tuple(
+            PlannedComponent(c.name, c.distribution, c.scale, c.accuracy_95) for c in msg.components
+        ),
+        charge=charged_from_proto(msg.charge),
+        budget=budget_from_proto(msg.budget) if msg.HasField("budget") else None,
+        replay=msg.replay,
+        bounds=_bounds(msg.bounds) if has_bounds else None,
+        midpoint=msg.midpoint if has_bounds else None,
     )

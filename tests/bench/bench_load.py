@@ -67,8 +67,9 @@ from node.store import SALT_FILE, STORE_FILE, load_dataset
 from tiaki.answer import Answer
 from tiaki.budget import PrivacyDefinition, display_amount, format_amount, read_amount
 from tiaki.certs import tls_files
-from tiaki.errors import RemoteError
+from tiaki.errors import TiakiError
 from tiaki.query import Bounds, InSet, PrivacyCost, Query, QueryKind
+from tiaki.wire_errors import status_code_of
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench-results"
@@ -183,8 +184,8 @@ def ask(client: NodeClient, question: Question) -> Reply:
     start = time.perf_counter_ns()
     try:
         answer = client.query(question.query, query_id=query_id, analyst=ANALYST)
-    except RemoteError as exc:
-        status, detail = exc.status_code.name, exc.message
+    except TiakiError as exc:
+        status, detail = status_code_of(exc).name, exc.message
     except Exception as exc:  # counted as an error; the run goes on
         status, detail = type(exc).__name__, str(exc)
     else:

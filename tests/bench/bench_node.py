@@ -54,7 +54,6 @@ from node.synth import MAX_CLIENTS, MAX_EPISODES, REGIONS, write_csv
 from tests.bench.workload import Timing, measure, memory_mb
 from tiaki.answer import Answer
 from tiaki.budget import PrivacyDefinition
-from tiaki.convert import query_to_proto
 from tiaki.query import Bounds, InSet, PrivacyCost, Query, QueryKind
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,11 +143,9 @@ def engine_call(config: NodeConfig, service: NodeService, query: Query) -> Calla
 
 
 def service_call(service: NodeService, query: Query, calls: int) -> Callable[[], object]:
-    """NodeService.query with a fresh query id per call; requests are built untimed."""
-    requests = iter(
-        [query_to_proto(query, query_id=new_query_id(), analyst=ANALYST) for _ in range(calls)]
-    )
-    return lambda: service.query(IDENTITY, next(requests))
+    """NodeService.query with a fresh query id per call; the ids are made untimed."""
+    ids = iter([new_query_id() for _ in range(calls)])
+    return lambda: service.query(IDENTITY, next(ids), ANALYST, query)
 
 
 def serve_node(config_path: Path) -> None:

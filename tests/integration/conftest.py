@@ -23,6 +23,8 @@ from node.synth import write_csv
 from node.tls import server_credentials
 from tests.conftest import FederationPki
 from tiaki.budget import BudgetStatus
+from tiaki.errors import TiakiError
+from tiaki.wire_errors import status_code_of
 
 
 @dataclass
@@ -85,9 +87,9 @@ def start_node(pki: FederationPki) -> Iterator[Callable[..., LiveNode]]:
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode:
-    code = getattr(exc, "status_code", None)
-    assert isinstance(code, grpc.StatusCode), exc
-    return code
+    """The status code a node's error came with (its type's, from the reason it sent)."""
+    assert isinstance(exc, TiakiError), exc
+    return status_code_of(exc)
 
 
 # ---------------------------------------------------------------- three small NGOs over mTLS

@@ -378,4 +378,4 @@ def test_a_client_without_plan_id_behaves_as_before(nodes: list[LiveNode]) -> No
     with nodes[0].client() as client:
         assert isinstance(client, NodeClient)
         plan = client.plan(Query(QueryKind.COUNT, PrivacyCost.parse(PrivacyDefinition.PURE, "0.5")))
-    assert not plan.replay and plan.charge.epsilon == "0.5"
+    assert not plan.replay and plan.charge == PrivacyCost(PrivacyDefinition.PURE, Fraction(1, 2))

@@ -35,7 +35,7 @@ from tests.integration.conftest import (
     write_federation,
 )
 from tiaki.budget import format_amount
-from tiaki.v1 import node_pb2 as pb
+from tiaki.node_info import NodeInfo
 
 OUTCOMES = ROOT / "deploy" / "examples" / "queries" / "outcomes.yaml"
 OUTCOME_QUERIES = tuple(load_query_file(OUTCOMES))
@@ -96,7 +96,7 @@ def slow_info(monkeypatch: pytest.MonkeyPatch, node: LiveNode, seconds: float) -
     service = node.running.service
     original = service.info
 
-    def late() -> pb.NodeInfo:
+    def late() -> NodeInfo:
         time.sleep(seconds)
         return original()
 

@@ -57,8 +57,9 @@ from tests.integration.conftest import LiveNode
 from tests.integration.crash_coordinator import query_index, question
 from tiaki.answer import Answer
 from tiaki.budget import PrivacyDefinition
-from tiaki.errors import RemoteError
+from tiaki.errors import TiakiError
 from tiaki.query import InSet, PrivacyCost, Query, QueryKind
+from tiaki.wire_errors import status_code_of
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -149,7 +150,7 @@ class Burst:
     tag: str
     sent: dict[str, Query] = field(default_factory=dict)
     received: dict[str, Answer] = field(default_factory=dict)
-    errors: list[tuple[float, RemoteError]] = field(default_factory=list)
+    errors: list[tuple[float, TiakiError]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -171,7 +172,7 @@ class Burst:
                     self.sent[query_id] = query
                 try:
                     answer = client.query(query, query_id=query_id, analyst=ANALYST)
-                except RemoteError as exc:
+                except TiakiError as exc:
                     with self._lock:
                         self.errors.append((time.monotonic(), exc))
                     return
@@ -300,9 +301,9 @@ def test_sigkill_node_mid_burst_loses_and_invents_nothing(
             assert not early, f"queries failed before the kill: {early}"
             assert not any(a.replayed for a in burst.received.values())
             assert all(
-                exc.status_code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+                status_code_of(exc) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
                 for _, exc in burst.errors
-            ), [exc.status_code for _, exc in burst.errors]
+            ), [status_code_of(exc) for _, exc in burst.errors]
             all_sent.update(burst.sent)
             all_received.update(burst.received)
             charged = check_ledger(config, all_sent, all_received)

@@ -21,12 +21,13 @@ from tests.conftest import ALLOWED_COORDINATORS
 from tests.integration.conftest import LiveNode
 from tiaki.budget import PrivacyDefinition, format_amount
 from tiaki.chain import genesis_hash
-from tiaki.errors import RemoteError
+from tiaki.errors import TiakiError
 from tiaki.ledger_export import integrity_problems, parse_export, read_export
 from tiaki.ledger_records import ChargeRecord, parse_record
 from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.v1 import node_pb2 as pb
 from tiaki.v1 import node_pb2_grpc
+from tiaki.wire_errors import status_code_of
 
 AUDITOR = "coordinator-b"  # listed as an auditor, not as a coordinator, in these tests
 
@@ -71,7 +72,7 @@ def test_export_is_signed_by_the_key_the_node_publishes_and_matches_its_ledger(
     ask(node, count("0.1", ("region",)), "q-1")
     ask(node, count("0.1", ("region",)), "q-1")  # a retry: replayed, not charged again
     ask(node, count("0.2"), "q-2")
-    with pytest.raises(RemoteError):
+    with pytest.raises(TiakiError):
         ask(node, count("0.9"))  # over the remaining budget: refused, nothing recorded
 
     export = parse_export(export_over_grpc(node, AUDITOR), "grpc")
@@ -118,9 +119,9 @@ def test_who_may_export(node: LiveNode) -> None:
         export_over_grpc(node, AUDITOR, from_seq=10_000)
     assert beyond.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # An auditor reads the ledger but may not ask.
-    with node.client(AUDITOR) as client, pytest.raises(RemoteError) as asked:
+    with node.client(AUDITOR) as client, pytest.raises(TiakiError) as asked:
         client.query(count("0.1"), query_id=new_query_id(), analyst="x")
-    assert asked.value.status_code == grpc.StatusCode.PERMISSION_DENIED
+    assert status_code_of(asked.value) == grpc.StatusCode.PERMISSION_DENIED
     assert node.budget().lifetime_spent == 0
 
 

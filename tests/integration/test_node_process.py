@@ -17,8 +17,9 @@ import pytest
 from coordinator.client import NodeClient, new_query_id
 from tests.conftest import FederationPki, write_node_config
 from tiaki.budget import PrivacyDefinition
-from tiaki.errors import RemoteError
+from tiaki.errors import TiakiError
 from tiaki.query import PrivacyCost, Query, QueryKind
+from tiaki.wire_errors import status_code_of
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -179,9 +180,9 @@ def test_crash_between_charge_and_reply_keeps_the_charge(
     crashing = NodeProcess(
         [sys.executable, str(HERE / "crashing_node.py"), "serve", "--config", str(config)]
     )
-    with tls_client(pki, crashing.address, 20) as client, pytest.raises(RemoteError) as info:
+    with tls_client(pki, crashing.address, 20) as client, pytest.raises(TiakiError) as info:
         client.query(query, query_id=qid, analyst="ana")
-    assert info.value.status_code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+    assert status_code_of(info.value) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
     assert crashing.proc.wait(timeout=10) == -signal.SIGKILL
 
     budget = json.loads(
@@ -220,7 +221,7 @@ def test_sigterm_mid_burst_charges_exactly_the_answered_queries(
             for i in range(400):
                 try:
                     answer = client.query(query, query_id=f"w{worker}-{i}", analyst="burst")
-                except RemoteError:
+                except TiakiError:
                     return
                 answered.append(answer.query_id)
                 started.set()

@@ -17,7 +17,7 @@ import pytest
 from coordinator.client import new_query_id
 from tests.integration.conftest import LiveNode, status_code
 from tiaki.budget import PrivacyDefinition
-from tiaki.errors import RemoteError
+from tiaki.errors import TiakiError
 from tiaki.query import InSet, PrivacyCost, Query, QueryKind
 from tiaki.v1 import node_pb2 as pb
 
@@ -151,7 +151,7 @@ def test_bad_requests_are_refused_and_cost_nothing(
 ) -> None:
     before = node.budget()
     entries_before = len(node.running.service.ledger.entries())
-    with node.client() as client, pytest.raises(RemoteError) as info:
+    with node.client() as client, pytest.raises(TiakiError) as info:
         client.query_raw(req)
     assert status_code(info.value) == code
     assert words in info.value.message
@@ -170,7 +170,7 @@ def test_budget_exhaustion_names_requested_and_remaining(node: LiveNode) -> None
             client.query(Query(QueryKind.COUNT, cost("0.9")), query_id=new_query_id(), analyst="a")
         before = node.budget()
         assert before.current.remaining == 3 - before.current.spent
-        with pytest.raises(RemoteError) as info:
+        with pytest.raises(TiakiError) as info:
             client.query(Query(QueryKind.COUNT, cost("0.5")), query_id=new_query_id(), analyst="a")
     assert status_code(info.value) == EXHAUSTED
     assert "0.5" in info.value.message and "remaining" in info.value.message
@@ -190,7 +190,7 @@ def test_idempotent_retry_returns_the_stored_answer(node: LiveNode) -> None:
         assert node.budget().lifetime_spent == spent
 
         other = Query(QueryKind.COUNT, cost("0.5"))
-        with pytest.raises(RemoteError) as info:
+        with pytest.raises(TiakiError) as info:
             a.query(other, query_id=qid, analyst="ana")
         assert status_code(info.value) == CONFLICT
         assert node.budget().lifetime_spent == spent
@@ -209,7 +209,7 @@ def test_concurrent_queries_never_overspend(node: LiveNode) -> None:
         with node.client(f"coord-{i % 3}") as client:
             try:
                 answer = client.query(query, query_id=new_query_id(), analyst="race")
-            except RemoteError as exc:  # losing the race is one of the two right outcomes
+            except TiakiError as exc:  # losing the race is one of the two right outcomes
                 assert status_code(exc) == EXHAUSTED  # noqa: PT017
                 return None
             return answer.charged.amount

@@ -28,8 +28,9 @@ from node.ledger import PrivacyLedger
 from node.store import load_dataset
 from tests.conftest import ROOT, FederationPki, write_node_config
 from tiaki.budget import PrivacyDefinition
-from tiaki.errors import RemoteError
+from tiaki.errors import TiakiError
 from tiaki.query import PrivacyCost, Query, QueryKind
+from tiaki.wire_errors import status_code_of
 
 BIN = Path(sys.executable).parent
 DEPLOY = ROOT / "deploy"
@@ -109,9 +110,9 @@ def test_json_logs_and_the_loopback_health_port(
             first = c.query(COUNT, query_id="q-logs-1", analyst="ana")
             again = c.query(COUNT, query_id="q-logs-1", analyst="ana")
         assert again.replayed and not first.replayed
-        with client(pki, node.address, "coordinator-b") as c, pytest.raises(RemoteError) as info:
+        with client(pki, node.address, "coordinator-b") as c, pytest.raises(TiakiError) as info:
             c.query(COUNT, query_id="q-logs-2", analyst="eve")
-        assert info.value.status_code is grpc.StatusCode.PERMISSION_DENIED
+        assert status_code_of(info.value) is grpc.StatusCode.PERMISSION_DENIED
     finally:
         code, out, err = node.stop()
     assert code == 0

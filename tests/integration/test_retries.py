@@ -40,14 +40,15 @@ from coordinator.mirror import MirrorLedger, spending_disagreements
 from coordinator.output import federated_json
 from coordinator.results import FederatedAnswer, NodeStatus
 from node.config import CoordinatorGrant
+from node.service import Released
 from tests.conftest import FederationPki
 from tests.integration.conftest import LiveNode
 from tiaki.answer import Answer
 from tiaki.budget import PrivacyDefinition
-from tiaki.convert import answer_from_proto
-from tiaki.errors import RemoteError
+from tiaki.convert import answer_from_bytes
+from tiaki.errors import TiakiError
 from tiaki.query import PrivacyCost, Query, QueryKind
-from tiaki.v1 import node_pb2 as pb
+from tiaki.wire_errors import status_code_of
 
 IDENTITY = "coordinator-a"  # the common name on the certificate the clients present
 POLICY = {"budget": {"limit": "100", "period": "none"}, "per_query_max": "1"}
@@ -212,7 +213,7 @@ def stored_answer(node: LiveNode, query: Query, query_id: str) -> Answer:
         IDENTITY, query_id, query.canonical(), query.cost.amount
     )
     assert stored is not None, f"no stored answer for {query_id}"
-    return answer_from_proto(pb.QueryResponse.FromString(stored.response))
+    return answer_from_bytes(stored.response)
 
 
 # ---------------------------------------------------------------- a reply lost after the charge
@@ -232,13 +233,13 @@ def test_reply_cut_after_the_charge_is_replayed_by_the_coordinators_retry(
     with client_via(proxy, node, pki) as client:
         client.info()  # connected: the TLS session runs through the proxy
 
-        def first_try() -> RemoteError:
-            with pytest.raises(RemoteError) as info:
+        def first_try() -> TiakiError:
+            with pytest.raises(TiakiError) as info:
                 client.query(query, query_id=query_id, analyst="ana")
             return info.value
 
         failure = lose_the_reply(proxy, node, first_try)
-        assert failure.status_code is grpc.StatusCode.UNAVAILABLE, failure
+        assert status_code_of(failure) is grpc.StatusCode.UNAVAILABLE, failure
         [entry] = node.running.service.ledger.entries()
         assert (entry.query_id, entry.identity) == (query_id, IDENTITY)
         spent = node.budget().lifetime_spent
@@ -314,9 +315,9 @@ def test_a_different_query_under_a_used_id_is_refused_and_charges_nothing(
             Query(QueryKind.COUNT, eps("0.25"), group_by=("region",)),
         )
         for other in others:
-            with pytest.raises(RemoteError) as info:
+            with pytest.raises(TiakiError) as info:
                 client.query(other, query_id=query_id, analyst="ana")
-            assert info.value.status_code is grpc.StatusCode.ALREADY_EXISTS
+            assert status_code_of(info.value) is grpc.StatusCode.ALREADY_EXISTS
             outcome = ask_node(client, "ngo", other, query_id=query_id, analyst="ana", retries=2)
             assert outcome.status is NodeStatus.REFUSED, outcome
             assert (outcome.attempts, outcome.charged, outcome.answer) == (1, None, None)
@@ -484,10 +485,14 @@ def test_an_answer_after_the_deadline_is_charged_and_reasking_reconciles(
     answer_now = service.query
 
     def answer_late(
-        identity: str, request: pb.QueryRequest, grant: CoordinatorGrant | None = None
-    ) -> Answer:
+        identity: str,
+        query_id: str,
+        analyst: str,
+        query: Query,
+        grant: CoordinatorGrant | None = None,
+    ) -> Released:
         time.sleep(deadline + 0.5)  # plans promptly, answers (and charges) after the deadline
-        return answer_now(identity, request, grant)
+        return answer_now(identity, query_id, analyst, query, grant)
 
     monkeypatch.setattr(service, "query", answer_late)
     config = federation_config(

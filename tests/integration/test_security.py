@@ -24,7 +24,7 @@ from tests.integration.conftest import LiveNode, status_code
 from tiaki import certs
 from tiaki.budget import PrivacyDefinition
 from tiaki.cli.exits import CommandError
-from tiaki.errors import RemoteError
+from tiaki.errors import TiakiError
 from tiaki.query import PrivacyCost, Query, QueryKind
 
 QUERY = Query(QueryKind.COUNT, PrivacyCost.parse(PrivacyDefinition.PURE, "0.1"))
@@ -61,7 +61,7 @@ def client_with(node: LiveNode, cert: Path | None, key: Path | None, ca: Path) -
 def refused(node: LiveNode, client: NodeClient) -> grpc.StatusCode:
     before = node.budget()
     entries = len(node.running.service.ledger.entries())
-    with client, pytest.raises(RemoteError) as info:
+    with client, pytest.raises(TiakiError) as info:
         client.query(QUERY, query_id=new_query_id(), analyst="mallory")
     assert node.budget() == before
     assert len(node.running.service.ledger.entries()) == entries
@@ -136,7 +136,7 @@ def test_per_identity_caps_hold_under_concurrency(node: LiveNode) -> None:
         with node.client("coord-b") as client:
             try:
                 return client.query(QUERY, query_id=f"b-{i}", analyst="b").charged.amount
-            except RemoteError as exc:  # over the cap is one of the two right outcomes
+            except TiakiError as exc:  # over the cap is one of the two right outcomes
                 assert status_code(exc) is grpc.StatusCode.RESOURCE_EXHAUSTED  # noqa: PT017
                 return None
 

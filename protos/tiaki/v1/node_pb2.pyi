@@ -136,7 +136,7 @@ class Cell(_message.Message):
     def __init__(self, group: _Optional[_Iterable[str]] = ..., bin: _Optional[str] = ..., value: _Optional[float] = ..., accuracy_95: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("query_id", "node_id", "canonical_query", "group_by", "cells", "charged", "dataset_version", "replayed", "budget", "commitment_salt", "privacy_map", "max_records_per_client", "bounds", "midpoint")
+    __slots__ = ("query_id", "node_id", "canonical_query", "group_by", "cells", "charged", "dataset_version", "replayed", "budget", "commitment_salt", "privacy_map", "max_records_per_client", "bounds", "midpoint", "grid_unit")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class QueryResponse(_message.Message):
     MAX_RECORDS_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
     BOUNDS_FIELD_NUMBER: _ClassVar[int]
     MIDPOINT_FIELD_NUMBER: _ClassVar[int]
+    GRID_UNIT_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     node_id: str
     canonical_query: str
@@ -165,7 +166,8 @@ class QueryResponse(_message.Message):
     max_records_per_client: int
     bounds: Bounds
     midpoint: float
-    def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., charged: _Optional[_Union[PrivacyCost, _Mapping]] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ..., commitment_salt: _Optional[bytes] = ..., privacy_map: _Optional[_Union[PrivacyCost, _Mapping]] = ..., max_records_per_client: _Optional[int] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ..., midpoint: _Optional[float] = ...) -> None: ...
+    grid_unit: float
+    def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., charged: _Optional[_Union[PrivacyCost, _Mapping]] = ..., dataset_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ..., commitment_salt: _Optional[bytes] = ..., privacy_map: _Optional[_Union[PrivacyCost, _Mapping]] = ..., max_records_per_client: _Optional[int] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ..., midpoint: _Optional[float] = ..., grid_unit: _Optional[float] = ...) -> None: ...
 
 class PlannedComponent(_message.Message):
     __slots__ = ("name", "distribution", "scale", "accuracy_95")
