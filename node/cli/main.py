@@ -12,7 +12,7 @@ from node.ledger import LedgerError
 from node.store import StoreError, StoreMissing
 from tiaki.certs import CertError
 from tiaki.cli import certs
-from tiaki.cli.exits import ErrorTable, ExitCode
+from tiaki.cli.exits import ErrorRule, ErrorTable, ExitCode
 from tiaki.cli.program import Program
 from tiaki.errors import TiakiError
 from tiaki.signing import SigningKeyError
@@ -42,10 +42,10 @@ PROGRAM = Program(
     ),
     errors=ErrorTable(
         [
-            (ConfigError, ExitCode.USAGE),
-            (StoreMissing, ExitCode.UNAVAILABLE),  # before StoreError, which it is
-            ((StoreError, LedgerError, CertError, SigningKeyError), ExitCode.USAGE),
-            (TiakiError, ExitCode.REFUSED),
+            ErrorRule(ConfigError, ExitCode.USAGE),
+            ErrorRule(StoreMissing, ExitCode.UNAVAILABLE),  # before StoreError, which it is
+            ErrorRule((StoreError, LedgerError, CertError, SigningKeyError), ExitCode.USAGE),
+            ErrorRule(TiakiError, ExitCode.REFUSED),
         ]
     ),
     unexpected_hint=". Run with --verbose for details.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeAlias
@@ -39,30 +39,41 @@ ErrorTypes: TypeAlias = type[Exception] | tuple[type[Exception], ...]
 
 
 @dataclass(frozen=True)
-class ErrorTable:
-    """Which of a program's own errors mean which exit code; the first match wins.
+class ErrorRule:
+    """Errors of ``types`` (for which ``when`` holds, if given) exit with ``code``."""
 
-    Order matters where one type derives from another (a missing store is a
-    store error, a remote refusal is a tiaki error): list the narrower first.
-    """
-
-    entries: Sequence[tuple[ErrorTypes, ExitCode]]
+    types: ErrorTypes
+    code: ExitCode
+    when: Callable[[Exception], bool] | None = None
 
     def __post_init__(self) -> None:
-        for types, code in self.entries:
-            if code in (ExitCode.OK, ExitCode.FAILED):
-                raise ValueError(f"{types!r} cannot mean {code.name}: a mapped error is known")
+        if self.code in (ExitCode.OK, ExitCode.FAILED):
+            raise ValueError(
+                f"{self.types!r} cannot mean {self.code.name}: a mapped error is known"
+            )
+
+    def matches(self, error: Exception) -> bool:
+        return isinstance(error, self.types) and (self.when is None or self.when(error))
+
+
+@dataclass(frozen=True)
+class ErrorTable:
+    """Which of a program's own errors mean which exit code; the first rule that matches wins.
+
+    Order matters where one type derives from another (a missing store is a
+    store error): list the narrower first. A :class:`CommandError` always
+    exits with its own code.
+    """
+
+    rules: Sequence[ErrorRule]
 
     def code_for(self, error: Exception) -> ExitCode | None:
         if isinstance(error, CommandError):
             return error.code
-        for types, code in self.entries:
-            if isinstance(error, types):
-                return code
-        return None
+        return next((rule.code for rule in self.rules if rule.matches(error)), None)
 
     def codes(self) -> frozenset[ExitCode]:
-        return frozenset(code for _, code in self.entries)
+        return frozenset(rule.code for rule in self.rules)
 
 
 def say_error(message: str) -> None:
