@@ -38,8 +38,7 @@ from node.sensitivity import (
     fixed_point_grid,
     sensitivities,
 )
-from tiaki.budget import format_amount
-from tiaki.errors import InvalidQueryError, PolicyViolationError
+from tiaki.errors import InvalidQueryError, PerQueryMaximumError, PolicyViolationError
 from tiaki.query import DateRange, Filter, InSet, NumericRange, Query, QueryKind
 
 _EPOCH = date(1970, 1, 1)
@@ -49,18 +48,6 @@ I64 = npt.NDArray[np.int64]
 # lower edge (one vectorised pass per edge), several times faster than a
 # binary search per value; wider ones use the binary search.
 _COMPARE_BINS_MAX = 16
-
-
-class PerQueryLimitError(PolicyViolationError):
-    """The request asks for more than the node's per-query maximum."""
-
-    def __init__(self, requested: str, maximum: str) -> None:
-        self.requested = requested
-        self.maximum = maximum
-        super().__init__(
-            f"requested privacy cost {requested} exceeds this node's per-query maximum of "
-            f"{maximum}; ask for less. Nothing was spent"
-        )
 
 
 @dataclass(frozen=True)
@@ -187,9 +174,7 @@ def plan(query: Query, schema: Schema, policy: Policy) -> QueryPlan:
             f"this node accounts in {policy.privacy_definition} privacy; give the cost as {want}"
         )
     if query.cost.amount > policy.per_query_max:
-        raise PerQueryLimitError(
-            format_amount(query.cost.amount), format_amount(policy.per_query_max)
-        )
+        raise PerQueryMaximumError(query.cost.amount, policy.per_query_max)
     for flt in query.filters:
         _check_filter(schema, flt, "filter")
     for flt in query.condition:

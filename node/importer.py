@@ -64,7 +64,6 @@ from node.record_keys import (
     client_codes,
     content_version,
     keyed_words,
-    new_dataset_version,
     record_digest,
     record_ranks,
 )
@@ -73,6 +72,7 @@ from node.store import (
     StoreError,
     build_store,
     load_or_create_salt,
+    new_dataset_version,
     quote_identifier,
     schema_fingerprint,
     store_path,

@@ -12,7 +12,7 @@ Loading keeps the records whose rank is below ``max_records_per_client``.
 
 Clients are numbered 0..C-1 in the order of a keyed hash of their identifier,
 which reveals nothing about the identifiers or the order of the source. The
-published dataset version is random; the content hash stays in the node.
+content hash over the keyed record hashes stays in the node.
 :mod:`node.store` says where each of these is kept.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from collections.abc import Sequence
 
 import numpy as np
@@ -95,11 +94,6 @@ def record_ranks(
     ranks = np.empty(n, dtype=np.int32)
     ranks[order] = np.arange(n) - group_start
     return ranks
-
-
-def new_dataset_version() -> str:
-    """A published dataset version: 20 random hex digits, new for every import."""
-    return secrets.token_hex(10)
 
 
 def content_version(fingerprint: str, tiebreak: npt.NDArray[np.uint64]) -> str:

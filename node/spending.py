@@ -15,7 +15,7 @@ from fractions import Fraction
 
 from node.config import BudgetPolicy, CoordinatorGrant
 from tiaki.budget import BudgetStatus, PeriodBudget, PrivacyDefinition, read_amount
-from tiaki.errors import InsufficientBudgetError
+from tiaki.errors import InsufficientBudgetError, PerQueryMaximumError
 from tiaki.ledger_records import GrantRecord, PolicyRecord
 from tiaki.periods import LIFETIME, period_bounds, period_label
 
@@ -56,7 +56,7 @@ def refusal(
     if requested <= 0:
         raise ValueError(f"requested privacy cost must be positive, not {requested}")
     if requested > per_query_max:
-        return InsufficientBudgetError(requested, per_query_max, "per-query maximum")
+        return PerQueryMaximumError(requested, per_query_max)
     left, limit = available(budget, spending, label)
     if requested > left:
         return InsufficientBudgetError(requested, left, limit)

@@ -203,6 +203,11 @@ _REIMPORT = "re-run 'tiaki-node import' to rebuild it"
 # that load_dataset reads, so both sides of the format live in one module.
 
 
+def new_dataset_version() -> str:
+    """A published dataset version: 20 random hex digits, new for every import."""
+    return secrets.token_hex(10)
+
+
 def quote_identifier(identifier: str) -> str:
     """An SQL identifier in double quotes; only for names already checked or from the schema."""
     return '"' + identifier.replace('"', '""') + '"'

@@ -55,10 +55,6 @@ def test_a_budget_refusal_arrives_as_insufficient_budget_with_the_amounts(node: 
     assert node.budget().lifetime_spent == Fraction(3, 4)  # the refusal spent nothing
 
 
-@pytest.mark.xfail(
-    reason="the engine still raises its own per-query limit error (a policy refusal)",
-    strict=True,
-)
 def test_a_per_query_maximum_arrives_as_its_own_type(node: LiveNode) -> None:
     with node.client() as client, pytest.raises(PerQueryMaximumError) as info:
         client.query(count("0.9"), query_id=new_query_id(), analyst="a")
