@@ -38,9 +38,10 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q --cov --cov-report= --cov-fail-under=$(COVERAGE_FLOOR)
 
-# The unit tests alone (no sockets, no fuzzing): well under a minute.
+# The unit tests alone (no sockets, no fuzzing, no large statistical samples): well
+# under a minute.
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit -m "not slow and not fuzz"
+	$(BIN)/python -m pytest -q tests/unit -m "not slow and not fuzz and not statistical"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -10,6 +10,10 @@ exactly to a Fraction.
 Pure ε-DP uses the discrete Laplace mechanism over the L1 distance; ρ-zCDP
 uses the discrete Gaussian over the L2 distance. Both sample exactly with
 OpenDP's CSPRNG; nothing here draws randomness of its own.
+
+For a secure sum, a node adds only a share of one discrete Gaussian
+(:func:`plan_share`, :func:`release_share`); the public arithmetic of the
+shares (γ, τ, who counts as honest) is in :mod:`tiaki.distributed_noise`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ import numpy.typing as npt
 import opendp.prelude as dp
 
 from tiaki.budget import PrivacyDefinition
+from tiaki.distributed_noise import (
+    MIN_SHARE_SCALE,
+    TAU_ALLOWANCE,
+    Cohort,
+    NoiseShareError,
+    check_scale_factor,
+    tau_term,
+)
 
 # The single place tiaki opts into OpenDP's contrib features (a test checks
 # that nothing else is enabled).
@@ -143,4 +155,103 @@ def release(
         scale=scale,
         accuracy_95=accuracy_95(definition, scale),
         charge=charge,
+    )
+
+
+# ---------------------------------------------------------------- a share of one noise
+
+
+@dataclass(frozen=True)
+class NoiseShare:
+    """What one node adds to a secure sum, and the two things it can vouch for.
+
+    ``worst_case`` (ρ_local) is OpenDP's map of this node's share alone, at
+    scale ``share_scale`` and sensitivity γΔ: it holds even if the
+    coordinator and every other node collude, and is about h times
+    ``aggregate``. ``aggregate`` (ρ_agg) is OpenDP's map at √h·σᵢ, the
+    scale of the honest shares' sum, plus KLS21's τ·d rounded up: it holds
+    if secure aggregation holds and at most the assumed number of peers
+    collude. Both are charged; the privacy unit is one client with all
+    their records, as for every release.
+    """
+
+    scale_factor: int  # γ
+    share_scale: float  # σᵢ, in scaled units
+    honest: int  # h
+    worst_case: Fraction
+    aggregate: Fraction
+    tau_term: Fraction
+
+
+def _at_most(value: float) -> float:
+    """A float no larger than the real value ``value`` approximates (two ulps down).
+
+    ``math.sqrt(h) * σ`` is within 1.5 ulps of √h·σ; evaluating OpenDP's map at
+    a scale no larger than the true one can only overstate the charge.
+    """
+    return math.nextafter(math.nextafter(value, 0.0), 0.0)
+
+
+@lru_cache(maxsize=1024)
+def plan_share(
+    sensitivity: float, budget: Fraction, cohort: Cohort, scale_factor: int, length: int
+) -> NoiseShare:
+    """This node's share of one discrete Gaussian whose sum costs at most ``budget`` (ρ).
+
+    ``sensitivity`` is the L2 distance of the unscaled integer aggregate
+    when one client and all their records are removed. The honest shares'
+    sum must cost at most ``budget``: its OpenDP map at √h·σᵢ plus the τ term.
+    σᵢ is the smallest scale found for which that holds; it is refused when
+    it falls below :data:`~tiaki.distributed_noise.MIN_SHARE_SCALE` (γ too
+    small) or when τ·d is not negligible.
+    """
+    check_scale_factor(scale_factor)
+    if sensitivity <= 0 or budget <= 0:
+        raise NoiseShareError("sensitivity and budget must be positive")
+    honest = cohort.honest
+    scaled = float(sensitivity) * scale_factor  # exact: γ is a power of two
+    allowance = budget * TAU_ALLOWANCE
+    aggregate_scale = calibrate(PrivacyDefinition.ZCDP, scaled, budget - allowance)
+    share_scale = aggregate_scale / math.sqrt(honest)
+    for _ in range(_MAX_SCALE_STEPS):
+        map_cost = privacy_cost(
+            PrivacyDefinition.ZCDP, _at_most(math.sqrt(honest) * share_scale), scaled
+        )
+        if map_cost <= budget - allowance:
+            break
+        share_scale = math.nextafter(share_scale, math.inf) * (1.0 + 2.0**-40)
+    else:  # pragma: no cover - calibrate already found a scale that fits
+        raise ArithmeticError("no share scale fits the privacy budget")
+    if share_scale < MIN_SHARE_SCALE:
+        raise NoiseShareError(
+            f"each share's noise would have scale {share_scale:.3g}, under "
+            f"{MIN_SHARE_SCALE:g}, at scale factor {scale_factor}: the sum of the shares "
+            "would not be Gaussian; use a larger scale factor"
+        )
+    tau_cost = tau_term(share_scale, honest, length)
+    if tau_cost > allowance:
+        raise NoiseShareError(
+            f"the KLS21 τ term ({float(tau_cost):.3g}) is not negligible against the cost "
+            f"{float(budget):.3g}; use a larger scale factor"
+        )
+    return NoiseShare(
+        scale_factor=scale_factor,
+        share_scale=share_scale,
+        honest=honest,
+        worst_case=privacy_cost(PrivacyDefinition.ZCDP, share_scale, scaled),
+        aggregate=map_cost + tau_cost,
+        tau_term=tau_cost,
+    )
+
+
+def release_share(values: npt.NDArray[np.int64], share: NoiseShare) -> npt.NDArray[np.int64]:
+    """γ·values plus this node's share of the noise, drawn by OpenDP at scale σᵢ.
+
+    Nothing is charged here; the caller has charged ``share``'s amounts
+    durably first. The result is still to be masked: alone it is protected
+    only by ``worst_case``.
+    """
+    exact = np.ascontiguousarray(values, dtype=np.int64) * np.int64(share.scale_factor)
+    return np.asarray(
+        _measurement(PrivacyDefinition.ZCDP, share.share_scale)(exact), dtype=np.int64
     )
