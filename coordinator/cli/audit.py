@@ -11,17 +11,16 @@ failed) when any was, and 2 when an input cannot be read at all.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
-from typing import Any
 
 from coordinator.audit.html_report import report_html
 from coordinator.audit.inputs import AuditInputError, load_exports, load_trusted_keys
 from coordinator.audit.plot import PlotUnavailable, spend_png, write_spend_plot
 from coordinator.audit.report import build_report, findings_table, report_json, report_table
 from coordinator.audit.verify import Verification, verify_exports
-from coordinator.cli.common import CommandError, ExitCode
+from tiaki.cli.exits import CommandError, ExitCode
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Document, Outcome, Text
 from tiaki.files import write_atomic
 
 _TRUST = (
@@ -53,7 +52,7 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "audit",
         help="verify signed ledger exports and report what was spent",
@@ -72,7 +71,7 @@ def register(sub: Any) -> None:
     )
     _add_inputs(verify)
     verify.add_argument("--format", choices=("table", "json"), default="table")
-    verify.set_defaults(run=run_verify)
+    runs(verify, run_verify)
     report = commands.add_parser(
         "report",
         help="spent and remaining per node, period, identity, kind and analyst",
@@ -86,7 +85,7 @@ def register(sub: Any) -> None:
     report.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="also draw cumulative spend per node"
     )
-    report.set_defaults(run=run_report)
+    runs(report, run_report)
 
 
 def _verify(args: argparse.Namespace) -> Verification:
@@ -103,23 +102,19 @@ def _verify(args: argparse.Namespace) -> Verification:
     return verify_exports(exports, previous, keys)
 
 
-def _exit(verification: Verification) -> int:
-    return int(ExitCode.OK if verification.passed else ExitCode.AUDIT_FAILED)
+def _exit(verification: Verification) -> ExitCode:
+    return ExitCode.OK if verification.passed else ExitCode.AUDIT_FAILED
 
 
-def run_verify(args: argparse.Namespace) -> int:
+def run_verify(args: argparse.Namespace) -> Outcome:
     verification = _verify(args)
     if args.format == "json":
-        print(json.dumps(verification.doc(), indent=2, ensure_ascii=False))
-    else:
-        if verification.findings:
-            print(findings_table(verification.findings))
-            print()
-        print(verification.verdict())
-    return _exit(verification)
+        return Outcome(Document(verification.doc(), ascii_only=False), _exit(verification))
+    findings = (findings_table(verification.findings), "") if verification.findings else ()
+    return Outcome(Text.lines(*findings, verification.verdict()), _exit(verification))
 
 
-def run_report(args: argparse.Namespace) -> int:
+def run_report(args: argparse.Namespace) -> Outcome:
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise CommandError(f"--plot {args.plot}: the chart is written as PNG; name it *.png")
     verification = _verify(args)
@@ -141,11 +136,9 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         text = report_table(report)
     if args.out is None:
-        sys.stdout.write(text)
-    else:
-        try:
-            write_atomic(args.out, text.encode("utf-8"), 0o644)
-        except OSError as exc:
-            raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
-        print(f"wrote {args.out}; {verification.verdict()}", file=sys.stderr)
-    return _exit(verification)
+        return Outcome(Text(text), _exit(verification))
+    try:
+        write_atomic(args.out, text.encode("utf-8"), 0o644)
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    return Outcome(code=_exit(verification), note=f"wrote {args.out}; {verification.verdict()}")

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 from fractions import Fraction
-from typing import Any
 
-from tabulate import tabulate
-
-from coordinator.cli.common import ExitCode, add_config_argument, open_federation
+from coordinator.cli.common import add_config_argument, open_federation
 from coordinator.client import NodeClient
 from coordinator.fanout import failure_reason
 from coordinator.mirror import MirrorLedger, spending_disagreements
 from tiaki.budget import BudgetStatus, display_amount, format_amount
+from tiaki.cli.exits import ExitCode
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Document, Outcome, Table, View
 from tiaki.errors import TiakiError
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "budget",
         help="per node: spent and remaining, the node's figures beside our mirror ledger",
@@ -26,10 +25,10 @@ def register(sub: Any) -> None:
     )
     add_config_argument(p)
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Outcome:
     config, federation = open_federation(args)
 
     def fetch(name: str, client: NodeClient) -> BudgetStatus | str:
@@ -91,24 +90,12 @@ def run(args: argparse.Namespace) -> int:
                 "finding": finding.message if finding else None,
             }
         )
+    view: View
     if args.format == "json":
-        print(json.dumps({"nodes": doc}, indent=2))
+        view = Document({"nodes": doc})
     else:
-        print(
-            tabulate(
-                rows,
-                headers=[
-                    "node",
-                    "period",
-                    "spent",
-                    "left",
-                    "lifetime (node)",
-                    "lifetime (mirror)",
-                    "check",
-                ],
-                disable_numparse=True,
-            )
+        view = Table(
+            ["node", "period", "spent", "left", "lifetime (node)", "lifetime (mirror)", "check"],
+            rows,
         )
-    if not reported:
-        return int(ExitCode.UNREACHABLE)
-    return 0
+    return Outcome(view, ExitCode.OK if reported else ExitCode.UNAVAILABLE)

@@ -1,25 +1,19 @@
-"""What every ``tiaki`` command shares: exit codes, errors, the federation file."""
+"""What every ``tiaki`` command shares: the exit codes' words, the federation file.
+
+The exit codes themselves and :class:`~tiaki.cli.exits.CommandError` are the
+kernel's (:mod:`tiaki.cli.exits`), the same numbers as ``tiaki-node``'s.
+"""
 
 from __future__ import annotations
 
 import argparse
-from enum import IntEnum
 from pathlib import Path
 
 from coordinator.combine import UNRELIABLE_SHARE
 from coordinator.config import FederationConfig, load_federation
 from coordinator.fanout import Federation
+from tiaki.cli.exits import CommandError
 from tiaki.node_info import NodeInfo
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    FAILED = 1  # unexpected internal error
-    USAGE = 2  # bad arguments, federation file, query file or query (nothing spent)
-    REFUSED = 3  # nodes refused, or --require-all released nothing
-    UNREACHABLE = 4  # no node could be reached
-    AUDIT_FAILED = 5  # tiaki audit found at least one error in the ledgers
-
 
 EXIT_CODES_HELP = """exit codes:
   0  success (a partial answer says which nodes it covers)
@@ -29,13 +23,6 @@ EXIT_CODES_HELP = """exit codes:
   4  unreachable: no node could be contacted
   5  audit failed: tiaki audit found errors in the ledgers it was given
 """
-
-
-class CommandError(Exception):
-    def __init__(self, message: str, code: ExitCode = ExitCode.USAGE) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 def add_config_argument(p: argparse.ArgumentParser) -> None:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 from fractions import Fraction
 from typing import Any
 
-from tabulate import tabulate
-
-from coordinator.cli.common import CommandError, add_config_argument
+from coordinator.cli.common import add_config_argument
 from coordinator.config import load_federation
 from coordinator.mirror import MirrorLedger, MirrorQuestion
 from tiaki.budget import display_amount, format_amount
+from tiaki.cli.exits import CommandError
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Document, Table
 from tiaki.plain_words import describe_query
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "history",
         help="past questions: id, when, who, what, cost, coverage (from the mirror ledger)",
@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
     add_config_argument(p)
     p.add_argument("--last", type=int, metavar="N", help="only the N most recent questions")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
 def _row(question: MirrorQuestion) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def _row(question: MirrorQuestion) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Document | Table:
     if args.last is not None and args.last < 1:
         raise CommandError(f"--last takes a positive number of questions, not {args.last}")
     config = load_federation(args.config)
@@ -55,11 +55,7 @@ def run(args: argparse.Namespace) -> int:
         questions = questions[-args.last :]
     rows = [_row(q) for q in questions]
     if args.format == "json":
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
-        return 0
-    if not rows:
-        print("no questions yet: ask one with 'tiaki query'")
-        return 0
+        return Document(list(rows), ascii_only=False)
     table = [
         [
             r["query_id"],
@@ -71,12 +67,9 @@ def run(args: argparse.Namespace) -> int:
         ]
         for r, q in zip(rows, questions, strict=True)
     ]
-    print(
-        tabulate(
-            table,
-            headers=["query id", "asked (UTC)", "analyst", "question", "cost per node", "answered"],
-            disable_numparse=True,
-            maxcolwidths=[None, None, 16, 60, None, None],
-        )
+    return Table(
+        ["query id", "asked (UTC)", "analyst", "question", "cost per node", "answered"],
+        table,
+        widths=[None, None, 16, 60, None, None],
+        empty="no questions yet: ask one with 'tiaki query'",
     )
-    return 0

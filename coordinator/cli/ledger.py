@@ -16,16 +16,16 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tabulate import tabulate
-
-from coordinator.cli.common import CommandError, ExitCode, add_config_argument, open_federation
+from coordinator.cli.common import add_config_argument, open_federation
 from coordinator.client import NodeClient
 from coordinator.config import FederationConfig, load_federation
 from coordinator.fanout import TRANSIENT, coordinator_identity
 from coordinator.mirror import MirrorLedger, utc_now
 from tiaki.chain import ChainEntry, chain_time, genesis_hash
+from tiaki.cli.exits import CommandError, ExitCode
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Outcome, Table, Text
 from tiaki.errors import DeadlineExceededError, TiakiError, UnsupportedCallError
 from tiaki.files import write_atomic
 from tiaki.ledger_export import (
@@ -56,7 +56,7 @@ LEDGER_EXIT_CODES_HELP = """exit codes:
 """
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "ledger",
         help="export, fetch and verify hash-chained, signed ledgers (ours and the nodes')",
@@ -85,7 +85,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="first chain entry to include (default: 1, the whole ledger)",
     )
-    export.set_defaults(run=run_export)
+    runs(export, run_export)
     fetch = actions.add_parser(
         "fetch",
         help="fetch every node's signed ledger export, and write ours beside them",
@@ -99,7 +99,7 @@ def register(sub: Any) -> None:
         "--out-dir", type=Path, default=Path("ledgers"), metavar="DIR", help="default: ./ledgers"
     )
     fetch.add_argument("--nodes", help="fetch only these nodes (comma-separated names)")
-    fetch.set_defaults(run=run_fetch)
+    runs(fetch, run_fetch)
     verify = actions.add_parser(
         "verify",
         help="check the mirror ledger's hash chain against its tables",
@@ -111,7 +111,7 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_argument(verify)
-    verify.set_defaults(run=run_verify)
+    runs(verify, run_verify)
 
 
 def _entry_number(text: str) -> int:
@@ -216,17 +216,13 @@ def _write(path: Path, text: str) -> None:
         raise CommandError(f"{str(path)[:80]!r} is not a usable file name") from None
 
 
-def run_export(args: argparse.Namespace) -> int:
+def run_export(args: argparse.Namespace) -> Outcome:
     config = load_federation(args.config)
     export = coordinator_export(config, args.from_seq)
     if args.out is None:
-        sys.stdout.write(export.text)
-        sys.stdout.flush()
-        print(f"exported {export.summary()}", file=sys.stderr)
-    else:
-        _write(args.out, export.text)
-        print(f"exported {export.summary()} to {args.out}", file=sys.stderr)
-    return 0
+        return Outcome(Text(export.text), note=f"exported {export.summary()}")
+    _write(args.out, export.text)
+    return Outcome(note=f"exported {export.summary()} to {args.out}")
 
 
 # ---------------------------------------------------------------- the nodes' exports
@@ -319,15 +315,15 @@ def _row(fetched: Fetched, out_dir: Path) -> tuple[list[str], bool]:
     return [fetched.node, "ok" if ok else "failed", span, key_id(export.public_key), detail], ok
 
 
-def _fetch_exit_code(outcomes: list[Fetched], ok: int) -> int:
+def _fetch_exit_code(outcomes: list[Fetched], ok: int) -> ExitCode:
     if ok == len(outcomes):
-        return int(ExitCode.OK)
+        return ExitCode.OK
     if ok == 0 and all(f.unreachable for f in outcomes):
-        return int(ExitCode.UNREACHABLE)
-    return int(ExitCode.REFUSED)
+        return ExitCode.UNAVAILABLE
+    return ExitCode.REFUSED
 
 
-def run_fetch(args: argparse.Namespace) -> int:
+def run_fetch(args: argparse.Namespace) -> Outcome:
     config, federation = open_federation(args)
     with federation:
         if COORDINATOR in federation.names:
@@ -356,19 +352,21 @@ def run_fetch(args: argparse.Namespace) -> int:
         ok += good
     span = f"{ours.from_seq}..{ours.to_seq}"
     rows.append(["(coordinator)", "ok", span, ours.key.key_id, str(out_dir / COORDINATOR_FILE)])
-    print(
-        tabulate(
-            rows, headers=["ledger", "status", "entries", "key id", "file"], disable_numparse=True
-        )
+    table = Table(
+        ["ledger", "status", "entries", "key id", "file"],
+        rows,
+        notes=[
+            "",
+            f"{ok} of {len(fetched)} node ledgers fetched, and the coordinator's, into {out_dir}",
+        ],
     )
-    print(f"\n{ok} of {len(fetched)} node ledgers fetched, and the coordinator's, into {out_dir}")
-    return _fetch_exit_code(fetched, ok)
+    return Outcome(table, _fetch_exit_code(fetched, ok))
 
 
 # ---------------------------------------------------------------- verify
 
 
-def run_verify(args: argparse.Namespace) -> int:
+def run_verify(args: argparse.Namespace) -> Text:
     config = load_federation(args.config)
     if not config.ledger.exists():
         raise CommandError(
@@ -377,8 +375,7 @@ def run_verify(args: argparse.Namespace) -> int:
     with MirrorLedger(config.ledger) as mirror:
         count = mirror.verify()
         _, head = mirror.head()
-    print(
+    return Text.lines(
         f"ok: {config.ledger} verifies: {count} chained entries linked from its genesis, "
         f"accounting exactly for its questions and outcomes (head {head[:16]})"
     )
-    return 0

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from tabulate import tabulate
-
-from coordinator.cli.common import CommandError, ExitCode, add_config_argument, open_federation
+from coordinator.cli.common import add_config_argument, open_federation
 from coordinator.client import NodeClient
 from coordinator.config import add_node
 from coordinator.fanout import failure_reason
 from tiaki.budget import BudgetStatus, PrivacyDefinition, display_amount
+from tiaki.cli.exits import CommandError, ExitCode
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Outcome, Table, Text
 from tiaki.errors import TiakiError
 from tiaki.node_info import NodeInfo
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "nodes",
         help="list the federation's nodes: reachable, schema compatible, budget left",
@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
         "reachable, whether its schema matches the others', and what budget it has left.",
     )
     add_config_argument(p)
-    p.set_defaults(run=run_list)
+    runs(p, run_list)
     nodes_sub = p.add_subparsers(dest="nodes_command", metavar="SUBCOMMAND")
     add = nodes_sub.add_parser("add", help="add or update a node in the federation file")
     add.add_argument("name", help="a short name for the node, e.g. ngo-a")
@@ -42,10 +42,10 @@ def register(sub: Any) -> None:
         "--insecure", action="store_true", help="when creating the file: plaintext, loopback only"
     )
     add_config_argument(add)
-    add.set_defaults(run=run_add)
+    runs(add, run_add)
 
 
-def run_add(args: argparse.Namespace) -> int:
+def run_add(args: argparse.Namespace) -> Text:
     tls_parts = (args.tls_ca, args.tls_cert, args.tls_key)
     if any(tls_parts) and not all(tls_parts):
         raise CommandError("--tls-ca, --tls-cert and --tls-key go together")
@@ -60,8 +60,7 @@ def run_add(args: argparse.Namespace) -> int:
         insecure=args.insecure,
     )
     verb = "added" if new else "updated"
-    print(f"{verb} node {args.name} at {args.address} in {args.config}")
-    return 0
+    return Text.lines(f"{verb} node {args.name} at {args.address} in {args.config}")
 
 
 def _schema_signature(info: NodeInfo) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -78,7 +77,7 @@ def _compatibility(info: NodeInfo, reference: NodeInfo) -> str:
     return "yes"
 
 
-def run_list(args: argparse.Namespace) -> int:
+def run_list(args: argparse.Namespace) -> Outcome:
     config, federation = open_federation(args)
     infos: dict[str, NodeInfo | str] = {}
 
@@ -121,13 +120,10 @@ def run_list(args: argparse.Namespace) -> int:
                 f"{info.node_id}, data {info.dataset_version[:10]}",
             ]
         )
-    print(
-        tabulate(
-            rows,
-            headers=["node", "address", "reachable", "accounts in", "schema", "left", "about"],
-            disable_numparse=True,
-            maxcolwidths=[None, None, None, None, 30, None, 60],  # wrapped, never cut
-        )
+    table = Table(
+        ["node", "address", "reachable", "accounts in", "schema", "left", "about"],
+        rows,
+        widths=[None, None, None, None, 30, None, 60],  # wrapped, never cut
     )
-    reachable = sum(1 for r in results.values() if not isinstance(r, str))
-    return 0 if reachable else int(ExitCode.UNREACHABLE)
+    reachable = any(not isinstance(r, str) for r in results.values())
+    return Outcome(table, ExitCode.OK if reachable else ExitCode.UNAVAILABLE)

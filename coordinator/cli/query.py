@@ -9,18 +9,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from coordinator.cli.common import (
     EXIT_CODES_HELP,
-    CommandError,
-    ExitCode,
     add_config_argument,
     add_unreliable_share_argument,
     column_types,
     open_federation,
 )
-from coordinator.cli.show import print_answer
+from coordinator.cli.show import AnswerView
 from coordinator.client import NodeClient
 from coordinator.fanout import Federation
 from coordinator.federated import ask_federation
@@ -31,12 +27,15 @@ from coordinator.query_spec import build_query
 from coordinator.results import FederatedAnswer, NodeOutcome
 from coordinator.schema_check import check_against_schemas
 from tiaki.budget import PrivacyDefinition, display_amount
+from tiaki.cli.exits import CommandError, ExitCode
+from tiaki.cli.program import Subcommands, runs
+from tiaki.cli.views import Outcome, Table
 from tiaki.errors import TiakiError
 from tiaki.node_info import NodeInfo
 from tiaki.query import Query
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "query",
         help="ask every node one DP question and combine the answers",
@@ -100,7 +99,7 @@ def register(sub: Any) -> None:
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="bar chart with error bars")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     add_unreliable_share_argument(p)
-    p.set_defaults(run=run)
+    runs(p, run)
 
 
 def _words(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,7 +148,7 @@ def _build(federation: Federation, words: dict[str, Any], target: float | None) 
     """The analyst's words as a query, checked against the nodes' schemas before asking."""
     infos = _infos(federation)
     if not infos:
-        raise CommandError("no node could be reached to read the schema", ExitCode.UNREACHABLE)
+        raise CommandError("no node could be reached to read the schema", ExitCode.UNAVAILABLE)
     first = next(iter(infos.values()))
     if target is not None and not (words.get("epsilon") or words.get("rho")):
         # A placeholder cost of the node's kind; --target-ci replaces it.
@@ -185,7 +184,8 @@ def _waiting(quiet: bool) -> Any:
     return report
 
 
-def _print_plan(federation: Federation, query: Query, expected_count: float | None) -> int:
+def _plan(federation: Federation, query: Query, expected_count: float | None) -> Outcome:
+    """The dry run: each node's cost, budget left and noise, and the expected half-width."""
     if expected_count is not None and not (math.isfinite(expected_count) and expected_count >= 1):
         raise CommandError(f"--expected-count must be a number of at least 1, not {expected_count}")
     plan = plan_question(federation, query, expected_count)
@@ -199,26 +199,28 @@ def _print_plan(federation: Federation, query: Query, expected_count: float | No
         left = display_amount(check.budget.available) if check.budget else "?"
         status = "ready" if check.ok else f"{check.status}: {check.reason}"
         rows.append([name, display_amount(cost), left, noise, status])
-    print(
-        tabulate(
-            rows,
-            headers=["node", "cost", "left", "95% noise per cell", "status"],
-            disable_numparse=True,
-        )
-    )
-    print(f"\nquery: {query.canonical()}")
     if plan.expected_half_width is not None:
-        print(
+        expected = (
             f"expected 95% half-width of each combined cell: ±{plan.expected_half_width:.4g} "
             f"({plan.method})"
         )
     else:
-        print(f"expected 95% half-width: {plan.method}")
-    print("dry run: nothing was sent for answering and nothing was spent.")
+        expected = f"expected 95% half-width: {plan.method}"
+    table = Table(
+        ["node", "cost", "left", "95% noise per cell", "status"],
+        rows,
+        notes=[
+            "",
+            f"query: {query.canonical()}",
+            expected,
+            "dry run: nothing was sent for answering and nothing was spent.",
+        ],
+    )
     if not any(check.ok for check in plan.nodes.values()):
-        print("no node would answer this question as it stands.", file=sys.stderr)
-        return int(ExitCode.REFUSED)
-    return 0
+        return Outcome(
+            table, ExitCode.REFUSED, note="no node would answer this question as it stands."
+        )
+    return Outcome(table)
 
 
 def _ceiling(federation: Federation, query: Query) -> Fraction:
@@ -231,21 +233,21 @@ def _ceiling(federation: Federation, query: Query) -> Fraction:
 
     amounts = [a for _, a in federation.each(room) if a is not None]
     if not amounts:
-        raise CommandError("no node could be reached", ExitCode.UNREACHABLE)
+        raise CommandError("no node could be reached", ExitCode.UNAVAILABLE)
     return min(amounts)
 
 
-def _exit_code(answer: FederatedAnswer) -> int:
+def _exit_code(answer: FederatedAnswer) -> ExitCode:
     if not answer.released:
-        return int(ExitCode.REFUSED)
+        return ExitCode.REFUSED
     if answer.answered_nodes:
-        return 0
+        return ExitCode.OK
     if all(o.status.value == "unreachable" for o in answer.outcomes):
-        return int(ExitCode.UNREACHABLE)
-    return int(ExitCode.REFUSED)
+        return ExitCode.UNAVAILABLE
+    return ExitCode.REFUSED
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Outcome:
     config, federation = open_federation(args)
     fmt = args.format or config.defaults.format
     with federation:
@@ -260,11 +262,11 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             if args.dry_run:
-                return _print_plan(federation, query, args.expected_count)
+                return _plan(federation, query, args.expected_count)
         except TiakiError as exc:
             if exc.node is None:  # ours, not a node's
                 raise
-            raise CommandError(exc.message, ExitCode.UNREACHABLE) from None
+            raise CommandError(exc.message, ExitCode.UNAVAILABLE) from None
         with MirrorLedger(config.ledger) as mirror:
             answer = ask_federation(
                 federation,
@@ -278,5 +280,4 @@ def run(args: argparse.Namespace) -> int:
                 unreliable_share=args.unreliable_share,
             )
     # Every node answer is durable in the mirror by now; output that fails loses nothing.
-    print_answer(answer, fmt, args.plot)
-    return _exit_code(answer)
+    return Outcome(AnswerView(answer, fmt, args.plot), _exit_code(answer))
