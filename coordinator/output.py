@@ -42,8 +42,8 @@ Federated answers (:class:`~coordinator.results.FederatedAnswer`):
   histograms, ``estimate, ci_low, ci_high, half_width, nodes, method,
   reliable, unreliable_reasons``, and on every row what it is of:
   ``query_id, question, cost_per_node, definition, nodes_covered``.
-* :func:`plot` -- a bar chart with 95% error bars, written as PNG. Needs the
-  ``plot`` extra (matplotlib).
+* :func:`coordinator.answer_plot.plot` -- a bar chart with 95% error bars,
+  written as PNG (its own module: it needs the ``plot`` extra, matplotlib).
 
 Single-node answers (:class:`~tiaki.answer.Answer`) keep their own views,
 :func:`answer_table` and :func:`answer_json`.
@@ -55,7 +55,6 @@ import csv
 import io
 import json
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 from tabulate import tabulate
@@ -74,7 +73,6 @@ from tiaki.query import Filter, InSet, NumericRange, Query, QueryKind
 
 COUNT_KINDS = frozenset({QueryKind.COUNT, QueryKind.COUNT_CLIENTS, QueryKind.HISTOGRAM})
 UNRELIABLE_MARK = "†"
-MAX_PLOT_CELLS = 300
 
 
 class OutputError(TiakiError):
@@ -162,7 +160,7 @@ def describe_question(query: Query) -> str:
     return f"{what}; {symbol} {display_amount(query.cost.amount)} per node"
 
 
-def _title(answer: FederatedAnswer) -> str:
+def answer_title(answer: FederatedAnswer) -> str:
     return describe_question(answer.query)
 
 
@@ -204,10 +202,15 @@ def _unreliable_legend(answer: FederatedAnswer) -> list[str]:
     lines = []
     for cell in _released_cells(answer):
         if cell.unreliable:
-            lines.append(f"  {UNRELIABLE_MARK} {_label(cell)}: {'; '.join(cell.unreliable)}")
+            lines.append(f"  {UNRELIABLE_MARK} {cell_label(cell)}: {'; '.join(cell.unreliable)}")
     if not lines:
         return []
     return [f"{UNRELIABLE_MARK} unreliable, read as noise or a bound, not as an estimate:", *lines]
+
+
+def cell_label(cell: CombinedCell) -> str:
+    """A cell's groups (and bin) joined, as a chart or a footnote names it."""
+    return " / ".join([*cell.group, *([cell.bin] if cell.bin else [])]) or "all"
 
 
 def _describe_filter(flt: Filter) -> str:
@@ -255,7 +258,7 @@ def _charges_line(answer: FederatedAnswer) -> str:
 
 def federated_table(answer: FederatedAnswer) -> str:
     """A readable table of the combined cells and what happened at each node."""
-    lines: list[str] = [_title(answer), ""]
+    lines: list[str] = [answer_title(answer), ""]
     if not answer.released:
         failed = [o for o in _unanswered(answer) if o.status is not NodeStatus.SKIPPED]
         names = ", ".join(o.node for o in failed) or "none"
@@ -336,7 +339,7 @@ def federated_json(answer: FederatedAnswer) -> str:
     """The documented JSON document (see the module docstring)."""
     doc = {
         "query_id": answer.query_id,
-        "title": _title(answer),
+        "title": answer_title(answer),
         "query": json.loads(answer.query.canonical()),
         "cost_per_node": {
             answer.query.cost.definition.symbol: format_amount(answer.query.cost.amount)
@@ -416,97 +419,13 @@ def federated_csv(answer: FederatedAnswer) -> str:
                 "true" if cell.reliable else "false",
                 "; ".join(cell.unreliable),
                 answer.query_id,
-                _title(answer),
+                answer_title(answer),
                 cost,
                 definition,
                 covered,
             ]
         )
     return out.getvalue()
-
-
-# ---------------------------------------------------------------- plot
-
-
-def _label(cell: CombinedCell) -> str:
-    return " / ".join([*cell.group, *([cell.bin] if cell.bin else [])]) or "all"
-
-
-def plot(answer: FederatedAnswer, path: Path) -> None:
-    """A bar chart of the estimates with 95% error bars, saved as PNG at ``path``."""
-    if not answer.released:
-        raise OutputError(
-            "nothing was released (--require-all and some node did not answer); nothing to plot"
-        )
-    cells = answer.cells
-    if not cells:
-        raise OutputError("no node answered; there is nothing to plot")
-    if len(cells) > MAX_PLOT_CELLS:
-        raise OutputError(
-            f"the answer has {len(cells)} cells, too many for one chart (at most "
-            f"{MAX_PLOT_CELLS}); use --format csv and plot a selection"
-        )
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise OutputError("plotting needs the 'plot' extra: pip install 'tiaki[plot]'") from None
-
-    nan = math.nan
-    heights = [c.estimate if math.isfinite(c.estimate) else nan for c in cells]
-    below = [
-        max(0.0, c.estimate - c.ci_low) if math.isfinite(c.estimate - c.ci_low) else 0.0
-        for c in cells
-    ]
-    above = [
-        max(0.0, c.ci_high - c.estimate) if math.isfinite(c.ci_high - c.estimate) else 0.0
-        for c in cells
-    ]
-    labels = [_label(c) for c in cells]
-    rotate = len(cells) > 8 or max(len(label) for label in labels) > 12
-
-    width = min(40.0, max(6.0, 0.35 * len(cells) + 2.0))
-    figure = Figure(figsize=(width, 5.0), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    positions = list(range(len(cells)))
-    bars = axes.bar(
-        positions, heights, yerr=[below, above], capsize=3, color="#4c72b0", ecolor="#222222"
-    )
-    flagged = False
-    for bar, cell in zip(bars, cells, strict=True):
-        if cell.unreliable:  # hatched and pale: read as noise or a bound
-            bar.set_facecolor("#dde3ee")
-            bar.set_hatch("///")
-            bar.set_edgecolor("#4c72b0")
-            flagged = True
-    axes.set_xticks(positions)
-    axes.set_xticklabels(
-        labels,
-        rotation=60 if rotate else 0,
-        ha="right" if rotate else "center",
-        rotation_mode="anchor",
-        fontsize=8,
-    )
-    axes.set_title(_title(answer), wrap=True, fontsize=10)
-    axes.set_ylabel("estimate (bars: 95% CI)")
-    if answer.query.kind is QueryKind.PROPORTION:
-        axes.set_ylim(0.0, 1.0)
-    axes.axhline(0.0, color="#888888", linewidth=0.8)
-    # A figure-level x label is the footnote: constrained layout makes room for it.
-    legend = "Hatched bars: unreliable (interval too wide, denominator near zero, or clamped).\n"
-    figure.supxlabel(
-        f"{legend if flagged else ''}{counting_note(answer)}\n"
-        f"coverage: {answer.coverage}. query id {answer.query_id}.\n{DP_NOISE_ONLY}",
-        x=0.01,
-        ha="left",
-        fontsize=7,
-        color="#444444",
-    )
-    try:
-        figure.savefig(path, format="png", dpi=100)
-    except OSError as exc:
-        raise OutputError(f"cannot write the plot to {path}: {exc}") from None
 
 
 # ---------------------------------------------------------------- single node

@@ -15,6 +15,8 @@ from tiaki.cli.views import Outcome, Table, Text
 from tiaki.errors import TiakiError
 from tiaki.node_info import NodeInfo
 
+_DEFINITION_WORDS = {PrivacyDefinition.PURE: "pure", PrivacyDefinition.ZCDP: "zCDP"}
+
 
 def register(sub: Subcommands) -> None:
     p = sub.add_parser(
@@ -114,7 +116,7 @@ def run_list(args: argparse.Namespace) -> Outcome:
                 entry.name,
                 entry.address,
                 "yes",
-                "ε (pure)" if info.definition is PrivacyDefinition.PURE else "ρ (zCDP)",
+                f"{info.definition.letter} ({_DEFINITION_WORDS[info.definition]})",
                 _compatibility(info, reference),
                 f"{display_amount(budget.available)} ({budget.current.label})",
                 f"{info.node_id}, data {info.dataset_version[:10]}",

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from coordinator.answer_plot import plot
 from coordinator.cli.common import add_config_argument, add_unreliable_share_argument
 from coordinator.config import load_federation
 from coordinator.federated import UnknownQuestion, past_answer
 from coordinator.mirror import MirrorLedger
-from coordinator.output import OutputError, federated_csv, federated_json, federated_table, plot
+from coordinator.output import OutputError, federated_csv, federated_json, federated_table
 from coordinator.results import FederatedAnswer
 from tiaki.cli.exits import CommandError, ExitCode
 from tiaki.cli.program import Subcommands, runs

@@ -175,6 +175,18 @@ def test_dockerfile_copies_only_what_exists_and_is_not_ignored(role: str) -> Non
         )
 
 
+def test_every_package_folder_is_packaged() -> None:
+    # An editable install finds any folder; a built wheel (the container) only the listed.
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = {
+        ".".join((top, *init.parent.relative_to(ROOT / folder).parts))
+        for top, folder in setuptools["package-dir"].items()
+        for init in (ROOT / folder).rglob("__init__.py")
+    }
+    assert found == listed
+
+
 def test_constraints_pin_exactly_what_pyproject_pins() -> None:
     lines = (DEPLOY / "container" / "constraints.txt").read_text(encoding="utf-8").splitlines()
     pins = dict(

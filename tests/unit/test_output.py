@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.answer_plot import plot
 from coordinator.output import (
     OutputError,
     answer_json,
@@ -18,7 +19,6 @@ from coordinator.output import (
     federated_csv,
     federated_json,
     federated_table,
-    plot,
 )
 from coordinator.results import (
     DP_NOISE_ONLY,
