@@ -294,6 +294,7 @@ SECRETS_ALLOWED = {
     "protos/tiaki/receipts.py",  # salts that make answer commitments unguessable
     "node/server.py",  # random references for internal-error messages
     "protos/tiaki/files.py",  # unguessable temporary file names while writing keys
+    "coordinator/secure_sum.py",  # random session ids, never noise
     # Secure aggregation draws key material and polynomial coefficients, never
     # noise: the noise of every release still comes only from OpenDP.
     "protos/tiaki/secagg/shamir.py",  # mask seeds, private keys, Shamir coefficients
