@@ -120,6 +120,7 @@ def new_session(
     threshold: int,
     colluders: int,
     scale_factors: Sequence[int],
+    share_scales: Sequence[float],
     not_after: int,
 ) -> SessionParameters:
     """Fresh public parameters: a random session id, nothing else drawn."""
@@ -131,6 +132,7 @@ def new_session(
         threshold=threshold,
         colluders=colluders,
         scale_factors=tuple(scale_factors),
+        share_scales=tuple(share_scales),
         not_after=not_after,
     )
 
@@ -201,7 +203,7 @@ def _run(params: SessionParameters, links: Mapping[int, SessionLink], rnd: _Roun
     # Round 2: masked inputs. Each member gets the shares sent to it by members that shared.
     inputs = rnd.ask(sorted(sealed_by), lambda i: links[i].masked_input(params, inbox[i]))
     charged.extend(sorted(inputs))
-    layout = _common_layout(inputs, rnd.dropped)
+    layout = _common_layout(params, inputs, rnd.dropped)
     enough(list(inputs), "masked-input")
     survivors = tuple(sorted(i for i in inputs if i not in rnd.dropped))
     enough(survivors, "masked-input")
@@ -230,11 +232,19 @@ def _run(params: SessionParameters, links: Mapping[int, SessionLink], rnd: _Roun
 
 
 def _common_layout(
-    inputs: dict[int, MaskedInput], dropped: dict[int, str]
+    params: SessionParameters, inputs: dict[int, MaskedInput], dropped: dict[int, str]
 ) -> tuple[ComponentShare, ...]:
-    """The components every input shares; an input laid out otherwise is left out of the sum."""
+    """The components every input shares; an input laid out otherwise is left out of the sum.
+
+    An input whose noise shares are not at the session's scales is left out too:
+    every member's bound assumes equal shares.
+    """
     layouts: dict[tuple[ComponentShare, ...], list[int]] = {}
     for i, masked in inputs.items():
+        scales = tuple(c.share_scale for c in masked.components)
+        if scales != params.share_scales:
+            dropped[i] = "its noise shares are not at the session's scales"
+            continue
         layouts.setdefault(masked.components, []).append(i)
     if not layouts:
         return ()
@@ -281,14 +291,16 @@ def _decode(
     )
     out = []
     start = 0
-    for component, gamma in zip(layout, params.scale_factors, strict=True):
+    for component, gamma, scale in zip(
+        layout, params.scale_factors, params.share_scales, strict=True
+    ):
         part = total[start : start + component.length]
         start += component.length
         out.append(
             SummedComponent(
                 component.name,
                 part.astype(np.float64) / gamma,
-                sum_variance([component.share_scale] * len(survivors), gamma),
+                sum_variance([scale] * len(survivors), gamma),
             )
         )
     return tuple(out)

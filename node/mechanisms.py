@@ -196,50 +196,87 @@ def _at_most(value: float) -> float:
 def plan_share(
     sensitivity: float, budget: Fraction, cohort: Cohort, scale_factor: int, length: int
 ) -> NoiseShare:
-    """This node's share of one discrete Gaussian whose sum costs at most ``budget`` (ρ).
+    """The least share of one discrete Gaussian whose honest sum costs at most ``budget`` (ρ).
 
     ``sensitivity`` is the L2 distance of the unscaled integer aggregate
-    when one client and all their records are removed. The honest shares'
-    sum must cost at most ``budget``: its OpenDP map at √h·σᵢ plus the τ term.
-    σᵢ is the smallest scale found for which that holds; it is refused when
-    it falls below :data:`~tiaki.distributed_noise.MIN_SHARE_SCALE` (γ too
-    small) or when τ·d is not negligible.
+    when one client and all their records are removed. The share scale σᵢ
+    is the smallest found for which OpenDP's map at √h·σᵢ, plus the τ
+    allowance, fits the budget; :func:`check_share` then judges it as it
+    judges a scale a session proposes.
     """
     check_scale_factor(scale_factor)
     if sensitivity <= 0 or budget <= 0:
         raise NoiseShareError("sensitivity and budget must be positive")
     honest = cohort.honest
     scaled = float(sensitivity) * scale_factor  # exact: γ is a power of two
-    allowance = budget * TAU_ALLOWANCE
-    aggregate_scale = calibrate(PrivacyDefinition.ZCDP, scaled, budget - allowance)
-    share_scale = aggregate_scale / math.sqrt(honest)
+    map_budget = budget - budget * TAU_ALLOWANCE
+    share_scale = calibrate(PrivacyDefinition.ZCDP, scaled, map_budget) / math.sqrt(honest)
     for _ in range(_MAX_SCALE_STEPS):
-        map_cost = privacy_cost(
-            PrivacyDefinition.ZCDP, _at_most(math.sqrt(honest) * share_scale), scaled
-        )
-        if map_cost <= budget - allowance:
+        if _honest_sum_cost(scaled, honest, share_scale) <= map_budget:
             break
         share_scale = math.nextafter(share_scale, math.inf) * (1.0 + 2.0**-40)
     else:  # pragma: no cover - calibrate already found a scale that fits
         raise ArithmeticError("no share scale fits the privacy budget")
-    if share_scale < MIN_SHARE_SCALE:
+    return check_share(sensitivity, budget, cohort, scale_factor, share_scale, length)
+
+
+def _honest_sum_cost(scaled_sensitivity: float, honest: int, share_scale: float) -> Fraction:
+    """OpenDP's map for the sum of ``honest`` shares: at scale √h·σᵢ, taken a hair low."""
+    return privacy_cost(
+        PrivacyDefinition.ZCDP, _at_most(math.sqrt(honest) * share_scale), scaled_sensitivity
+    )
+
+
+@lru_cache(maxsize=1024)
+def check_share(
+    sensitivity: float,
+    budget: Fraction,
+    cohort: Cohort,
+    scale_factor: int,
+    share_scale: float,
+    length: int,
+) -> NoiseShare:
+    """What this node can vouch for if it adds a share at ``share_scale`` (σᵢ, scaled units).
+
+    Every member of a session adds shares at the scale the session states,
+    so that the KLS21 bound, which is for h equal shares, holds for each
+    node's own sensitivity. Refused when σᵢ is under
+    :data:`~tiaki.distributed_noise.MIN_SHARE_SCALE` (the sum would not be
+    Gaussian), when the honest sum would cost more than ``budget`` at this
+    node's sensitivity (the session's noise is too small for it), or when
+    τ·d is not negligible against ``budget``.
+    """
+    check_scale_factor(scale_factor)
+    if sensitivity <= 0 or budget <= 0:
+        raise NoiseShareError("sensitivity and budget must be positive")
+    if not math.isfinite(share_scale) or share_scale < MIN_SHARE_SCALE:
         raise NoiseShareError(
             f"each share's noise would have scale {share_scale:.3g}, under "
             f"{MIN_SHARE_SCALE:g}, at scale factor {scale_factor}: the sum of the shares "
             "would not be Gaussian; use a larger scale factor"
         )
+    honest = cohort.honest
+    scaled = float(sensitivity) * scale_factor
+    allowance = budget * TAU_ALLOWANCE
     tau_cost = tau_term(share_scale, honest, length)
     if tau_cost > allowance:
         raise NoiseShareError(
             f"the KLS21 τ term ({float(tau_cost):.3g}) is not negligible against the cost "
             f"{float(budget):.3g}; use a larger scale factor"
         )
+    aggregate = _honest_sum_cost(scaled, honest, share_scale) + tau_cost
+    if aggregate > budget:
+        raise NoiseShareError(
+            f"the session's noise (share scale {share_scale:.6g}) is too small for this "
+            f"node's sensitivity at cost {float(budget):.6g}: its sum would cost "
+            f"{float(aggregate):.6g}"
+        )
     return NoiseShare(
         scale_factor=scale_factor,
         share_scale=share_scale,
         honest=honest,
         worst_case=privacy_cost(PrivacyDefinition.ZCDP, share_scale, scaled),
-        aggregate=map_cost + tau_cost,
+        aggregate=aggregate,
         tau_term=tau_cost,
     )
 

@@ -125,6 +125,21 @@ def smallest_scale_factor(sensitivity: float, budget: Fraction, honest: int) -> 
     )
 
 
+def session_share_scale(central: float, honest: int, gamma: int) -> float:
+    """The share scale σᵢ a session states, in scaled units: γ·σ/√h, raised a little.
+
+    ``central`` is the largest central scale any member needs for this
+    component at the requested cost (each node's plan says its own); every
+    member then adds shares at this one scale, so each one's sum of h
+    honest shares has at least the noise its own sensitivity needs. The
+    raise (a relative 2^-30) covers floating-point rounding on the way.
+    """
+    check_scale_factor(gamma)
+    if not central > 0 or honest < 1:
+        raise NoiseShareError("the central scale must be positive and honest at least 1")
+    return gamma * central / math.sqrt(honest) * (1 + 2**-30)
+
+
 def check_scale_factor(gamma: int) -> None:
     """γ must be a power of two from 1 to 2^30: scaling by it is then exact in floats too."""
     if gamma < 1 or gamma & (gamma - 1) or gamma > 2**MAX_SCALE_EXPONENT:

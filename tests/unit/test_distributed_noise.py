@@ -17,7 +17,8 @@ import numpy as np
 import opendp.prelude as dp
 import pytest
 
-from node.mechanisms import NoiseShare, plan_share, release_share
+from node.mechanisms import NoiseShare, calibrate, check_share, plan_share, release_share
+from tiaki.budget import PrivacyDefinition
 from tiaki.distributed_noise import (
     MIN_SHARE_SCALE,
     TAU_ALLOWANCE,
@@ -25,6 +26,7 @@ from tiaki.distributed_noise import (
     NoiseShareError,
     check_scale_factor,
     error_ratio,
+    session_share_scale,
     smallest_scale_factor,
     sum_variance,
     tau,
@@ -166,6 +168,24 @@ def test_a_tau_term_that_is_not_negligible_is_refused() -> None:
     assert 2 <= scale < 2.2  # close enough to 2 that τ matters for a huge vector
     with pytest.raises(NoiseShareError, match="not negligible"):
         plan_share(1.0, Fraction(1, 10), cohort, 4, 10**9)
+
+
+def test_one_session_scale_serves_every_member_whatever_its_sensitivity() -> None:
+    # Two nodes whose clients may have different numbers of records: Δ = 1 and Δ = 3.
+    cohort, budget = Cohort(20, 2, 1), Fraction(1, 4)
+    centrals = [calibrate(PrivacyDefinition.ZCDP, delta, budget) for delta in (1.0, 3.0)]
+    gamma = smallest_scale_factor(3.0, budget, cohort.honest)
+    scale = session_share_scale(max(centrals), cohort.honest, gamma)
+    small = check_share(1.0, budget, cohort, gamma, scale, 10)
+    large = check_share(3.0, budget, cohort, gamma, scale, 10)
+    assert small.aggregate < large.aggregate <= budget
+    assert large.aggregate >= budget * (1 - Fraction(1, 2**26))  # the session's scale is tight
+    assert small.share_scale == large.share_scale == scale
+    # A scale chosen for the smaller sensitivity is too little noise for the larger one.
+    too_small = session_share_scale(min(centrals), cohort.honest, 4 * gamma)
+    assert too_small >= 2
+    with pytest.raises(NoiseShareError, match="too small for this node's sensitivity"):
+        check_share(3.0, budget, cohort, 4 * gamma, too_small, 10)
 
 
 SIGMAS = 6  # each statistical check fails a correct implementation with p ≈ 2e-9

@@ -37,6 +37,7 @@ def params(**changes: object) -> SessionParameters:
         threshold=18,
         colluders=1,
         scale_factors=(16,),
+        share_scales=(3.5,),
         not_after=2_000_000_000,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
@@ -65,6 +66,9 @@ def test_the_cohort_follows_from_the_threshold_and_colluders() -> None:
         ({"colluders": -1}, "more than"),
         ({"scale_factors": ()}, "a scale factor per component"),
         ({"scale_factors": (3,)}, "power of two"),
+        ({"share_scales": ()}, "a share scale per component"),
+        ({"share_scales": (1.5,)}, "at least 2"),
+        ({"share_scales": (float("nan"),)}, "at least 2"),
     ],
 )
 def test_parameters_that_cannot_be_kept_are_refused(changes: dict[str, object], words: str) -> None:
@@ -87,6 +91,7 @@ def test_the_digest_covers_every_parameter() -> None:
         params(threshold=19),
         params(colluders=0),
         params(scale_factors=(32,)),
+        params(share_scales=(3.5000000000000004,)),
         params(not_after=2_000_000_001),
     ]
     digests = {base.digest(), *(v.digest() for v in variants)}

@@ -143,6 +143,7 @@ def session(nodes: Sequence[Node], **changes: object) -> SessionParameters:
         threshold=4,
         colluders=1,
         scale_factors=(GAMMA,),
+        share_scales=(2.5,),
         not_after=int(NOW) + 60,
     )
     return dataclasses.replace(params, **changes)  # type: ignore[arg-type]

@@ -41,11 +41,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from tiaki.distributed_noise import Cohort, NoiseShareError, check_scale_factor
+from tiaki.distributed_noise import (
+    MIN_SHARE_SCALE,
+    Cohort,
+    NoiseShareError,
+    check_scale_factor,
+)
 from tiaki.query import Query
 from tiaki.secagg.errors import SecureAggregationError
 
@@ -74,7 +80,10 @@ class SessionParameters:
     N − threshold nodes may drop out. ``colluders`` is how many members the
     session assumes may work with the coordinator; a node takes part only if
     that is at least what its own policy assumes. ``scale_factors`` has one γ
-    per component of the query (a mean has two). ``not_after`` is the last
+    per component of the query (a mean has two), and ``share_scales`` the one
+    scale σᵢ (in scaled units) every member's noise share of that component
+    has, so that each node's KLS21 bound is for h equal shares; each node
+    checks that it is enough for its own sensitivity. ``not_after`` is the last
     second (Unix time) at which a node will act on the session.
     """
 
@@ -85,6 +94,7 @@ class SessionParameters:
     threshold: int
     colluders: int
     scale_factors: tuple[int, ...]
+    share_scales: tuple[float, ...]
     not_after: int
 
     def __post_init__(self) -> None:
@@ -111,6 +121,13 @@ class SessionParameters:
             )
         if not self.scale_factors:
             raise SecureAggregationError("a session needs a scale factor per component")
+        if len(self.share_scales) != len(self.scale_factors):
+            raise SecureAggregationError("a session needs a share scale per component")
+        if not all(math.isfinite(s) and s >= MIN_SHARE_SCALE for s in self.share_scales):
+            raise SecureAggregationError(
+                f"every share scale must be at least {MIN_SHARE_SCALE:g}, or the sum of the "
+                "shares is not Gaussian"
+            )
         try:
             for gamma in self.scale_factors:
                 check_scale_factor(gamma)
@@ -141,6 +158,7 @@ class SessionParameters:
             "threshold": self.threshold,
             "colluders": self.colluders,
             "scale_factors": list(self.scale_factors),
+            "share_scales": [s.hex() for s in self.share_scales],  # exact, unlike repr
             "not_after": self.not_after,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
