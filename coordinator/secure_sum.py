@@ -23,6 +23,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -36,6 +37,7 @@ from tiaki.secagg.errors import SecureAggregationError
 from tiaki.secagg.masking import decode_vector, unmasked_sum
 from tiaki.secagg.session import (
     SESSION_ID_BYTES,
+    CellKey,
     ComponentShare,
     KeyAdvert,
     MaskedInput,
@@ -110,6 +112,9 @@ class SecureSum:
     charged: tuple[int, ...]  # members that sent a masked input (charged, whether summed or not)
     dropped: Mapping[int, str]
     components: tuple[SummedComponent, ...]
+    cells: tuple[CellKey, ...]  # the public cell each entry of a component stands for
+    # What each member that sent an input charged: (aggregate, worst case).
+    charges: Mapping[int, tuple[Fraction, Fraction]]
 
 
 def new_session(
@@ -203,7 +208,7 @@ def _run(params: SessionParameters, links: Mapping[int, SessionLink], rnd: _Roun
     # Round 2: masked inputs. Each member gets the shares sent to it by members that shared.
     inputs = rnd.ask(sorted(sealed_by), lambda i: links[i].masked_input(params, inbox[i]))
     charged.extend(sorted(inputs))
-    layout = _common_layout(params, inputs, rnd.dropped)
+    layout, cells = _common_layout(params, inputs, rnd.dropped)
     enough(list(inputs), "masked-input")
     survivors = tuple(sorted(i for i in inputs if i not in rnd.dropped))
     enough(survivors, "masked-input")
@@ -228,26 +233,31 @@ def _run(params: SessionParameters, links: Mapping[int, SessionLink], rnd: _Roun
         charged=tuple(charged),
         dropped=dict(rnd.dropped),
         components=components,
+        cells=cells,
+        charges={i: (m.aggregate, m.worst_case) for i, m in inputs.items()},
     )
+
+
+Layout = tuple[tuple[ComponentShare, ...], tuple[CellKey, ...]]
 
 
 def _common_layout(
     params: SessionParameters, inputs: dict[int, MaskedInput], dropped: dict[int, str]
-) -> tuple[ComponentShare, ...]:
+) -> Layout:
     """The components every input shares; an input laid out otherwise is left out of the sum.
 
     An input whose noise shares are not at the session's scales is left out too:
     every member's bound assumes equal shares.
     """
-    layouts: dict[tuple[ComponentShare, ...], list[int]] = {}
+    layouts: dict[Layout, list[int]] = {}
     for i, masked in inputs.items():
         scales = tuple(c.share_scale for c in masked.components)
         if scales != params.share_scales:
             dropped[i] = "its noise shares are not at the session's scales"
             continue
-        layouts.setdefault(masked.components, []).append(i)
+        layouts.setdefault((masked.components, masked.cells), []).append(i)
     if not layouts:
-        return ()
+        return (), ()
     common = max(layouts, key=lambda layout: len(layouts[layout]))
     for layout, members in layouts.items():
         if layout != common:

@@ -25,8 +25,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+from tiaki.budget import format_amount, read_amount
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -66,6 +69,9 @@ class SessionState:
     received_self_mask_shares: dict[int, int] = field(default_factory=dict)
     masked_vector: bytes = b""
     components: tuple[tuple[str, int, float], ...] = ()
+    cells: tuple[tuple[tuple[str, ...], str], ...] = ()
+    aggregate: Fraction = Fraction(0)
+    worst_case: Fraction = Fraction(0)
     # round 3: the survivor list we signed (U3)
     survivors: tuple[int, ...] = ()
     survivors_signature: str = ""
@@ -132,6 +138,9 @@ def _to_json(state: SessionState) -> str:
         "received_self_mask_shares": _ints(state.received_self_mask_shares),
         "masked_vector": state.masked_vector.hex(),
         "components": [list(c) for c in state.components],
+        "cells": [[list(group), bin_] for group, bin_ in state.cells],
+        "aggregate": format_amount(state.aggregate),
+        "worst_case": format_amount(state.worst_case),
         "survivors": list(state.survivors),
         "survivors_signature": state.survivors_signature,
         "revealed_self_mask_shares": _ints(state.revealed_self_mask_shares),
@@ -160,6 +169,9 @@ def _from_json(digest: bytes, identity: str, text: str) -> SessionState:
         received_self_mask_shares=_read_ints(doc["received_self_mask_shares"]) or {},
         masked_vector=bytes.fromhex(doc["masked_vector"]),
         components=tuple((str(n), int(length), float(s)) for n, length, s in doc["components"]),
+        cells=tuple((tuple(group), str(bin_)) for group, bin_ in doc["cells"]),
+        aggregate=read_amount(doc["aggregate"]),
+        worst_case=read_amount(doc["worst_case"]),
         survivors=tuple(doc["survivors"]),
         survivors_signature=doc["survivors_signature"],
         revealed_self_mask_shares=_read_ints(doc["revealed_self_mask_shares"]),

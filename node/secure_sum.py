@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,6 +46,7 @@ from tiaki.secagg.masking import (
     mask_vector,
 )
 from tiaki.secagg.session import (
+    CellKey,
     ComponentShare,
     KeyAdvert,
     MaskedInput,
@@ -71,10 +73,17 @@ class SecureSumRules:
 
 @dataclass(frozen=True)
 class Contribution:
-    """γ·x plus this node's noise share, per component, concatenated; charged already."""
+    """γ·x plus this node's noise share, per component, concatenated; charged already.
+
+    ``cells`` name the public cells of each component's entries; ``aggregate``
+    and ``worst_case`` are what the ledger charged for it.
+    """
 
     vector: NDArray[np.int64]
     components: tuple[ComponentShare, ...]
+    cells: tuple[CellKey, ...] = ()
+    aggregate: Fraction = Fraction(0)
+    worst_case: Fraction = Fraction(0)
 
 
 Contribute = Callable[[SessionParameters, str], Contribution]
@@ -295,6 +304,9 @@ class SecureSumParticipant:
                 components=tuple(
                     (c.name, c.length, c.share_scale) for c in contribution.components
                 ),
+                cells=tuple((c.group, c.bin) for c in contribution.cells),
+                aggregate=contribution.aggregate,
+                worst_case=contribution.worst_case,
             )
             rnd.save(state)
             return self._stored_input(state, me)
@@ -335,6 +347,9 @@ class SecureSumParticipant:
             me,
             state.masked_vector,
             tuple(ComponentShare(n, length, s) for n, length, s in state.components),
+            tuple(CellKey(group, bin_) for group, bin_ in state.cells),
+            state.aggregate,
+            state.worst_case,
         )
 
     # ------------------------------------------------------------ round 3

@@ -44,6 +44,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from types import MappingProxyType
 
 from tiaki.distributed_noise import (
@@ -239,12 +240,28 @@ class ComponentShare:
 
 
 @dataclass(frozen=True)
+class CellKey:
+    """One public cell of the answer: its group-by categories and histogram bin."""
+
+    group: tuple[str, ...]
+    bin: str = ""
+
+
+@dataclass(frozen=True)
 class MaskedInput:
-    """Round 2's answer: a member's masked vector (uint64, little-endian) and its layout."""
+    """Round 2's answer: a member's masked vector (uint64, little-endian) and its layout.
+
+    ``cells`` are the public cells each component's entries stand for, in
+    order; ``aggregate`` and ``worst_case`` what the member charged (exact,
+    in its definition's units), for the analyst to see.
+    """
 
     index: int
     vector: bytes
     components: tuple[ComponentShare, ...]
+    cells: tuple[CellKey, ...] = ()
+    aggregate: Fraction = Fraction(0)
+    worst_case: Fraction = Fraction(0)
 
     @property
     def length(self) -> int:
