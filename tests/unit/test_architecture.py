@@ -6,7 +6,8 @@ and the audit (which reads exports offline) never imports grpc itself.
 Protobuf and gRPC stay at the edge: on the coordinator only the client
 speaks them, on the node only the servicer and what serves it (TLS, the
 caller's identity, the ``serve`` command), and in the contract package only
-the conversion and wire-error modules (and the receipts, which hash a reply).
+the conversion modules (``convert``, and ``secagg.wire`` for secure sums) and
+the wire-error module (and the receipts, which hash a reply).
 Every import statement of every module is read, including those inside
 functions, so a lazy import cannot slip past.
 """
@@ -85,7 +86,7 @@ WIRE = ("tiaki.v1", "grpc", "grpc_health", "grpc_status", "google.rpc", "google.
 EDGES = [
     ("coordinator", {"client.py"}),
     ("node", {"server.py", "access.py", "tls.py", "cli/serve.py"}),
-    ("tiaki", {"convert.py", "wire_errors.py", "receipts.py"}),
+    ("tiaki", {"convert.py", "wire_errors.py", "receipts.py", "secagg/wire.py"}),
 ]
 
 

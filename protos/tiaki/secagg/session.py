@@ -97,6 +97,7 @@ class SessionParameters:
     scale_factors: tuple[int, ...]
     share_scales: tuple[float, ...]
     not_after: int
+    analyst: str = ""  # the person asking, as the coordinator claims; recorded, never trusted
 
     def __post_init__(self) -> None:
         if len(self.session_id) != SESSION_ID_BYTES:
@@ -161,6 +162,7 @@ class SessionParameters:
             "scale_factors": list(self.scale_factors),
             "share_scales": [s.hex() for s in self.share_scales],  # exact, unlike repr
             "not_after": self.not_after,
+            "analyst": self.analyst,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 

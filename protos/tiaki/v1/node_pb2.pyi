@@ -306,3 +306,161 @@ class ExportLedgerLine(_message.Message):
     LINE_FIELD_NUMBER: _ClassVar[int]
     line: str
     def __init__(self, line: _Optional[str] = ...) -> None: ...
+
+class SecureSessionMember(_message.Message):
+    __slots__ = ("index", "node_id", "signing_key")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    node_id: str
+    signing_key: str
+    def __init__(self, index: _Optional[int] = ..., node_id: _Optional[str] = ..., signing_key: _Optional[str] = ...) -> None: ...
+
+class SecureSession(_message.Message):
+    __slots__ = ("session_id", "query", "members", "threshold", "colluders", "scale_factors", "share_scales", "not_after")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    COLLUDERS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FACTORS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_SCALES_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    query: QueryRequest
+    members: _containers.RepeatedCompositeFieldContainer[SecureSessionMember]
+    threshold: int
+    colluders: int
+    scale_factors: _containers.RepeatedScalarFieldContainer[int]
+    share_scales: _containers.RepeatedScalarFieldContainer[float]
+    not_after: int
+    def __init__(self, session_id: _Optional[bytes] = ..., query: _Optional[_Union[QueryRequest, _Mapping]] = ..., members: _Optional[_Iterable[_Union[SecureSessionMember, _Mapping]]] = ..., threshold: _Optional[int] = ..., colluders: _Optional[int] = ..., scale_factors: _Optional[_Iterable[int]] = ..., share_scales: _Optional[_Iterable[float]] = ..., not_after: _Optional[int] = ...) -> None: ...
+
+class SecureAdvertiseRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: SecureSession
+    def __init__(self, session: _Optional[_Union[SecureSession, _Mapping]] = ...) -> None: ...
+
+class KeyAdvert(_message.Message):
+    __slots__ = ("index", "encryption_key", "mask_key", "signature")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    encryption_key: bytes
+    mask_key: bytes
+    signature: str
+    def __init__(self, index: _Optional[int] = ..., encryption_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class SecureShareKeysRequest(_message.Message):
+    __slots__ = ("session", "adverts")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    ADVERTS_FIELD_NUMBER: _ClassVar[int]
+    session: SecureSession
+    adverts: _containers.RepeatedCompositeFieldContainer[KeyAdvert]
+    def __init__(self, session: _Optional[_Union[SecureSession, _Mapping]] = ..., adverts: _Optional[_Iterable[_Union[KeyAdvert, _Mapping]]] = ...) -> None: ...
+
+class SealedShares(_message.Message):
+    __slots__ = ("sender", "recipient", "sealed")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    sender: int
+    recipient: int
+    sealed: bytes
+    def __init__(self, sender: _Optional[int] = ..., recipient: _Optional[int] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+
+class SecureShareKeysResponse(_message.Message):
+    __slots__ = ("shares",)
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShares]
+    def __init__(self, shares: _Optional[_Iterable[_Union[SealedShares, _Mapping]]] = ...) -> None: ...
+
+class SecureMaskedInputRequest(_message.Message):
+    __slots__ = ("session", "shares")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    session: SecureSession
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShares]
+    def __init__(self, session: _Optional[_Union[SecureSession, _Mapping]] = ..., shares: _Optional[_Iterable[_Union[SealedShares, _Mapping]]] = ...) -> None: ...
+
+class ComponentShare(_message.Message):
+    __slots__ = ("name", "length", "share_scale")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SHARE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    length: int
+    share_scale: float
+    def __init__(self, name: _Optional[str] = ..., length: _Optional[int] = ..., share_scale: _Optional[float] = ...) -> None: ...
+
+class CellKey(_message.Message):
+    __slots__ = ("group", "bin")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    BIN_FIELD_NUMBER: _ClassVar[int]
+    group: _containers.RepeatedScalarFieldContainer[str]
+    bin: str
+    def __init__(self, group: _Optional[_Iterable[str]] = ..., bin: _Optional[str] = ...) -> None: ...
+
+class MaskedInput(_message.Message):
+    __slots__ = ("index", "vector", "components", "cells", "aggregate", "worst_case")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    WORST_CASE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    vector: bytes
+    components: _containers.RepeatedCompositeFieldContainer[ComponentShare]
+    cells: _containers.RepeatedCompositeFieldContainer[CellKey]
+    aggregate: PrivacyCost
+    worst_case: PrivacyCost
+    def __init__(self, index: _Optional[int] = ..., vector: _Optional[bytes] = ..., components: _Optional[_Iterable[_Union[ComponentShare, _Mapping]]] = ..., cells: _Optional[_Iterable[_Union[CellKey, _Mapping]]] = ..., aggregate: _Optional[_Union[PrivacyCost, _Mapping]] = ..., worst_case: _Optional[_Union[PrivacyCost, _Mapping]] = ...) -> None: ...
+
+class SecureConsistencyRequest(_message.Message):
+    __slots__ = ("session", "survivors")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    session: SecureSession
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session: _Optional[_Union[SecureSession, _Mapping]] = ..., survivors: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SurvivorSignature(_message.Message):
+    __slots__ = ("index", "signature")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    signature: str
+    def __init__(self, index: _Optional[int] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class SecureUnmaskRequest(_message.Message):
+    __slots__ = ("session", "survivors", "signatures")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    session: SecureSession
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    signatures: _containers.RepeatedCompositeFieldContainer[SurvivorSignature]
+    def __init__(self, session: _Optional[_Union[SecureSession, _Mapping]] = ..., survivors: _Optional[_Iterable[int]] = ..., signatures: _Optional[_Iterable[_Union[SurvivorSignature, _Mapping]]] = ...) -> None: ...
+
+class RevealedShare(_message.Message):
+    __slots__ = ("member", "share")
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    member: int
+    share: bytes
+    def __init__(self, member: _Optional[int] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class Reveal(_message.Message):
+    __slots__ = ("index", "self_mask_shares", "mask_key_shares")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_SHARES_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    self_mask_shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    mask_key_shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    def __init__(self, index: _Optional[int] = ..., self_mask_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., mask_key_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...

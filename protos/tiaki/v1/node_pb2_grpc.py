@@ -59,6 +59,31 @@ class NodeStub:
                 request_serializer=tiaki_dot_v1_dot_node__pb2.ExportLedgerRequest.SerializeToString,
                 response_deserializer=tiaki_dot_v1_dot_node__pb2.ExportLedgerLine.FromString,
                 _registered_method=True)
+        self.SecureAdvertise = channel.unary_unary(
+                '/tiaki.v1.Node/SecureAdvertise',
+                request_serializer=tiaki_dot_v1_dot_node__pb2.SecureAdvertiseRequest.SerializeToString,
+                response_deserializer=tiaki_dot_v1_dot_node__pb2.KeyAdvert.FromString,
+                _registered_method=True)
+        self.SecureShareKeys = channel.unary_unary(
+                '/tiaki.v1.Node/SecureShareKeys',
+                request_serializer=tiaki_dot_v1_dot_node__pb2.SecureShareKeysRequest.SerializeToString,
+                response_deserializer=tiaki_dot_v1_dot_node__pb2.SecureShareKeysResponse.FromString,
+                _registered_method=True)
+        self.SecureMaskedInput = channel.unary_unary(
+                '/tiaki.v1.Node/SecureMaskedInput',
+                request_serializer=tiaki_dot_v1_dot_node__pb2.SecureMaskedInputRequest.SerializeToString,
+                response_deserializer=tiaki_dot_v1_dot_node__pb2.MaskedInput.FromString,
+                _registered_method=True)
+        self.SecureConsistency = channel.unary_unary(
+                '/tiaki.v1.Node/SecureConsistency',
+                request_serializer=tiaki_dot_v1_dot_node__pb2.SecureConsistencyRequest.SerializeToString,
+                response_deserializer=tiaki_dot_v1_dot_node__pb2.SurvivorSignature.FromString,
+                _registered_method=True)
+        self.SecureUnmask = channel.unary_unary(
+                '/tiaki.v1.Node/SecureUnmask',
+                request_serializer=tiaki_dot_v1_dot_node__pb2.SecureUnmaskRequest.SerializeToString,
+                response_deserializer=tiaki_dot_v1_dot_node__pb2.Reveal.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -105,6 +130,42 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecureAdvertise(self, request, context):
+        """Secure aggregation: the five rounds of one secure sum (Bonawitz et al.
+        2017, active-server variant), each relayed by the coordinator and each
+        carrying the whole session. Every answer is stored before it is sent, so
+        a round asked again with the same inputs gets the same bytes and one
+        asked with different inputs is refused. A node charges (aggregate and
+        worst case) in SecureMaskedInput and never refunds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecureShareKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecureMaskedInput(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecureConsistency(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecureUnmask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +193,31 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.ExportLedger,
                     request_deserializer=tiaki_dot_v1_dot_node__pb2.ExportLedgerRequest.FromString,
                     response_serializer=tiaki_dot_v1_dot_node__pb2.ExportLedgerLine.SerializeToString,
+            ),
+            'SecureAdvertise': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecureAdvertise,
+                    request_deserializer=tiaki_dot_v1_dot_node__pb2.SecureAdvertiseRequest.FromString,
+                    response_serializer=tiaki_dot_v1_dot_node__pb2.KeyAdvert.SerializeToString,
+            ),
+            'SecureShareKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecureShareKeys,
+                    request_deserializer=tiaki_dot_v1_dot_node__pb2.SecureShareKeysRequest.FromString,
+                    response_serializer=tiaki_dot_v1_dot_node__pb2.SecureShareKeysResponse.SerializeToString,
+            ),
+            'SecureMaskedInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecureMaskedInput,
+                    request_deserializer=tiaki_dot_v1_dot_node__pb2.SecureMaskedInputRequest.FromString,
+                    response_serializer=tiaki_dot_v1_dot_node__pb2.MaskedInput.SerializeToString,
+            ),
+            'SecureConsistency': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecureConsistency,
+                    request_deserializer=tiaki_dot_v1_dot_node__pb2.SecureConsistencyRequest.FromString,
+                    response_serializer=tiaki_dot_v1_dot_node__pb2.SurvivorSignature.SerializeToString,
+            ),
+            'SecureUnmask': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecureUnmask,
+                    request_deserializer=tiaki_dot_v1_dot_node__pb2.SecureUnmaskRequest.FromString,
+                    response_serializer=tiaki_dot_v1_dot_node__pb2.Reveal.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +355,141 @@ class Node:
             '/tiaki.v1.Node/ExportLedger',
             tiaki_dot_v1_dot_node__pb2.ExportLedgerRequest.SerializeToString,
             tiaki_dot_v1_dot_node__pb2.ExportLedgerLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecureAdvertise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiaki.v1.Node/SecureAdvertise',
+            tiaki_dot_v1_dot_node__pb2.SecureAdvertiseRequest.SerializeToString,
+            tiaki_dot_v1_dot_node__pb2.KeyAdvert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecureShareKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiaki.v1.Node/SecureShareKeys',
+            tiaki_dot_v1_dot_node__pb2.SecureShareKeysRequest.SerializeToString,
+            tiaki_dot_v1_dot_node__pb2.SecureShareKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecureMaskedInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiaki.v1.Node/SecureMaskedInput',
+            tiaki_dot_v1_dot_node__pb2.SecureMaskedInputRequest.SerializeToString,
+            tiaki_dot_v1_dot_node__pb2.MaskedInput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecureConsistency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiaki.v1.Node/SecureConsistency',
+            tiaki_dot_v1_dot_node__pb2.SecureConsistencyRequest.SerializeToString,
+            tiaki_dot_v1_dot_node__pb2.SurvivorSignature.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecureUnmask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiaki.v1.Node/SecureUnmask',
+            tiaki_dot_v1_dot_node__pb2.SecureUnmaskRequest.SerializeToString,
+            tiaki_dot_v1_dot_node__pb2.Reveal.FromString,
             options,
             channel_credentials,
             insecure,
