@@ -124,6 +124,42 @@ class PerQueryMaximumError(InsufficientBudgetError):
         return self.remaining
 
 
+class WorstCaseMaximumError(PerQueryMaximumError):
+    """A secure sum's worst-case charge is above the node's worst-case per-query cap.
+
+    The worst case (ρ_local) is what this node's share of the noise alone
+    protects, should the coordinator and every other member collude; the
+    policy caps it per session beside the ordinary per-query maximum.
+    ``remaining`` is that cap. Nothing was spent.
+    """
+
+    reason = "WORST_CASE_MAXIMUM"
+    LIMIT = "worst-case per-query maximum"
+
+    def __init__(self, requested: Fraction, maximum: Fraction) -> None:
+        self.requested, self.remaining, self.limit = requested, maximum, self.LIMIT
+        TiakiError.__init__(
+            self,
+            f"a secure sum's worst-case privacy cost {format_amount(requested)} exceeds this "
+            f"node's worst-case per-query maximum of {format_amount(maximum)}; ask for less. "
+            "Nothing was spent",
+        )
+
+
+class WorstCaseExhaustedError(InsufficientBudgetError):
+    """A secure sum's worst-case charge would take the worst-case lifetime total over its cap.
+
+    ``remaining`` is what is left under the cap, which never refills.
+    Nothing was spent.
+    """
+
+    reason = "WORST_CASE_EXHAUSTED"
+    LIMIT = "remaining worst-case lifetime budget"
+
+    def __init__(self, requested: Fraction, remaining: Fraction) -> None:
+        super().__init__(requested, remaining, self.LIMIT)
+
+
 class QueryIdConflictError(TiakiError):
     """A query id was reused for a different query by the same identity."""
 
@@ -240,6 +276,8 @@ NODE_ERRORS: tuple[type[TiakiError], ...] = (
     PolicyViolationError,
     PerQueryMaximumError,
     InsufficientBudgetError,
+    WorstCaseMaximumError,
+    WorstCaseExhaustedError,
     QueryIdConflictError,
     NotReadyError,
     BusyError,

@@ -38,6 +38,8 @@ from tiaki.errors import (
     RemoteError,
     TiakiError,
     UnsupportedCallError,
+    WorstCaseExhaustedError,
+    WorstCaseMaximumError,
 )
 
 DOMAIN = "tiaki"
@@ -51,6 +53,9 @@ STATUS_CODES: Mapping[type[TiakiError], grpc.StatusCode] = {
     # forbids any one query this large (and it is what the node always said).
     PerQueryMaximumError: Code.PERMISSION_DENIED,
     InsufficientBudgetError: Code.RESOURCE_EXHAUSTED,
+    # As their ordinary counterparts: a cap on any one session, a total that ran out.
+    WorstCaseMaximumError: Code.PERMISSION_DENIED,
+    WorstCaseExhaustedError: Code.RESOURCE_EXHAUSTED,
     QueryIdConflictError: Code.ALREADY_EXISTS,
     NotReadyError: Code.UNAVAILABLE,
     # UNAVAILABLE, not RESOURCE_EXHAUSTED: it is transient, so clients retry it.

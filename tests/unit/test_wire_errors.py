@@ -25,6 +25,8 @@ from tiaki.errors import (
     RemoteError,
     TiakiError,
     UnsupportedCallError,
+    WorstCaseExhaustedError,
+    WorstCaseMaximumError,
 )
 from tiaki.wire_errors import DOMAIN, from_rpc_error, status_code_of, to_status
 
@@ -33,6 +35,8 @@ EXAMPLES: list[TiakiError] = [
     PolicyViolationError("this node does not answer proportion queries"),
     PerQueryMaximumError(Fraction(3, 2), Fraction(1)),
     InsufficientBudgetError(Fraction(3, 10), Fraction(1, 4), "remaining budget for period 2026"),
+    WorstCaseMaximumError(Fraction(6), Fraction(5)),
+    WorstCaseExhaustedError(Fraction(3), Fraction(1, 2)),
     QueryIdConflictError("q-7"),
     NotReadyError("this node has no records loaded yet"),
     BusyError("coord-a", 4),
@@ -43,6 +47,8 @@ CODES = {
     PolicyViolationError: grpc.StatusCode.PERMISSION_DENIED,
     PerQueryMaximumError: grpc.StatusCode.PERMISSION_DENIED,
     InsufficientBudgetError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    WorstCaseMaximumError: grpc.StatusCode.PERMISSION_DENIED,
+    WorstCaseExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QueryIdConflictError: grpc.StatusCode.ALREADY_EXISTS,
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
     BusyError: grpc.StatusCode.UNAVAILABLE,
@@ -179,3 +185,21 @@ def test_a_status_without_details_keeps_its_code() -> None:
     rebuilt = from_rpc_error(FailedCall(grpc.StatusCode.INTERNAL, "Exception serializing"))
     assert isinstance(rebuilt, RemoteError) and not rebuilt.refused
     assert status_code_of(rebuilt) is grpc.StatusCode.INTERNAL
+
+
+def test_the_worst_case_refusals_name_their_own_limits() -> None:
+    cap = over_the_wire(WorstCaseMaximumError(Fraction(6), Fraction(5)))
+    assert isinstance(cap, WorstCaseMaximumError) and isinstance(cap, PerQueryMaximumError)
+    assert (cap.requested, cap.maximum, cap.limit) == (
+        Fraction(6),
+        Fraction(5),
+        "worst-case per-query maximum",
+    )
+    assert "worst-case per-query maximum of 5" in cap.message
+    spent = over_the_wire(WorstCaseExhaustedError(Fraction(3), Fraction(1, 2)))
+    assert isinstance(spent, WorstCaseExhaustedError)
+    assert (spent.requested, spent.remaining, spent.limit) == (
+        Fraction(3),
+        Fraction(1, 2),
+        "remaining worst-case lifetime budget",
+    )
