@@ -2,7 +2,8 @@
 
 Everything here is public metadata the NGO declares: category lists and bounds
 come from this file, never from the data. Validation errors name the file,
-the key and what to do about it.
+the key and what to do about it. The ``policy`` section's models are in
+:mod:`node.policy` (re-exported here).
 """
 
 from __future__ import annotations
@@ -10,47 +11,39 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
-from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tiaki.budget import AmountError, PrivacyDefinition, parse_amount
-from tiaki.files import beside, describe_validation_error, read_yaml, scalar_text
-from tiaki.query import QueryKind
+from node.policy import NODE_ID_PATTERN, StrictModel
+
+# The policy's models are named here too, where callers have always found them.
+from node.policy import AuditorGrant as AuditorGrant
+from node.policy import BudgetPolicy as BudgetPolicy
+from node.policy import CoordinatorGrant as CoordinatorGrant
+from node.policy import Policy as Policy
+from node.policy import SecureAggregationPolicy as SecureAggregationPolicy
+from node.policy import SecurePeer as SecurePeer
+from node.policy import WorstCaseCaps as WorstCaseCaps
+from tiaki.files import beside, describe_validation_error, read_yaml
 
 
 class ConfigError(Exception):
     """The config file is missing, unreadable or invalid. The message says where and why."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _amount(value: Any, what: str) -> Fraction:
-    # Judged as the NGO wrote it: the strict grammar of amounts, not YAML's reading.
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{what} must be a positive decimal such as 0.5")
-    text = scalar_text(value)
-    try:
-        return parse_amount(text, what=what)
-    except AmountError as exc:
-        raise ValueError(str(exc)) from None
-
-
 # ---------------------------------------------------------------- columns
 
 
-class TextColumn(_Strict):
+class TextColumn(StrictModel):
     """Free text such as names or addresses: stored, never queryable."""
 
     type: Literal["text"]
     required: bool = False
 
 
-class CategoricalColumn(_Strict):
+class CategoricalColumn(StrictModel):
     type: Literal["categorical"]
     categories: tuple[str, ...]
     queryable: bool = True
@@ -67,7 +60,7 @@ class CategoricalColumn(_Strict):
         return cats
 
 
-class NumericColumn(_Strict):
+class NumericColumn(StrictModel):
     type: Literal["integer", "float"]
     bounds: tuple[float, float]
     required: bool = True
@@ -90,7 +83,7 @@ class NumericColumn(_Strict):
         return self
 
 
-class DateColumn(_Strict):
+class DateColumn(StrictModel):
     type: Literal["date"]
     min: date | None = None
     max: date | None = None
@@ -104,7 +97,7 @@ class DateColumn(_Strict):
         return self
 
 
-class DerivedColumn(_Strict):
+class DerivedColumn(StrictModel):
     """``a - b`` or ``a + b`` of two numeric columns, or ``a - b`` of two dates (in days)."""
 
     type: Literal["derived"]
@@ -135,7 +128,7 @@ Column = Annotated[
 ]
 
 
-class Schema(_Strict):
+class Schema(StrictModel):
     """The shape of the NGO's client records, all of it public metadata."""
 
     identifier: str
@@ -221,87 +214,7 @@ class Schema(_Strict):
         return spec is not None and not isinstance(spec, TextColumn) and spec.queryable
 
 
-# ---------------------------------------------------------------- policy
-
-
-class BudgetPolicy(_Strict):
-    limit: Fraction
-    period: Literal["none", "yearly", "quarterly", "monthly"] = "none"
-    lifetime_limit: Fraction | None = None
-
-    @field_validator("limit", mode="before")
-    @classmethod
-    def _limit(cls, v: Any) -> Fraction:
-        return _amount(v, "budget limit")
-
-    @field_validator("lifetime_limit", mode="before")
-    @classmethod
-    def _lifetime(cls, v: Any) -> Fraction | None:
-        return None if v is None else _amount(v, "lifetime limit")
-
-
-class _NamedCaller(_Strict):
-    """A caller named by exactly one of certificate identity or certificate fingerprint."""
-
-    identity: str | None = Field(default=None, min_length=1, max_length=128)
-    fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-fA-F:]{64,95}$")
-
-    @model_validator(mode="after")
-    def _named(self) -> _NamedCaller:
-        if (self.identity is None) == (self.fingerprint is None):
-            raise ValueError("name the caller by exactly one of identity or fingerprint")
-        return self
-
-    @property
-    def normalised_fingerprint(self) -> str | None:
-        return self.fingerprint.replace(":", "").lower() if self.fingerprint else None
-
-
-class AuditorGrant(_NamedCaller):
-    """An evaluator allowed to read the node's info, budget and signed ledger; never to ask."""
-
-
-class CoordinatorGrant(_NamedCaller):
-    """One coordinator the NGO allows to ask, named by certificate identity or fingerprint.
-
-    ``kinds`` narrows the node-wide allowed kinds for this coordinator;
-    ``budget_cap`` is the most it may spend per budget period.
-    """
-
-    kinds: tuple[QueryKind, ...] | None = None
-    budget_cap: Fraction | None = None
-
-    @field_validator("budget_cap", mode="before")
-    @classmethod
-    def _cap(cls, v: Any) -> Fraction | None:
-        return None if v is None else _amount(v, "budget cap")
-
-
-class Policy(_Strict):
-    """What the NGO allows. The node enforces it whoever asks."""
-
-    privacy_definition: PrivacyDefinition
-    budget: BudgetPolicy
-    per_query_max: Fraction
-    max_records_per_client: int = Field(ge=1, le=1000)
-    allowed_kinds: tuple[QueryKind, ...] = tuple(QueryKind)
-    max_cells: int = Field(default=10_000, ge=1, le=1_000_000)
-    coordinators: tuple[CoordinatorGrant, ...] = ()
-    auditors: tuple[AuditorGrant, ...] = ()
-
-    @field_validator("per_query_max", mode="before")
-    @classmethod
-    def _pqm(cls, v: Any) -> Fraction:
-        return _amount(v, "per-query maximum")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Policy:
-        if self.per_query_max > self.budget.limit:
-            raise ValueError("per_query_max is larger than the budget limit; lower it")
-        return self
-
-
-class TlsSettings(_Strict):
+class TlsSettings(StrictModel):
     """The node's certificate and key, and the CA(s) it trusts to vouch for coordinators."""
 
     cert: Path
@@ -309,7 +222,7 @@ class TlsSettings(_Strict):
     client_ca: Path
 
 
-class ServerSettings(_Strict):
+class ServerSettings(StrictModel):
     address: str = "127.0.0.1:50051"
     max_workers: int = Field(default=8, ge=1, le=256)
     grace_seconds: float = Field(default=10.0, ge=0, le=600)
@@ -360,13 +273,23 @@ class NodePaths:
         return self.data_dir / ".serve.lock"
 
 
-class NodeConfig(_Strict):
+class NodeConfig(StrictModel):
     version: Literal[1] = 1
-    node_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    node_id: str = Field(pattern=NODE_ID_PATTERN)
     data_dir: Path = Path(".")
     server: ServerSettings = ServerSettings()
     schema_: Schema = Field(alias="schema")
     policy: Policy
+
+    @model_validator(mode="after")
+    def _not_its_own_peer(self) -> NodeConfig:
+        secure = self.policy.secure_aggregation
+        if secure is not None and any(p.node_id == self.node_id for p in secure.peers):
+            raise ValueError(
+                f"policy.secure_aggregation.peers lists {self.node_id!r}, this node's own "
+                "node_id; list only the other nodes (this one always takes part)"
+            )
+        return self
 
     @property
     def schema(self) -> Schema:  # type: ignore[override]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,135 @@ def test_an_empty_server_name_is_refused_and_named(tmp_path: Path) -> None:
 
     with pytest.raises(FederationConfigError, match="server name"):
         add_node(tmp_path / "federation.yaml", "ngo-a", "127.0.0.1:5", server_name="")
+
+
+# ---------------------------------------------------------------- secure aggregation
+
+
+def _public_key() -> str:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from tiaki.signing import public_key_text
+
+    return public_key_text(ed25519.Ed25519PrivateKey.generate().public_key())
+
+
+def _secure(**changes: object) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "peers": [
+            {"node_id": "ngo-b", "signing_key": _public_key()},
+            {"node_id": "ngo-c", "signing_key": _public_key()},
+        ],
+        "min_cohort": 3,
+        "colluders": 1,
+        "worst_case": {"per_query": "5", "lifetime": "100"},
+    }
+    section.update(changes)
+    return section
+
+
+def _zcdp_with(section: dict[str, Any]) -> object:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["policy"]["privacy_definition"] = "zcdp"
+        raw["policy"]["secure_aggregation"] = section
+
+    return mutate
+
+
+def test_a_secure_aggregation_section_is_read_exactly(tmp_path: Path) -> None:
+    section = _secure(worst_case={"per_query": "0.1", "lifetime": 100})
+    secure = load_config(write(tmp_path, _zcdp_with(section))).policy.secure_aggregation
+    assert secure is not None
+    assert [p.node_id for p in secure.peers] == ["ngo-b", "ngo-c"]
+    assert (secure.min_cohort, secure.colluders) == (3, 1)
+    assert secure.worst_case.per_query == Fraction(1, 10)  # the decimal written, not a float's
+    assert secure.worst_case.lifetime == 100
+
+
+def test_without_the_section_the_node_takes_no_part() -> None:
+    assert load_config(TEMPLATE).policy.secure_aggregation is None
+
+
+def _peers(*node_ids: str) -> list[dict[str, str]]:
+    return [{"node_id": n, "signing_key": _public_key()} for n in node_ids]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "words"),
+    [
+        (
+            _secure(peers=_peers("ngo-b", "ngo-b")),
+            "policy.secure_aggregation",
+            "node_id 'ngo-b' is listed twice",
+        ),
+        (
+            _secure(peers=_peers("ngo-b", "ngo-c") + _peers("ngo-example")),
+            "policy.secure_aggregation.peers",
+            "this node's own node_id",
+        ),
+        (
+            _secure(peers=[{"node_id": "ngo-b", "signing_key": "ssh-ed25519 AAAA"}]),
+            "policy.secure_aggregation.peers.0.signing_key",
+            "'ed25519:<base64>'",
+        ),
+        (
+            _secure(peers=[{"node_id": "ngo-b", "signing_key": "ed25519:AAAA"}]),
+            "policy.secure_aggregation.peers.0.signing_key",
+            "not a valid Ed25519 public key",
+        ),
+        (_secure(min_cohort=1), "policy.secure_aggregation.min_cohort", "greater than or equal"),
+        (_secure(min_cohort=4), "policy.secure_aggregation", "min_cohort 4 is more than the 3"),
+        (_secure(colluders=-1), "policy.secure_aggregation.colluders", "greater than or equal"),
+        (
+            _secure(worst_case={"per_query": "0", "lifetime": "100"}),
+            "policy.secure_aggregation.worst_case.per_query",
+            "worst-case per-query cap must be greater than zero",
+        ),
+        (
+            _secure(worst_case={"per_query": "5", "lifetime": "-1"}),
+            "policy.secure_aggregation.worst_case.lifetime",
+            "worst-case lifetime cap",
+        ),
+        (
+            _secure(worst_case={"per_query": "5", "lifetime": "4"}),
+            "policy.secure_aggregation.worst_case",
+            "worst_case.per_query is larger than worst_case.lifetime",
+        ),
+        (_secure(worst_case={"per_query": "5"}), "worst_case.lifetime", "missing"),
+        (_secure(threshold=3), "policy.secure_aggregation.threshold", "unknown key"),
+    ],
+)
+def test_secure_aggregation_mistakes_are_named(
+    tmp_path: Path, section: dict[str, Any], key: str, words: str
+) -> None:
+    path = write(tmp_path, _zcdp_with(section))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert key in message
+    assert words in message
+
+
+def test_secure_aggregation_needs_zcdp(tmp_path: Path) -> None:
+    def pure(raw: dict[str, Any]) -> None:
+        raw["policy"]["secure_aggregation"] = _secure()
+
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, pure))
+    message = str(info.value)
+    assert "policy: " in message
+    assert "secure_aggregation needs privacy_definition zcdp" in message
+    assert "no distributed Laplace sampler" in message
+
+
+def test_the_template_s_commented_secure_aggregation_example_is_valid(tmp_path: Path) -> None:
+    text = TEMPLATE.read_text()
+    start = text.index("  # secure_aggregation:")
+    example = "\n".join(line.replace("  # ", "  ", 1) for line in text[start:].splitlines())
+    raw = yaml.safe_load(text[:start] + example + "\n")
+    raw["policy"]["privacy_definition"] = "zcdp"
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    secure = load_config(path).policy.secure_aggregation
+    assert secure is not None and [p.node_id for p in secure.peers] == ["ngo-b", "ngo-c"]
+    assert (secure.worst_case.per_query, secure.worst_case.lifetime) == (Fraction(5), Fraction(100))
