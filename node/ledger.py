@@ -27,6 +27,14 @@ charges differs from the last one recorded, so each charge is chained after
 the limits it was checked against. :func:`node.exports.export_ledger` signs
 the chain for auditors.
 
+Secure sums: :meth:`PrivacyLedger.charge_secure` pays for this node's noised
+input to one secure sum as :meth:`~PrivacyLedger.charge` pays for an answer
+(the same checks and budget), and also spends its worst-case charge against
+the worst-case caps of the policy's ``secure_aggregation`` section, all in
+the same transaction; the entry records the session. Its tables and their
+upgrades are in :mod:`node.ledger_schema`; the file and the reads and writes
+the operations here are made of, in :mod:`node.ledger_core`.
+
 Concurrency: one connection per ledger object, serialised by a lock, so any
 number of threads may share one object; other processes may open the same file
 (``BEGIN IMMEDIATE`` plus a busy timeout serialises writers across processes).
@@ -34,91 +42,36 @@ number of threads may share one object; other processes may open the same file
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 
-from node.config import BudgetPolicy, CoordinatorGrant, Policy
+from node.config import Policy
+from node.ledger_core import LedgerCore, check_charge_arguments
+from node.ledger_core import LedgerError as LedgerError  # re-exported: callers name it here
 from node.ledger_rows import SELECT_ENTRIES, entry_from_row, first_problem
-from node.ledger_rows import LedgerEntry as LedgerEntry  # re-exported: callers name it here
+from node.ledger_rows import LedgerEntry as LedgerEntry
 from node.ledger_rows import StoredAnswer as StoredAnswer
-from node.spending import budget_status, policy_record, refusal, regroup
-from tiaki.budget import BudgetStatus, PrivacyDefinition, format_amount, read_amount
-from tiaki.chain import ChainEntry, chain_time, read_entries
-from tiaki.chained_ledger import ChainedLedger, utc_now
+from node.ledger_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from node.spending import WorstCaseStatus, budget_status
+from tiaki.budget import BudgetStatus, format_amount
+from tiaki.chain import read_entries
+from tiaki.chained_ledger import utc_now
 from tiaki.errors import QueryIdConflictError
-from tiaki.ledger_records import NODE_LEDGER, ChargeRecord, PeriodRecord, PolicyRecord
-from tiaki.periods import period_bounds, period_label
+from tiaki.ledger_records import ChargeRecord, SecureSessionRecord
+from tiaki.periods import period_label
 from tiaki.receipts import commitment
 
-SCHEMA_VERSION = 3
 
-_TABLES = (
-    """CREATE TABLE entries (
-        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-        query_id        TEXT NOT NULL,
-        identity        TEXT NOT NULL,
-        analyst         TEXT NOT NULL,
-        kind            TEXT NOT NULL,
-        canonical_query TEXT NOT NULL,
-        requested       TEXT NOT NULL,
-        charge          TEXT NOT NULL,
-        period          TEXT NOT NULL,
-        dataset_version TEXT NOT NULL,
-        created_at      TEXT NOT NULL,
-        response        BLOB NOT NULL,
-        entry_hash      TEXT,  -- the hash of this charge's entry in the chain
-        privacy_map     TEXT,  -- OpenDP's map at the scales used (NULL before schema 3)
-        commitment_salt BLOB,  -- opens response_commitment (NULL before schema 3)
-        UNIQUE (identity, query_id)
-    )""",
-    """CREATE TABLE spending (
-        period TEXT PRIMARY KEY,
-        spent  TEXT NOT NULL
-    )""",
-)
-# Columns schema 3 added to the entries of schema-2 ledgers, whose rows keep NULL
-# there. (Those files also keep schema 2's prev_hash column, which nothing reads.)
-_V3_COLUMNS = (("privacy_map", "TEXT"), ("commitment_salt", "BLOB"))
-
-
-class LedgerError(Exception):
-    """The ledger file cannot be used as configured (wrong definition, newer schema, damaged)."""
-
-
-class PrivacyLedger(ChainedLedger):
+class PrivacyLedger(LedgerCore):
     """Check-and-spend accounting for one node, durable in a SQLite file.
 
     ``budget.limit`` caps each period (or the lifetime when ``period`` is
-    "none"); ``budget.lifetime_limit``, if set, caps the total across periods.
+    "none"); ``budget.lifetime_limit``, if set, caps the total across periods;
+    ``secure``, the policy's ``secure_aggregation`` section, caps the
+    worst-case charges of secure sums (None: the node takes no part in them).
     """
-
-    noun = "privacy ledger"
-    schema_noun = "ledger"
-    ledger_kind = NODE_LEDGER
-    schema_version = SCHEMA_VERSION
-    tables = _TABLES
-    error = LedgerError
-
-    def __init__(
-        self,
-        path: Path,
-        definition: PrivacyDefinition,
-        budget: BudgetPolicy,
-        per_query_max: Fraction,
-        clock: Callable[[], datetime] = utc_now,
-        *,
-        node_id: str = "",
-        grants: tuple[CoordinatorGrant, ...] = (),
-    ) -> None:
-        self.definition = PrivacyDefinition(definition)
-        self.budget = budget
-        self.per_query_max = per_query_max
-        self.node_id = node_id
-        self.grants = tuple(grants)
-        self._created = ""
-        super().__init__(path, clock)
 
     @classmethod
     def open(
@@ -138,147 +91,8 @@ class PrivacyLedger(ChainedLedger):
             clock,
             node_id=node_id,
             grants=policy.coordinators,
+            secure=policy.secure_aggregation,
         )
-
-    # ------------------------------------------------------------ the file
-
-    def _refuse_foreign(self, tables: set[str], meta: Mapping[str, str]) -> None:
-        if "meta" not in tables:
-            raise LedgerError(f"{self.path}: an SQLite file, but not a tiaki ledger")
-
-    def _initial_meta(self) -> dict[str, str]:
-        return {"definition": self.definition.value, "period": self.budget.period}
-
-    def _upgrade(self, meta: Mapping[str, str]) -> None:
-        """Schema 2 to 3: add the privacy-map and commitment-salt columns; old entries
-        keep their history."""
-        if meta.get("schema_version") != "2":
-            return
-        self._check_definition(meta)
-        present = {str(row[1]) for row in self._db.execute("PRAGMA table_info(entries)")}
-        for name, sql_type in _V3_COLUMNS:
-            if name not in present:
-                self._db.execute(f"ALTER TABLE entries ADD COLUMN {name} {sql_type}")
-        self._set_meta("schema_version", "3")
-
-    def _check_meta(self, meta: Mapping[str, str]) -> None:
-        super()._check_meta(meta)
-        self._check_definition(meta)
-
-    def _check_definition(self, meta: Mapping[str, str]) -> None:
-        stored = meta.get("definition")
-        if stored != self.definition.value:
-            raise LedgerError(
-                f"{self.path}: the ledger accounts in {stored!r} but the config says "
-                f"privacy_definition {self.definition.value!r}; changing the definition under "
-                "existing spending would corrupt the accounting. Restore the config's "
-                "privacy_definition, or start a new ledger file (and a new budget) deliberately"
-            )
-
-    def _opened(self, meta: Mapping[str, str]) -> None:
-        if meta["period"] != self.budget.period:
-            self._rebuild_spending()
-        self._created = meta["created_at"]
-
-    def _rebuild_spending(self) -> None:
-        """Regroup every entry's charge under the configured period kind (the period changed).
-
-        Each entry is placed by its commit time, so spending stays exact; the
-        entries' own ``period`` column keeps the label they were charged under.
-        """
-        self._db.execute("DELETE FROM spending")
-        self._db.executemany(
-            "INSERT INTO spending (period, spent) VALUES (?, ?)",
-            [(label, format_amount(spent)) for label, spent in self._entry_totals().items()],
-        )
-        self._set_meta("period", self.budget.period)
-
-    # ------------------------------------------------------------ reading, in a transaction
-
-    def policy_record(self) -> PolicyRecord:
-        """The policy this ledger object enforces, as the chain records it."""
-        return policy_record(
-            node_id=self.node_id,
-            definition=self.definition,
-            budget=self.budget,
-            per_query_max=self.per_query_max,
-            grants=self.grants,
-        )
-
-    def _chain_charge(self, at: str, record: ChargeRecord) -> ChainEntry:
-        """Chain one charge after the policy it was checked against and its period's start."""
-        self._append_if_changed(self.policy_record(), at)
-        last = self._last(PeriodRecord.type)
-        if last is None or last.body.get("period") != record.period:
-            self._append(PeriodRecord(record.period, *period_bounds(record.period)), at)
-        return self._append(record, at)
-
-    def _spending(self) -> dict[str, Fraction]:
-        rows = self._db.execute("SELECT period, spent FROM spending").fetchall()
-        return {str(label): read_amount(spent) for label, spent in rows}
-
-    def _entry_totals(self) -> dict[str, Fraction]:
-        """Each period's spending summed exactly from the entries, by commit time."""
-        rows = self._db.execute("SELECT created_at, charge FROM entries")
-        return regroup(rows, self.budget.period)
-
-    def _stored(self, identity: str, query_id: str) -> StoredAnswer | None:
-        row = self._db.execute(
-            "SELECT canonical_query, response, charge, seq, commitment_salt FROM entries "
-            "WHERE identity = ? AND query_id = ?",
-            (identity, query_id),
-        ).fetchone()
-        if row is None:
-            return None
-        salt = b"" if row[4] is None else bytes(row[4])
-        return StoredAnswer(str(row[0]), bytes(row[1]), read_amount(row[2]), int(row[3]), salt)
-
-    def _identity_spent(self, identity: str, label: str) -> Fraction:
-        """What ``identity`` spent in period ``label``, grouped by commit time.
-
-        The same grouping as the period totals (:meth:`_entry_totals`), not the
-        label an entry was charged under: after the NGO changes the period
-        kind (yearly to monthly, say), a cap must count the same charges the
-        budget counts, or it could be spent again.
-        """
-        start, end = period_bounds(label)
-        rows = self._db.execute(
-            "SELECT charge FROM entries WHERE identity = ? AND created_at >= ? "
-            "AND (? = '' OR created_at < ?)",
-            (identity, start, end, end),
-        ).fetchall()
-        return sum((read_amount(r[0]) for r in rows), Fraction(0))
-
-    def _screen(
-        self,
-        identity: str,
-        query_id: str,
-        canonical_query: str,
-        requested: Fraction,
-        label: str,
-        identity_cap: Fraction | None = None,
-    ) -> StoredAnswer | None:
-        """Every check, against the state the current transaction sees."""
-        stored = self._stored(identity, query_id)
-        if stored is not None:
-            if stored.canonical_query != canonical_query:
-                raise QueryIdConflictError(query_id)
-            return stored
-        refused = refusal(
-            requested,
-            per_query_max=self.per_query_max,
-            budget=self.budget,
-            spending=self._spending(),
-            label=label,
-            identity=identity,
-            identity_cap=identity_cap,
-            identity_spent=(
-                Fraction(0) if identity_cap is None else self._identity_spent(identity, label)
-            ),
-        )
-        if refused is not None:
-            raise refused
-        return None
 
     # ------------------------------------------------------------ API
 
@@ -343,21 +157,8 @@ class PrivacyLedger(ChainedLedger):
         :class:`QueryIdConflictError` or :class:`InsufficientBudgetError`, and
         store and spend nothing.
         """
-        if not 0 < charge <= requested:
-            raise ValueError(
-                f"charge {format_amount(charge)} must be positive and at most the requested "
-                f"{format_amount(requested)}"
-            )
-        if not 0 < privacy_map <= charge:
-            raise ValueError(
-                f"privacy map {format_amount(privacy_map)} must be positive and at most the "
-                f"charge {format_amount(charge)}"
-            )
-        if len(commitment_salt) < 16:
-            raise ValueError("a commitment salt of at least 16 random bytes is required")
-        if not identity or not query_id:
-            raise ValueError("identity and query_id must be non-empty")
-        with self._transaction(write=True) as conn:
+        check_charge_arguments(identity, query_id, requested, charge, privacy_map, commitment_salt)
+        with self._transaction(write=True):
             now = self._clock()
             label = period_label(self.budget.period, now)
             stored = self._screen(
@@ -365,44 +166,92 @@ class PrivacyLedger(ChainedLedger):
             )
             if stored is not None:
                 return stored, True
-            at = chain_time(now)
             record = ChargeRecord(
                 query_id, identity, analyst, kind, canonical_query, requested, charge, label,
                 dataset_version, response_commitment=commitment(commitment_salt, response),
                 privacy_map=privacy_map,
             )  # fmt: skip
-            chained = self._chain_charge(at, record)
-            cursor = conn.execute(
-                "INSERT INTO entries (query_id, identity, analyst, kind, canonical_query, "
-                "requested, charge, period, dataset_version, created_at, response, entry_hash, "
-                "privacy_map, commitment_salt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    query_id,
-                    identity,
-                    analyst,
-                    kind,
-                    canonical_query,
-                    format_amount(requested),
-                    format_amount(charge),
-                    label,
-                    dataset_version,
-                    at,
-                    response,
-                    chained.hash,
-                    format_amount(privacy_map),
-                    commitment_salt,
-                ),
-            )
-            row = conn.execute("SELECT spent FROM spending WHERE period = ?", (label,)).fetchone()
-            spent = (Fraction(0) if row is None else read_amount(row[0])) + charge
-            conn.execute(
-                "INSERT INTO spending (period, spent) VALUES (?, ?) "
-                "ON CONFLICT (period) DO UPDATE SET spent = excluded.spent",
-                (label, format_amount(spent)),
-            )
-            seq = cursor.lastrowid
-        assert seq is not None
+            seq = self._spend(now, record, response, commitment_salt)
         return StoredAnswer(canonical_query, bytes(response), charge, seq, commitment_salt), False
+
+    def check_secure(
+        self,
+        identity: str,
+        query_id: str,
+        canonical_query: str,
+        requested: Fraction,
+        worst_case: Fraction,
+        session_id: str,
+        identity_cap: Fraction | None = None,
+    ) -> StoredAnswer | None:
+        """:meth:`check` for a secure sum's input, with its worst-case charge; spends nothing.
+
+        Only :meth:`charge_secure` is authoritative.
+        """
+        with self._transaction(write=False):
+            label = period_label(self.budget.period, self._clock())
+            return self._screen_secure(
+                identity, query_id, canonical_query, requested, worst_case, label,
+                identity_cap, session_id,
+            )  # fmt: skip
+
+    def charge_secure(
+        self,
+        *,
+        identity: str,
+        query_id: str,
+        analyst: str,
+        kind: str,
+        canonical_query: str,
+        requested: Fraction,
+        charge: Fraction,
+        privacy_map: Fraction,
+        worst_case: Fraction,
+        session: SecureSessionRecord,
+        dataset_version: str,
+        response: bytes,
+        commitment_salt: bytes,
+        identity_cap: Fraction | None = None,
+    ) -> tuple[StoredAnswer, bool]:
+        """Pay for this node's input to the secure sum ``session``: :meth:`charge`, and more.
+
+        ``charge`` is spent against the budget exactly as an answer's (period
+        and lifetime limits, the per-query maximum, ``identity_cap``);
+        ``privacy_map`` is the aggregate guarantee, OpenDP's map of the honest
+        shares' sum plus the τ term (0 < map <= charge); ``worst_case`` is
+        OpenDP's map of this node's share alone, spent against the policy's
+        worst-case caps (:class:`WorstCaseMaximumError` above the per-query
+        cap, :class:`WorstCaseExhaustedError` over what is left of the
+        lifetime cap). ``response`` is the noised vector before masking. One
+        transaction, durable before it returns; refusals store and spend
+        nothing. A replay (same identity, query id, canonical query and
+        session) spends nothing and returns the stored vector; the same id for
+        another session or for an answer is :class:`QueryIdConflictError`.
+        A node with no ``secure_aggregation`` policy refuses
+        (:class:`PolicyViolationError`).
+        """
+        check_charge_arguments(identity, query_id, requested, charge, privacy_map, commitment_salt)
+        if worst_case <= 0:
+            raise ValueError(f"worst-case charge {format_amount(worst_case)} must be positive")
+        with self._transaction(write=True):
+            now = self._clock()
+            label = period_label(self.budget.period, now)
+            stored = self._screen_secure(
+                identity, query_id, canonical_query, requested, worst_case, label,
+                identity_cap, session.session_id,
+            )  # fmt: skip
+            if stored is not None:
+                return stored, True
+            record = ChargeRecord(
+                query_id, identity, analyst, kind, canonical_query, requested, charge, label,
+                dataset_version, response_commitment=commitment(commitment_salt, response),
+                privacy_map=privacy_map, worst_case=worst_case, secure_session=session,
+            )  # fmt: skip
+            seq = self._spend(now, record, response, commitment_salt)
+        stored = StoredAnswer(
+            canonical_query, bytes(response), charge, seq, commitment_salt, session.session_id
+        )
+        return stored, False
 
     def status(self) -> BudgetStatus:
         """Spending as committed: current period, lifetime, and every period with spending."""
@@ -416,6 +265,21 @@ class PrivacyLedger(ChainedLedger):
             created_at=self._created,
             label=label,
             spending=spending,
+        )
+
+    def worst_case_status(self) -> WorstCaseStatus:
+        """Worst-case charges over the ledger's life, against the caps now in force.
+
+        Not part of :class:`BudgetStatus` (nor of the wire) yet.
+        """
+        with self._transaction(write=False):
+            spent = self._worst_case_spent()
+            secure = self.secure
+        caps = None if secure is None else secure.worst_case
+        return WorstCaseStatus(
+            spent,
+            None if caps is None else caps.per_query,
+            None if caps is None else caps.lifetime,
         )
 
     def entries(self) -> list[LedgerEntry]:
@@ -437,16 +301,17 @@ class PrivacyLedger(ChainedLedger):
                 "definition cannot change under existing spending"
             )
         with self._lock:  # no charge sees half of the new policy
-            previous = (self.budget, self.per_query_max, self.grants)
+            previous = (self.budget, self.per_query_max, self.grants, self.secure)
             self.budget, self.per_query_max = policy.budget, policy.per_query_max
             self.grants = tuple(policy.coordinators)
+            self.secure = policy.secure_aggregation
             try:
                 with self._transaction(write=True):
                     if self._meta().get("period") != self.budget.period:
                         self._rebuild_spending()
                     self._append_if_changed(self.policy_record(), self._now())
             except BaseException:
-                self.budget, self.per_query_max, self.grants = previous
+                self.budget, self.per_query_max, self.grants, self.secure = previous
                 raise
 
     def record_policy(self) -> None:
@@ -468,7 +333,7 @@ class PrivacyLedger(ChainedLedger):
             chained = list(read_entries(conn))
             rows = conn.execute(
                 "SELECT seq, query_id, identity, charge, period, canonical_query, response, "
-                "entry_hash, commitment_salt FROM entries ORDER BY seq"
+                "entry_hash, commitment_salt, worst_case, secure_session FROM entries ORDER BY seq"
             ).fetchall()
         problem = first_problem(
             ledger_id=self.ledger_id, totals=totals, spending=spending, chained=chained, rows=rows

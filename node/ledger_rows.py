@@ -11,20 +11,25 @@ nothing here reads or changes the file.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Any
 
 from tiaki.budget import format_amount, read_amount
-from tiaki.chain import ChainEntry, check_links, genesis_hash
-from tiaki.ledger_records import ChargeRecord
+from tiaki.chain import ChainEntry, canonical_json, check_links, genesis_hash
+from tiaki.ledger_records import ChargeRecord, SecureSessionRecord
 from tiaki.receipts import commitment
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One charged query. ``period`` is the budget period its charge counts in."""
+    """One charged query. ``period`` is the budget period its charge counts in.
+
+    A node's part in a secure sum also has ``worst_case`` and
+    ``secure_session``; every other entry has None in both.
+    """
 
     seq: int
     query_id: str
@@ -38,6 +43,8 @@ class LedgerEntry:
     created_at: str
     requested: Fraction
     privacy_map: Fraction | None = None  # None for entries from before schema 3
+    worst_case: Fraction | None = None
+    secure_session: SecureSessionRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class StoredAnswer:
     charge: Fraction
     seq: int  # the ledger entry that paid for it
     commitment_salt: bytes = b""  # b"" for entries from before schema 3
+    session_id: str | None = None  # the secure sum it was the node's input to, if any
 
 
 def first_problem(
@@ -65,9 +73,10 @@ def first_problem(
     ``spending`` the running totals as stored; they must match. ``chained``
     must link unbroken from the ledger's genesis; every charged entry in
     ``rows`` (seq, query id, identity, charge, period, canonical query,
-    response, entry hash, commitment salt) must have its chain entry (same
-    query, identity, charge, period and stored answer), and no chain charge
-    may be missing from the entries.
+    response, entry hash, commitment salt, worst case, secure session) must
+    have its chain entry (same query, identity, charge, period, stored answer,
+    and worst case and session or their absence), and no chain charge may be
+    missing from the entries.
     """
     if dict(totals) != {k: v for k, v in spending.items() if v}:
         return "period totals do not match the entries"
@@ -77,14 +86,18 @@ def first_problem(
     by_hash = {e.hash: e for e in chained if e.type == ChargeRecord.type}
     if len(by_hash) != len(rows):
         return f"{len(rows)} charged queries but {len(by_hash)} charges in the chain"
-    for seq, qid, identity, charge, period, canonical, response, entry_hash, salt in rows:
+    for row in rows:
+        seq, qid, identity, charge, period, canonical, response, entry_hash, salt = row[:9]
+        worst_case, session = row[9:11]
         entry = by_hash.get(str(entry_hash))
-        expected = {
+        expected: dict[str, Any] = {
             "query_id": qid,
             "identity": identity,
             "charge": format_amount(read_amount(charge)),
             "period": period,
             "canonical_query": canonical,
+            "worst_case": None if worst_case is None else format_amount(read_amount(worst_case)),
+            "secure_session": None if session is None else json.loads(session),
         }
         if salt is None:  # written before schema 3
             expected["response_sha256"] = hashlib.sha256(bytes(response)).hexdigest()
@@ -102,12 +115,24 @@ SELECT_ENTRIES = f"SELECT {_COLUMNS} FROM entries ORDER BY seq"  # noqa: S608 - 
 
 def entry_from_row(row: Mapping[str, Any]) -> LedgerEntry:
     """A charged query from a row of :data:`SELECT_ENTRIES`, amounts read exactly."""
-    privacy_map = row["privacy_map"]
+    privacy_map, worst_case, session = row["privacy_map"], row["worst_case"], row["secure_session"]
     return LedgerEntry(
         **{
             **row,
             "charge": read_amount(row["charge"]),
             "requested": read_amount(row["requested"]),
             "privacy_map": None if privacy_map is None else read_amount(privacy_map),
+            "worst_case": None if worst_case is None else read_amount(worst_case),
+            "secure_session": None if session is None else session_record(session),
         }
     )
+
+
+def session_text(session: SecureSessionRecord) -> str:
+    """How the entries table stores a session: the canonical JSON of its chain body."""
+    return canonical_json(session.body())
+
+
+def session_record(text: str) -> SecureSessionRecord:
+    """The session an entries row stores (:func:`session_text`)."""
+    return SecureSessionRecord.from_body(json.loads(text))

@@ -4,19 +4,32 @@ Privacy unit: one client of the node's data set (see the node's policy); every
 amount here is privacy loss in the policy's definition (ε for pure DP, ρ for
 zCDP), exact as a Fraction. Nothing here spends: :class:`node.ledger.PrivacyLedger`
 reads the spending inside its write transaction, asks :func:`refusal` whether
-a request fits, and spends in that same transaction.
+a request fits, and spends in that same transaction. A secure sum's
+worst-case charge (ρ_local) is judged apart, against the caps of the policy's
+``secure_aggregation`` section, by :func:`worst_case_refusal`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
-from node.config import BudgetPolicy, CoordinatorGrant
+from node.policy import BudgetPolicy, CoordinatorGrant, SecureAggregationPolicy
 from tiaki.budget import BudgetStatus, PeriodBudget, PrivacyDefinition, read_amount
-from tiaki.errors import InsufficientBudgetError, PerQueryMaximumError
-from tiaki.ledger_records import GrantRecord, PolicyRecord
+from tiaki.errors import (
+    InsufficientBudgetError,
+    PerQueryMaximumError,
+    WorstCaseExhaustedError,
+    WorstCaseMaximumError,
+)
+from tiaki.ledger_records import (
+    GrantRecord,
+    PolicyRecord,
+    SecureAggregationRecord,
+    SecurePeerRecord,
+)
 from tiaki.periods import LIFETIME, period_bounds, period_label
 
 
@@ -69,6 +82,41 @@ def refusal(
     return None
 
 
+def worst_case_refusal(
+    worst_case: Fraction, *, secure: SecureAggregationPolicy, spent: Fraction
+) -> InsufficientBudgetError | None:
+    """Why a secure sum's worst-case charge does not fit now, or None if it does.
+
+    ``spent`` is the worst-case total over the ledger's life, as the caller's
+    transaction sees it; that total is never reset.
+    """
+    if worst_case <= 0:
+        raise ValueError(f"a worst-case charge must be positive, not {worst_case}")
+    caps = secure.worst_case
+    if worst_case > caps.per_query:
+        return WorstCaseMaximumError(worst_case, caps.per_query)
+    left = max(Fraction(0), caps.lifetime - spent)
+    if worst_case > left:
+        return WorstCaseExhaustedError(worst_case, left)
+    return None
+
+
+@dataclass(frozen=True)
+class WorstCaseStatus:
+    """Worst-case charges (ρ_local) so far, against the caps in force (None: no caps: the
+    policy takes no part in secure sums now)."""
+
+    spent: Fraction
+    per_query: Fraction | None
+    lifetime_limit: Fraction | None
+
+    @property
+    def remaining(self) -> Fraction | None:
+        if self.lifetime_limit is None:
+            return None
+        return max(Fraction(0), self.lifetime_limit - self.spent)
+
+
 def regroup(charges: Iterable[tuple[str, str]], period_kind: str) -> dict[str, Fraction]:
     """Each period's spending, summed exactly from ``(commit time, charge)`` pairs.
 
@@ -117,6 +165,7 @@ def policy_record(
     budget: BudgetPolicy,
     per_query_max: Fraction,
     grants: Iterable[CoordinatorGrant],
+    secure: SecureAggregationPolicy | None = None,
 ) -> PolicyRecord:
     """The limits a ledger enforces, as its chain records them."""
     return PolicyRecord(
@@ -135,4 +184,16 @@ def policy_record(
             )
             for grant in grants
         ),
+        secure_aggregation=None if secure is None else secure_record(secure),
+    )
+
+
+def secure_record(secure: SecureAggregationPolicy) -> SecureAggregationRecord:
+    """The policy's rules for secure sums, as a policy entry records them."""
+    return SecureAggregationRecord(
+        peers=tuple(SecurePeerRecord(p.node_id, p.signing_key) for p in secure.peers),
+        min_cohort=secure.min_cohort,
+        colluders=secure.colluders,
+        worst_case_per_query=secure.worst_case.per_query,
+        worst_case_lifetime=secure.worst_case.lifetime,
     )

@@ -9,81 +9,32 @@ Entry types, in the order a ledger usually meets them:
 
 - ``opened``: the ledger was created (which kind, its id).
 - ``signing_key``: from here on exports are signed by this public key.
-- ``policy`` (node): the NGO's budget policy in force from here on.
+- ``policy`` (node): the NGO's budget policy in force from here on, with its
+  rules for secure sums if it takes part in them (:mod:`tiaki.secure_records`).
 - ``period`` (node): a budget period began (roll-over is an entry too).
-- ``charge`` (node): one answered query and what it cost.
+- ``charge`` (node): one answered query and what it cost; for a node's part in
+  a secure sum, also the session and the worst-case charge.
 - ``question`` (coordinator): a question about to be sent to these nodes.
 - ``outcome`` (coordinator): one node's outcome for a question.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from tiaki.budget import format_amount, read_amount
+from tiaki import body_fields as f
+from tiaki.body_fields import EXACT_AMOUNT as EXACT_AMOUNT  # re-exported: readers name it here
+from tiaki.budget import format_amount
 from tiaki.chain import ChainEntry, ChainFormatError
+from tiaki.secure_records import SecureAggregationRecord as SecureAggregationRecord
+from tiaki.secure_records import SecurePeerRecord as SecurePeerRecord
+from tiaki.secure_records import SecureSessionRecord as SecureSessionRecord
 
 NODE_LEDGER = "node"
 COORDINATOR_LEDGER = "coordinator"
-
-
-def _text(body: Mapping[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str):
-        raise ChainFormatError(f"'{key}' must be a string")
-    return value
-
-
-def _optional_text(body: Mapping[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ChainFormatError(f"'{key}' must be a string or null")
-    return value
-
-
-# What format_amount writes: plain decimals (a float's exact expansion has at
-# most 1,074 fractional digits) or "p/q". Anything else is refused before
-# Fraction sees it: "1e999999999" would take Fraction hours to expand.
-EXACT_AMOUNT = re.compile(r"\d{1,20}(\.\d{1,1100})?|\d{1,1200}/\d{1,1200}")
-
-
-def _amount(body: Mapping[str, Any], key: str) -> Fraction:
-    text = _text(body, key)
-    if not EXACT_AMOUNT.fullmatch(text):
-        raise ChainFormatError(f"'{key}' is not an exact amount: {text!r:.40}")
-    try:
-        value = read_amount(text)
-    except (ValueError, ZeroDivisionError):
-        raise ChainFormatError(f"'{key}' is not an exact amount: {text!r:.40}") from None
-    if value < 0:
-        raise ChainFormatError(f"'{key}' is negative")
-    return value
-
-
-def _optional_amount(body: Mapping[str, Any], key: str) -> Fraction | None:
-    return None if body.get(key) is None else _amount(body, key)
-
-
-def _count(body: Mapping[str, Any], key: str) -> int:
-    value = body.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ChainFormatError(f"'{key}' must be a non-negative integer")
-    return value
-
-
-def _texts(body: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = body.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ChainFormatError(f"'{key}' must be a list of strings")
-    return tuple(value)
-
-
-def _opt(value: Fraction | None) -> str | None:
-    return None if value is None else format_amount(value)
 
 
 @dataclass(frozen=True)
@@ -103,7 +54,9 @@ class Opened:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Opened:
-        return cls(_text(body, "ledger"), _text(body, "ledger_id"), _count(body, "schema_version"))
+        return cls(
+            f.text(body, "ledger"), f.text(body, "ledger_id"), f.count(body, "schema_version")
+        )
 
 
 @dataclass(frozen=True)
@@ -117,7 +70,7 @@ class SigningKeyRecord:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> SigningKeyRecord:
-        return cls(_text(body, "public_key"))
+        return cls(f.text(body, "public_key"))
 
 
 @dataclass(frozen=True)
@@ -133,24 +86,29 @@ class GrantRecord:
         return {
             "identity": self.identity,
             "fingerprint": self.fingerprint,
-            "budget_cap": _opt(self.budget_cap),
+            "budget_cap": f.opt(self.budget_cap),
             "kinds": None if self.kinds is None else list(self.kinds),
         }
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> GrantRecord:
-        kinds = None if body.get("kinds") is None else _texts(body, "kinds")
+        kinds = None if body.get("kinds") is None else f.texts(body, "kinds")
         return cls(
-            _optional_text(body, "identity"),
-            _optional_text(body, "fingerprint"),
-            _optional_amount(body, "budget_cap"),
+            f.optional_text(body, "identity"),
+            f.optional_text(body, "fingerprint"),
+            f.optional_amount(body, "budget_cap"),
             kinds,
         )
 
 
 @dataclass(frozen=True)
 class PolicyRecord:
-    """The node's budget policy from this entry on. ``period`` is none/yearly/quarterly/monthly."""
+    """The node's budget policy from this entry on. ``period`` is none/yearly/quarterly/monthly.
+
+    ``secure_aggregation`` is None when the node takes no part in secure sums;
+    the body then has no such key (policies chained before it existed read
+    the same).
+    """
 
     node_id: str
     definition: str
@@ -159,33 +117,41 @@ class PolicyRecord:
     lifetime_limit: Fraction | None
     per_query_max: Fraction
     coordinators: tuple[GrantRecord, ...]
+    secure_aggregation: SecureAggregationRecord | None = None
 
     type = "policy"
 
     def body(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "node_id": self.node_id,
             "definition": self.definition,
             "period": self.period,
             "limit": format_amount(self.limit),
-            "lifetime_limit": _opt(self.lifetime_limit),
+            "lifetime_limit": f.opt(self.lifetime_limit),
             "per_query_max": format_amount(self.per_query_max),
             "coordinators": [g.body() for g in self.coordinators],
         }
+        if self.secure_aggregation is not None:
+            body["secure_aggregation"] = self.secure_aggregation.body()
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PolicyRecord:
         grants = body.get("coordinators")
         if not isinstance(grants, list) or not all(isinstance(g, dict) for g in grants):
             raise ChainFormatError("'coordinators' must be a list of objects")
+        secure = body.get("secure_aggregation")
+        if secure is not None and not isinstance(secure, dict):
+            raise ChainFormatError("'secure_aggregation' must be an object")
         return cls(
-            _text(body, "node_id"),
-            _text(body, "definition"),
-            _text(body, "period"),
-            _amount(body, "limit"),
-            _optional_amount(body, "lifetime_limit"),
-            _amount(body, "per_query_max"),
+            f.text(body, "node_id"),
+            f.text(body, "definition"),
+            f.text(body, "period"),
+            f.amount(body, "limit"),
+            f.optional_amount(body, "lifetime_limit"),
+            f.amount(body, "per_query_max"),
             tuple(GrantRecord.from_body(g) for g in grants),
+            None if secure is None else SecureAggregationRecord.from_body(secure),
         )
 
     def cap_for(self, identity: str) -> Fraction | None:
@@ -211,7 +177,7 @@ class PeriodRecord:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PeriodRecord:
-        return cls(_text(body, "period"), _text(body, "start"), _text(body, "end"))
+        return cls(f.text(body, "period"), f.text(body, "start"), f.text(body, "end"))
 
 
 @dataclass(frozen=True)
@@ -226,6 +192,12 @@ class ChargeRecord:
     The stored answer is identified by ``response_commitment`` (a salted hash
     whose salt only the asker received, :mod:`tiaki.receipts`), or in older
     entries by a bare ``response_sha256``; exactly one of the two is set.
+
+    A node's part in a secure sum (its noised, then masked, input) is a
+    charge too: ``charge`` counts against the budget as for an answer,
+    ``privacy_map`` is the aggregate guarantee (ρ_agg), and ``worst_case``
+    (ρ_local, what its share alone protects) and ``secure_session`` are set,
+    both or neither.
     """
 
     query_id: str
@@ -240,6 +212,8 @@ class ChargeRecord:
     response_commitment: str | None = None
     privacy_map: Fraction | None = None
     response_sha256: str | None = None
+    worst_case: Fraction | None = None
+    secure_session: SecureSessionRecord | None = None
 
     type = "charge"
 
@@ -249,6 +223,16 @@ class ChargeRecord:
                 "a charge identifies its answer by exactly one of 'response_commitment' and "
                 "'response_sha256'"
             )
+        if (self.worst_case is None) != (self.secure_session is None):
+            raise ChainFormatError(
+                "a secure sum's charge has both 'worst_case' and 'secure_session', any other "
+                "charge neither"
+            )
+
+    @property
+    def is_secure(self) -> bool:
+        """Whether this pays for a node's part in a secure sum rather than an answer."""
+        return self.secure_session is not None
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -268,24 +252,38 @@ class ChargeRecord:
             body["response_commitment"] = self.response_commitment
         if self.response_sha256 is not None:
             body["response_sha256"] = self.response_sha256
+        if self.worst_case is not None and self.secure_session is not None:
+            body["worst_case"] = format_amount(self.worst_case)
+            body["secure_session"] = self.secure_session.body()
         return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ChargeRecord:
         return cls(
-            _text(body, "query_id"),
-            _text(body, "identity"),
-            _text(body, "analyst"),
-            _text(body, "kind"),
-            _text(body, "canonical_query"),
-            _amount(body, "requested"),
-            _amount(body, "charge"),
-            _text(body, "period"),
-            _text(body, "dataset_version"),
-            response_commitment=_optional_text(body, "response_commitment"),
-            privacy_map=_optional_amount(body, "privacy_map"),
-            response_sha256=_optional_text(body, "response_sha256"),
+            f.text(body, "query_id"),
+            f.text(body, "identity"),
+            f.text(body, "analyst"),
+            f.text(body, "kind"),
+            f.text(body, "canonical_query"),
+            f.amount(body, "requested"),
+            f.amount(body, "charge"),
+            f.text(body, "period"),
+            f.text(body, "dataset_version"),
+            response_commitment=f.optional_text(body, "response_commitment"),
+            privacy_map=f.optional_amount(body, "privacy_map"),
+            response_sha256=f.optional_text(body, "response_sha256"),
+            worst_case=f.optional_amount(body, "worst_case"),
+            secure_session=_session(body),
         )
+
+
+def _session(body: Mapping[str, Any]) -> SecureSessionRecord | None:
+    session = body.get("secure_session")
+    if session is None:
+        return None
+    if not isinstance(session, dict):
+        raise ChainFormatError("'secure_session' must be an object")
+    return SecureSessionRecord.from_body(session)
 
 
 @dataclass(frozen=True)
@@ -316,13 +314,13 @@ class QuestionRecord:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> QuestionRecord:
         return cls(
-            _text(body, "query_id"),
-            _text(body, "analyst"),
-            _text(body, "identity"),
-            _text(body, "canonical_query"),
-            _amount(body, "requested"),
-            _text(body, "definition"),
-            _texts(body, "nodes"),
+            f.text(body, "query_id"),
+            f.text(body, "analyst"),
+            f.text(body, "identity"),
+            f.text(body, "canonical_query"),
+            f.amount(body, "requested"),
+            f.text(body, "definition"),
+            f.texts(body, "nodes"),
         )
 
 
@@ -351,7 +349,7 @@ class OutcomeRecord:
             "node": self.node,
             "status": self.status,
             "reason": self.reason,
-            "charge": _opt(self.charge),
+            "charge": f.opt(self.charge),
             "attempts": self.attempts,
             "dataset_version": self.dataset_version,
             "node_id": self.node_id,
@@ -360,14 +358,14 @@ class OutcomeRecord:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> OutcomeRecord:
         return cls(
-            _text(body, "query_id"),
-            _text(body, "node"),
-            _text(body, "status"),
-            _text(body, "reason"),
-            _optional_amount(body, "charge"),
-            _count(body, "attempts"),
-            _text(body, "dataset_version"),
-            _text(body, "node_id"),
+            f.text(body, "query_id"),
+            f.text(body, "node"),
+            f.text(body, "status"),
+            f.text(body, "reason"),
+            f.optional_amount(body, "charge"),
+            f.count(body, "attempts"),
+            f.text(body, "dataset_version"),
+            f.text(body, "node_id"),
         )
 
 

@@ -540,6 +540,7 @@ def test_a_schema_2_ledger_keeps_its_history_and_charges_exactly_from_then_on(
         old = ledger.entries()
         assert [e.charge for e in old] == [F(7205759403792793, 72057594037927936), F("0.25")]
         assert [e.privacy_map for e in old] == [None, None]
+        assert [(e.worst_case, e.secure_session) for e in old] == [(None, None)] * 2
         stored, replayed = spend(ledger, "old-0", F("0.1"), query="count old 0")
         assert replayed and stored.response == b"old answer 0" and stored.commitment_salt == b""
         spend(ledger, "new", F("0.1"))
@@ -549,4 +550,4 @@ def test_a_schema_2_ledger_keeps_its_history_and_charges_exactly_from_then_on(
     assert charges[-1].response_commitment and charges[-1].privacy_map is not None
     with sqlite3.connect(path) as conn:
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert version == ("3",)
+    assert version == ("4",)  # through schema 3 to this release's
