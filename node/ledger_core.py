@@ -36,11 +36,9 @@ class LedgerError(Exception):
 
 
 class LedgerCore(ChainedLedger):
-    """Check-and-spend accounting for one node, durable in a SQLite file.
-
-    ``budget.limit`` caps each period (or the lifetime when ``period`` is
-    "none"); ``budget.lifetime_limit``, if set, caps the total across periods.
-    """
+    """The privacy ledger's file and the limits it enforces; :class:`node.ledger.PrivacyLedger`
+    adds the operations. The limits may change while it is open (``apply_policy``), under
+    the object's lock."""
 
     noun = "privacy ledger"
     schema_noun = "ledger"

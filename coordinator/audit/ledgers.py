@@ -35,7 +35,19 @@ from tiaki.ledger_records import (
 # refused before Fraction sees it (an export is untrusted input).
 _AMOUNT = EXACT_AMOUNT
 _AMOUNT_KEYS = frozenset(
-    {"requested", "charge", "limit", "lifetime_limit", "per_query_max", "budget_cap"}
+    {
+        "requested",
+        "charge",
+        "limit",
+        "lifetime_limit",
+        "per_query_max",
+        "budget_cap",
+        "privacy_map",
+        "worst_case",
+        "tau_term",
+        "worst_case_per_query",
+        "worst_case_lifetime",
+    }
 )
 
 R = TypeVar("R")

@@ -16,6 +16,15 @@ every charge that:
   identity's total in the period within that identity's ``budget_cap`` (if set);
 - its query id was not charged to the same identity before (replays are free).
 
+A charge for a node's input to a secure sum (one with ``worst_case`` and
+``secure_session``) is also checked against the ``secure_aggregation``
+section of the policy in force: that there is one, under zcdp; that its
+worst case is within ``worst_case_per_query``, and the total of every worst
+case so far within ``worst_case_lifetime``; that the session had at least
+``min_cohort`` members and assumed at least ``colluders`` colluders; and
+that its own arithmetic holds: h = threshold − colluders, and
+2·threshold > N + colluders.
+
 Each period entry's label must have the shape the policy's period kind gives
 ("2026", "2026-Q4", "2026-11", or "lifetime" when the kind is "none") and the
 dates that label implies.
@@ -63,6 +72,7 @@ class _NodeWalk:
         self.identity_running: dict[str, list[Fraction]] = {}
         self.identity_spent: dict[tuple[str, str], Fraction] = {}
         self.lifetime_spent = Fraction(0)
+        self.worst_case_spent = Fraction(0)
         self.charged: dict[tuple[str, str], int] = {}
         # A partial export read without the entries before it: the policy and
         # period in force at its start are unknown, so their absence is no
@@ -154,6 +164,72 @@ class _NodeWalk:
                 "was paid",
             )
         self._add(placed)
+        if charge.worst_case is not None:
+            self._check_secure(placed, charge.worst_case)
+
+    def _check_secure(self, placed: Placed[ChargeRecord], worst_case: Fraction) -> None:
+        """A secure sum's charge against the policy's rules for secure sums."""
+        session = placed.record.secure_session
+        assert session is not None  # a record has both worst_case and session, or neither
+        self.worst_case_spent += worst_case
+        what = f"the input to secure sum {session.session_id}"
+        n, threshold, colluders = session.size, session.threshold, session.colluders
+        if session.honest != threshold - colluders:
+            self.fail(
+                placed,
+                "secure-honest-miscounted",
+                f"{what} counts {session.honest} honest shares, but a threshold of {threshold} "
+                f"with {colluders} colluders leaves {threshold - colluders}",
+            )
+        if 2 * threshold <= n + colluders:
+            self.fail(
+                placed,
+                "secure-threshold-unsafe",
+                f"{what} had a threshold of {threshold} of {n} members with {colluders} "
+                "colluders: a coordinator could show two survivor lists (it must be more than "
+                f"{(n + colluders) / 2:g})",
+            )
+        if self.policy is None:
+            return  # charge-before-policy, when the history is complete
+        policy, where = self.policy.record, f"(policy entry {self.policy.seq})"
+        rules = policy.secure_aggregation
+        if policy.definition != "zcdp" or rules is None:
+            self.fail(
+                placed,
+                "secure-without-policy",
+                f"{what} was charged, but the policy in force {where} takes no part in secure "
+                "sums" + ("" if rules is None else f" (it accounts in {policy.definition!r:.20})"),
+            )
+            return
+        if worst_case > rules.worst_case_per_query:
+            self.fail(
+                placed,
+                "over-worst-case-per-query",
+                f"{what} was charged a worst case of {_amount(worst_case)}, more than the "
+                f"worst-case per-query cap {_amount(rules.worst_case_per_query)} {where}",
+            )
+        if self.worst_case_spent > rules.worst_case_lifetime:
+            self.fail(
+                placed,
+                "over-worst-case-lifetime",
+                f"this worst case of {_amount(worst_case)} brings the worst-case total to "
+                f"{_amount(self.worst_case_spent)}, over the worst-case lifetime cap "
+                f"{_amount(rules.worst_case_lifetime)} {where}",
+            )
+        if n < rules.min_cohort:
+            self.fail(
+                placed,
+                "secure-cohort-too-small",
+                f"{what} had {n} members, fewer than the policy's min_cohort "
+                f"{rules.min_cohort} {where}",
+            )
+        if colluders < rules.colluders:
+            self.fail(
+                placed,
+                "secure-colluders-too-few",
+                f"{what} assumed {colluders} colluders, fewer than the policy's "
+                f"{rules.colluders} {where}: its aggregate charge counted too many honest shares",
+            )
 
     def _check_period(self, placed: Placed[ChargeRecord]) -> None:
         label = placed.record.period

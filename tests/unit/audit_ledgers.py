@@ -100,6 +100,7 @@ class LedgerBuilder:
         ledger_id: str | None = None,
         subject: str | None = None,
         policy: Mapping[str, Any] | None = None,
+        definition: str = "pure",
     ) -> Path:
         """Sign and write an export of ``entries`` (default: the whole chain).
 
@@ -115,7 +116,7 @@ class LedgerBuilder:
             source=self.source,
             subject=subject or self.subject,
             ledger_id=lid,
-            definition="pure" if self.source == NODE_LEDGER else None,
+            definition=definition if self.source == NODE_LEDGER else None,
             policy=self._policy() if policy is None else policy,
             entries=chosen,
             anchor=anchor,
