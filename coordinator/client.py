@@ -9,7 +9,7 @@ with the node's address on it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -30,6 +30,16 @@ from tiaki.files import is_loopback
 from tiaki.metadata import IDENTITY_METADATA_KEY
 from tiaki.node_info import NodeInfo, NodePlan
 from tiaki.query import Query
+from tiaki.secagg.session import KeyAdvert, MaskedInput, Reveal, SealedShares, SessionParameters
+from tiaki.secagg.wire import (
+    advert_from_proto,
+    advert_to_proto,
+    masked_input_from_proto,
+    reveal_from_proto,
+    sealed_from_proto,
+    sealed_to_proto,
+    session_to_proto,
+)
 from tiaki.v1 import node_pb2 as pb
 from tiaki.v1 import node_pb2_grpc
 from tiaki.wire_errors import from_rpc_error
@@ -121,6 +131,49 @@ class NodeClient:
             raise from_rpc_error(exc, self.address) from None
         finally:
             call.cancel()
+
+    # ------------------------------------------------------------ secure sums
+    # These five make a NodeClient a coordinator.secure_sum.SessionLink.
+
+    def advertise(self, params: SessionParameters) -> KeyAdvert:
+        request = pb.SecureAdvertiseRequest(session=session_to_proto(params))
+        return advert_from_proto(self._call(self._stub.SecureAdvertise, request))
+
+    def share_keys(
+        self, params: SessionParameters, adverts: Sequence[KeyAdvert]
+    ) -> tuple[SealedShares, ...]:
+        request = pb.SecureShareKeysRequest(
+            session=session_to_proto(params), adverts=[advert_to_proto(a) for a in adverts]
+        )
+        reply = self._call(self._stub.SecureShareKeys, request)
+        return tuple(sealed_from_proto(s) for s in reply.shares)
+
+    def masked_input(
+        self, params: SessionParameters, sealed: Sequence[SealedShares]
+    ) -> MaskedInput:
+        request = pb.SecureMaskedInputRequest(
+            session=session_to_proto(params), shares=[sealed_to_proto(s) for s in sealed]
+        )
+        return masked_input_from_proto(self._call(self._stub.SecureMaskedInput, request))
+
+    def consistency(self, params: SessionParameters, survivors: Sequence[int]) -> str:
+        request = pb.SecureConsistencyRequest(
+            session=session_to_proto(params), survivors=list(survivors)
+        )
+        reply = self._call(self._stub.SecureConsistency, request)
+        return str(reply.signature)
+
+    def unmask(
+        self, params: SessionParameters, survivors: Sequence[int], signatures: Mapping[int, str]
+    ) -> Reveal:
+        request = pb.SecureUnmaskRequest(
+            session=session_to_proto(params),
+            survivors=list(survivors),
+            signatures=[
+                pb.SurvivorSignature(index=i, signature=s) for i, s in sorted(signatures.items())
+            ],
+        )
+        return reveal_from_proto(self._call(self._stub.SecureUnmask, request))
 
     def close(self) -> None:
         self._channel.close()

@@ -36,6 +36,7 @@ from fractions import Fraction
 import numpy as np
 from numpy.typing import NDArray
 
+from node.config import CoordinatorGrant
 from node.secure_sessions import SessionState, SessionStore
 from tiaki.secagg import keys, shamir
 from tiaki.secagg.errors import SecureAggregationError
@@ -86,7 +87,8 @@ class Contribution:
     worst_case: Fraction = Fraction(0)
 
 
-Contribute = Callable[[SessionParameters, str], Contribution]
+# (session, the caller's identity, its grant in the policy) -> the charged contribution
+Contribute = Callable[[SessionParameters, str, CoordinatorGrant | None], Contribution]
 
 
 class SecureSumParticipant:
@@ -261,9 +263,16 @@ class SecureSumParticipant:
     # ------------------------------------------------------------ round 2
 
     def masked_input(
-        self, params: SessionParameters, identity: str, sealed: Sequence[SealedShares]
+        self,
+        params: SessionParameters,
+        identity: str,
+        sealed: Sequence[SealedShares],
+        grant: CoordinatorGrant | None = None,
     ) -> MaskedInput:
-        """This node's masked vector: charged, noised, masked, stored, then returned."""
+        """This node's masked vector: charged, noised, masked, stored, then returned.
+
+        ``grant`` is the caller's entry in the policy, in force for the charge.
+        """
         me = self._check_session(params)
         with self.store.session(params.session_id) as rnd:
             state = self._state(rnd.state, params, identity)
@@ -286,7 +295,7 @@ class SecureSumParticipant:
                 return self._stored_input(state, me)
             received = self._open_shares(params, state, me, sealed)
             assert state.self_seed is not None and state.mask_element is not None
-            contribution = self._contribute(params, identity)  # charges the ledger first
+            contribution = self._contribute(params, identity, grant)  # charges the ledger first
             vector = mask_vector(
                 contribution.vector,
                 state.self_seed,

@@ -109,14 +109,25 @@ def smallest_scale_factor(sensitivity: float, budget: Fraction, honest: int) -> 
     """The least power of two γ that gives each of ``honest`` shares a scale of at least 2.
 
     The share scale is γ·Δ/√(2ρ·h); the coordinator proposes this γ, and each
-    node checks it against its own h (its own count of colluders).
+    node checks it against its own sensitivity.
+    """
+    return scale_factor_for(central_scale(sensitivity, budget), honest)
+
+
+def scale_factor_for(central: float, honest: int) -> int:
+    """The least power of two γ with γ·``central``/√h at least 2 (a little over, for rounding).
+
+    ``central`` is one central release's scale: from a node's plan, or
+    :func:`central_scale`.
     """
     if honest < 1:
         raise NoiseShareError(f"honest must be at least 1, not {honest}")
-    unscaled = central_scale(sensitivity, budget) / math.sqrt(honest)
+    if not central > 0:
+        raise NoiseShareError("the central scale must be positive")
+    unscaled = central / math.sqrt(honest)
     for exponent in range(MAX_SCALE_EXPONENT + 1):
-        # A margin of 2^-20 keeps the node's own (exact) check from landing just under.
         gamma: int = 1 << exponent
+        # A margin of 2^-20 keeps the node's own (exact) check from landing just under.
         if unscaled * gamma >= MIN_SHARE_SCALE * (1 + 2**-20):
             return gamma
     raise NoiseShareError(

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from coordinator.secure_sum import SessionAbortedError, new_session, run_session
+from node.config import CoordinatorGrant
 from node.secure_sessions import SessionStore
 from node.secure_sum import Contribution, SecureSumParticipant, SecureSumRules
 from tiaki.budget import PrivacyDefinition
@@ -54,7 +55,9 @@ class Node:
     calls: int = 0
     participant: SecureSumParticipant | None = None
 
-    def contribute(self, params: SessionParameters, identity: str) -> Contribution:
+    def contribute(
+        self, params: SessionParameters, identity: str, grant: CoordinatorGrant | None
+    ) -> Contribution:
         self.calls += 1  # stands for the ledger charge: once per node and session
         return Contribution(self.values * GAMMA, (ComponentShare("count", CELLS, 2.5),))
 
