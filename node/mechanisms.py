@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import opendp.prelude as dp
 
-from tiaki.budget import PrivacyDefinition
+from tiaki.budget import PrivacyDefinition, display_amount
 from tiaki.distributed_noise import (
     MIN_SHARE_SCALE,
     TAU_ALLOWANCE,
@@ -261,15 +261,15 @@ def check_share(
     tau_cost = tau_term(share_scale, honest, length)
     if tau_cost > allowance:
         raise NoiseShareError(
-            f"the KLS21 τ term ({float(tau_cost):.3g}) is not negligible against the cost "
-            f"{float(budget):.3g}; use a larger scale factor"
+            f"the KLS21 τ term ({display_amount(tau_cost)}) is not negligible against the cost "
+            f"{display_amount(budget)}; use a larger scale factor"
         )
     aggregate = _honest_sum_cost(scaled, honest, share_scale) + tau_cost
     if aggregate > budget:
         raise NoiseShareError(
             f"the session's noise (share scale {share_scale:.6g}) is too small for this "
-            f"node's sensitivity at cost {float(budget):.6g}: its sum would cost "
-            f"{float(aggregate):.6g}"
+            f"node's sensitivity at cost {display_amount(budget)}: its sum would cost "
+            f"{display_amount(aggregate)}"
         )
     return NoiseShare(
         scale_factor=scale_factor,

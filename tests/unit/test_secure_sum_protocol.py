@@ -61,7 +61,9 @@ class Node:
         self.calls += 1  # stands for the ledger charge: once per node and session
         return Contribution(self.values * GAMMA, (ComponentShare("count", CELLS, 2.5),))
 
-    def open(self, peers: Mapping[str, str], **rules: int) -> SecureSumParticipant:
+    def open(
+        self, peers: Mapping[str, str], now: float = NOW, **rules: int
+    ) -> SecureSumParticipant:
         self.participant = SecureSumParticipant(
             self.node_id,
             self.key,
@@ -72,7 +74,7 @@ class Node:
             ),
             SessionStore(self.store_path),
             self.contribute,
-            clock=lambda: NOW,
+            clock=lambda: now,
         )
         return self.participant
 
@@ -344,3 +346,16 @@ def test_a_session_id_names_one_set_of_parameters(nodes: list[Node]) -> None:
     assert participant is not None
     with pytest.raises(SecureAggregationError, match="another identity"):
         participant.advertise(params, "another-coordinator")
+
+
+def test_a_session_past_its_deadline_is_refused_at_the_charge_and_charges_nothing(
+    nodes: list[Node],
+) -> None:
+    params = session(nodes)
+    ls = links(nodes)
+    adverts = [ls[i].advertise(params) for i in ls]
+    sealed = {i: ls[i].share_keys(params, adverts) for i in ls}
+    nodes[0].open({n.node_id: n.key.public_text for n in nodes}, now=params.not_after + 1)
+    with pytest.raises(SecureAggregationError, match="past its deadline"):
+        ls[1].masked_input(params, [s for out in sealed.values() for s in out if s.recipient == 1])
+    assert nodes[0].calls == 0

@@ -11,7 +11,7 @@ shared mask key). What is left is Σ x_u over the survivors.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -109,7 +109,3 @@ def decode_vector(raw: bytes, length: int) -> NDArray[np.uint64]:
 
 def encode_vector(vector: NDArray[np.uint64]) -> bytes:
     return vector.astype("<u8").tobytes()
-
-
-def members_other_than(me: int, members: Iterable[int]) -> list[int]:
-    return [m for m in members if m != me]

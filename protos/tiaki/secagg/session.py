@@ -58,7 +58,6 @@ from tiaki.secagg.errors import SecureAggregationError
 
 SESSION_ID_BYTES = 16
 LABEL = b"tiaki/secagg/v1"
-ROUNDS = ("advertise", "share-keys", "masked-input", "consistency", "unmask")
 # The sealed plaintext of round 1: sender, recipient, then the two shares.
 _SHARES_PLAINTEXT_BYTES = 4 + 4 + 32 + 32
 MAX_MEMBERS = 1000
