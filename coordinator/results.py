@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
@@ -66,6 +67,20 @@ class CombinedCell:
 
 
 @dataclass(frozen=True)
+class SecureSummary:
+    """What the analyst is told about the session behind a secure answer."""
+
+    session_id: str
+    size: int
+    threshold: int
+    colluders: int
+    honest: int
+    summed: int  # inputs in the released total
+    error_ratio: float  # its noise's standard deviation over one central release's
+    charges: Mapping[str, tuple[Fraction, Fraction]]  # node name -> (aggregate, worst case)
+
+
+@dataclass(frozen=True)
 class FederatedAnswer:
     """The combined answer to one question, and who contributed to it."""
 
@@ -75,6 +90,8 @@ class FederatedAnswer:
     cells: tuple[CombinedCell, ...]
     outcomes: tuple[NodeOutcome, ...]
     released: bool  # False when --require-all was given and some node did not answer
+    # Asked as a secure sum: the session behind the one combined input (else None).
+    secure: SecureSummary | None = None
 
     @property
     def answered_nodes(self) -> tuple[str, ...]:

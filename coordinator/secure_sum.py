@@ -127,6 +127,7 @@ def new_session(
     scale_factors: Sequence[int],
     share_scales: Sequence[float],
     not_after: int,
+    analyst: str = "",
 ) -> SessionParameters:
     """Fresh public parameters: a random session id, nothing else drawn."""
     return SessionParameters(
@@ -139,6 +140,7 @@ def new_session(
         scale_factors=tuple(scale_factors),
         share_scales=tuple(share_scales),
         not_after=not_after,
+        analyst=analyst,
     )
 
 

@@ -263,6 +263,11 @@ class NodePaths:
         return self.data_dir / "ledger.sqlite"
 
     @property
+    def secure_sessions(self) -> Path:
+        """Each secure sum's progress and, until its reveal, its secrets (never leaves the node)."""
+        return self.data_dir / "secure_sessions.sqlite"
+
+    @property
     def signing_key(self) -> Path:
         """The Ed25519 key that signs ledger exports."""
         return self.data_dir / "signing.key"

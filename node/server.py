@@ -25,7 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node.access import Caller, Gatekeeper, caller_of
 from node.config import CoordinatorGrant
+from node.secure_sum import SecureSumParticipant
 from node.service import NodeService
+from tiaki.budget import display_amount
 from tiaki.convert import (
     budget_to_proto,
     node_info_to_proto,
@@ -35,6 +37,17 @@ from tiaki.convert import (
 )
 from tiaki.errors import InternalError, InvalidQueryError, TiakiError
 from tiaki.query import Query
+from tiaki.secagg.errors import SecureAggregationError
+from tiaki.secagg.session import SessionParameters
+from tiaki.secagg.wire import (
+    advert_from_proto,
+    advert_to_proto,
+    masked_input_to_proto,
+    reveal_to_proto,
+    sealed_from_proto,
+    sealed_to_proto,
+    session_from_proto,
+)
 from tiaki.v1 import node_pb2 as pb
 from tiaki.v1 import node_pb2_grpc
 from tiaki.wire_errors import status_code_of, to_status
@@ -45,6 +58,9 @@ SERVICE_NAME = "tiaki.v1.Node"
 # Requests above this are refused before decoding their contents; real
 # queries are a few hundred bytes.
 MAX_REQUEST_BYTES = 64 * 1024
+# A secure-sum round carries the whole roster and one message per member
+# (about 200 bytes each at most): 1 MiB is room for the largest session.
+MAX_SECURE_REQUEST_BYTES = 1024 * 1024
 
 T = TypeVar("T")
 
@@ -134,6 +150,118 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
 
         return self._call(context, "Plan", run, request)
 
+    # ------------------------------------------------------------ secure sums
+
+    def _secure(
+        self,
+        context: grpc.ServicerContext,
+        what: str,
+        request: Any,
+        fn: Callable[[SecureSumParticipant, SessionParameters, str, CoordinatorGrant | None], T],
+        *,
+        charges: bool = False,
+    ) -> T:
+        """One round of a secure sum: admitted like a query of its kind, then the protocol.
+
+        The round that ``charges`` (the masked input) takes one of the
+        caller's query slots, as a query does.
+        """
+
+        def run(caller: Caller, grant: CoordinatorGrant | None) -> T:
+            if request.ByteSize() > MAX_SECURE_REQUEST_BYTES:
+                raise InvalidQueryError(f"request is larger than {MAX_SECURE_REQUEST_BYTES} bytes")
+            participant = self._service.secure_sums.participant()
+            params = session_from_proto(request.session)
+            if not charges:
+                return fn(participant, params, caller.identity, grant)
+            with self._gate.slot(caller):
+                return fn(participant, params, caller.identity, grant)
+
+        if request is UNDECODABLE:
+            return self._call(context, what, run, request)
+        kind_number = request.session.query.kind
+        kind = (
+            pb.QueryKind.Name(kind_number).lower() if kind_number in pb.QueryKind.values() else None
+        )
+        return self._call(context, what, run, kind=kind)
+
+    def SecureAdvertise(
+        self, request: pb.SecureAdvertiseRequest, context: grpc.ServicerContext
+    ) -> pb.KeyAdvert:
+        return self._secure(
+            context,
+            "SecureAdvertise",
+            request,
+            lambda p, params, who, grant: advert_to_proto(p.advertise(params, who)),
+        )
+
+    def SecureShareKeys(
+        self, request: pb.SecureShareKeysRequest, context: grpc.ServicerContext
+    ) -> pb.SecureShareKeysResponse:
+        def run(
+            p: SecureSumParticipant, params: SessionParameters, who: str, grant: object
+        ) -> pb.SecureShareKeysResponse:
+            adverts = [advert_from_proto(a) for a in request.adverts]
+            sealed = p.share_keys(params, who, adverts)
+            return pb.SecureShareKeysResponse(shares=[sealed_to_proto(s) for s in sealed])
+
+        return self._secure(context, "SecureShareKeys", request, run)
+
+    def SecureMaskedInput(
+        self, request: pb.SecureMaskedInputRequest, context: grpc.ServicerContext
+    ) -> pb.MaskedInput:
+        def run(
+            p: SecureSumParticipant,
+            params: SessionParameters,
+            who: str,
+            grant: CoordinatorGrant | None,
+        ) -> pb.MaskedInput:
+            sealed = [sealed_from_proto(s) for s in request.shares]
+            masked = p.masked_input(params, who, sealed, grant)
+            log.info(
+                "secure sum %s (query %s) from %s: %s, charged %s (worst case %s)",
+                params.session_id.hex(),
+                params.query_id,
+                who,
+                params.query.canonical()[:200],
+                display_amount(params.query.cost.amount),
+                display_amount(masked.worst_case),
+                extra={
+                    "session_id": params.session_id.hex(),
+                    "query_id": params.query_id,
+                    "identity": who,
+                    "outcome": "masked_input",
+                    "charge": str(params.query.cost.amount),
+                },
+            )
+            return masked_input_to_proto(masked)
+
+        return self._secure(context, "SecureMaskedInput", request, run, charges=True)
+
+    def SecureConsistency(
+        self, request: pb.SecureConsistencyRequest, context: grpc.ServicerContext
+    ) -> pb.SurvivorSignature:
+        def run(
+            p: SecureSumParticipant, params: SessionParameters, who: str, grant: object
+        ) -> pb.SurvivorSignature:
+            signature = p.consistency(params, who, list(request.survivors))
+            return pb.SurvivorSignature(index=params.member(p.node_id).index, signature=signature)
+
+        return self._secure(context, "SecureConsistency", request, run)
+
+    def SecureUnmask(
+        self, request: pb.SecureUnmaskRequest, context: grpc.ServicerContext
+    ) -> pb.Reveal:
+        def run(
+            p: SecureSumParticipant, params: SessionParameters, who: str, grant: object
+        ) -> pb.Reveal:
+            signatures = {s.index: s.signature for s in request.signatures}
+            if len(signatures) != len(request.signatures):
+                raise SecureAggregationError("two survivor signatures for one member")
+            return reveal_to_proto(p.unmask(params, who, list(request.survivors), signatures))
+
+        return self._secure(context, "SecureUnmask", request, run)
+
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> bytes:
         """One answer, as the bytes of a ``QueryResponse`` (see :func:`reply_bytes`)."""
         started = time.monotonic()
@@ -214,6 +342,23 @@ def _node_handlers(servicer: NodeServicer) -> grpc.GenericRpcHandler:
         "GetBudget": (servicer.GetBudget, pb.GetBudgetRequest, pb.BudgetReport),
         "Plan": (servicer.Plan, pb.QueryRequest, pb.QueryPlan),
         "Query": (servicer.Query, pb.QueryRequest, None),  # already bytes
+        "SecureAdvertise": (servicer.SecureAdvertise, pb.SecureAdvertiseRequest, pb.KeyAdvert),
+        "SecureShareKeys": (
+            servicer.SecureShareKeys,
+            pb.SecureShareKeysRequest,
+            pb.SecureShareKeysResponse,
+        ),
+        "SecureMaskedInput": (
+            servicer.SecureMaskedInput,
+            pb.SecureMaskedInputRequest,
+            pb.MaskedInput,
+        ),
+        "SecureConsistency": (
+            servicer.SecureConsistency,
+            pb.SecureConsistencyRequest,
+            pb.SurvivorSignature,
+        ),
+        "SecureUnmask": (servicer.SecureUnmask, pb.SecureUnmaskRequest, pb.Reveal),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -321,4 +466,4 @@ def create_server(
     return running
 
 
-__all__ = ["MAX_REQUEST_BYTES", "RunningNode", "create_server"]
+__all__ = ["MAX_REQUEST_BYTES", "MAX_SECURE_REQUEST_BYTES", "RunningNode", "create_server"]

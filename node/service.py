@@ -28,6 +28,7 @@ from node.config import CoordinatorGrant, NodeConfig
 from node.dataset import Dataset
 from node.exports import export_ledger, node_signing_key
 from node.ledger import PrivacyLedger, StoredAnswer
+from node.secure_service import SecureSums
 from node.store import load_dataset, store_path
 from tiaki import __version__, receipts
 from tiaki.answer import Answer
@@ -104,6 +105,13 @@ class NodeService:
         self.ledger = ledger
         self.datasets = datasets
         self.signing_key = signing_key
+        # Secure sums are a second way of asking; the rounds live in their own module.
+        self.secure_sums = SecureSums(self)
+
+    def close(self) -> None:
+        """Close the ledger and the secure-session file (after the server has stopped)."""
+        self.secure_sums.close()
+        self.ledger.close()
 
     # ------------------------------------------------------------ info
 
@@ -145,6 +153,11 @@ class NodeService:
             dataset_version=version,
             signing_key=self.signing_key.public_text,
             ledger_id=self.ledger.ledger_id,
+            secure_aggregation=(
+                None
+                if policy.secure_aggregation is None
+                else (policy.secure_aggregation.min_cohort, policy.secure_aggregation.colluders)
+            ),
         )
 
     def apply_config(self, new: NodeConfig) -> list[str]:
@@ -227,6 +240,7 @@ class NodeService:
             and self.ledger.stored_answer(identity, query_id, query.canonical()) is not None,
             bounds=clamping.bounds,
             midpoint=clamping.midpoint,
+            grid_unit=clamping.grid_unit,
         )
 
     def query(

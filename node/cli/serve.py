@@ -196,7 +196,7 @@ def _serve(
     try:
         node = create_server(service, address, credentials)
     except (OSError, RuntimeError) as exc:
-        service.ledger.close()
+        service.close()
         raise cannot_listen(address, exc) from None
     health_server: grpc.Server | None = None
     health_address = ""
@@ -205,7 +205,7 @@ def _serve(
             health_server, health_address = start_health_server(node, args.health_address)
     except BaseException:
         node.stop(grace=0)
-        service.ledger.close()
+        service.close()
         raise
     # Handlers before the "serving" line: whoever waits for it may signal at once.
     stopping = threading.Event()
@@ -255,5 +255,5 @@ def _serve(
     node.stop()
     if health_server is not None:
         health_server.stop(0).wait()
-    service.ledger.close()
+    service.close()
     say("stopped", event="stopped")

@@ -394,6 +394,13 @@ def node_info_to_proto(info: NodeInfo) -> pb.NodeInfo:
         dataset_version=info.dataset_version,
         signing_key=info.signing_key,
         ledger_id=info.ledger_id,
+        secure_aggregation=(
+            pb.SecureAggregationInfo(
+                min_cohort=info.secure_aggregation[0], colluders=info.secure_aggregation[1]
+            )
+            if info.secure_aggregation is not None
+            else None
+        ),
     )
 
 
@@ -414,6 +421,11 @@ def node_info_from_proto(msg: pb.NodeInfo) -> NodeInfo:
         dataset_version=msg.dataset_version,
         signing_key=msg.signing_key,
         ledger_id=msg.ledger_id,
+        secure_aggregation=(
+            (msg.secure_aggregation.min_cohort, msg.secure_aggregation.colluders)
+            if msg.HasField("secure_aggregation")
+            else None
+        ),
     )
 
 
@@ -437,6 +449,8 @@ def node_plan_to_proto(plan: NodePlan) -> pb.QueryPlan:
     if plan.bounds is not None and plan.midpoint is not None:
         msg.bounds.CopyFrom(pb.Bounds(lower=plan.bounds[0], upper=plan.bounds[1]))
         msg.midpoint = plan.midpoint
+    if plan.grid_unit is not None:
+        msg.grid_unit = plan.grid_unit
     return msg
 
 
@@ -455,4 +469,5 @@ def node_plan_from_proto(msg: pb.QueryPlan) -> NodePlan:
         replay=msg.replay,
         bounds=_bounds(msg.bounds) if has_bounds else None,
         midpoint=msg.midpoint if has_bounds else None,
+        grid_unit=msg.grid_unit if msg.grid_unit > 0 else None,
     )

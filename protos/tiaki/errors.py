@@ -179,6 +179,20 @@ class QueryIdConflictError(TiakiError):
         self.query_id = metadata["query_id"]
 
 
+class SecureAggregationError(TiakiError):
+    """A node refuses a round of a secure sum, or a secure-sum message is not authentic.
+
+    Every check of a session's parameters and every failed authentication of
+    a relayed message raises this, so the protocol code handles one type
+    whether a value came from a bug or from a hostile party. The message
+    names public things (indices, lengths, members), never a secret, a share
+    or a key. Nothing is charged for a refused round (a masked input is
+    charged only once the ledger commits it).
+    """
+
+    reason = "SESSION_REFUSED"
+
+
 class NotReadyError(TiakiError):
     """The node has no dataset or ledger loaded yet. Transient."""
 
@@ -279,6 +293,7 @@ NODE_ERRORS: tuple[type[TiakiError], ...] = (
     WorstCaseMaximumError,
     WorstCaseExhaustedError,
     QueryIdConflictError,
+    SecureAggregationError,
     NotReadyError,
     BusyError,
     InternalError,

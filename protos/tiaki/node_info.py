@@ -45,6 +45,8 @@ class NodeInfo:
     dataset_version: str  # random id of the current import ("" if none)
     signing_key: str  # "ed25519:<base64>": signs ledger exports
     ledger_id: str
+    # Set when the node takes part in secure sums: (min_cohort, colluders) of its policy.
+    secure_aggregation: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class NodePlan:
     replay: bool = False
     bounds: tuple[float, float] | None = None
     midpoint: float | None = None
+    grid_unit: float | None = None  # SUM, MEAN: the fixed-point grid's step in column units
 
     def __post_init__(self) -> None:
         if (self.bounds is None) != (self.midpoint is None):

@@ -36,6 +36,7 @@ from tiaki.errors import (
     PolicyViolationError,
     QueryIdConflictError,
     RemoteError,
+    SecureAggregationError,
     TiakiError,
     UnsupportedCallError,
     WorstCaseExhaustedError,
@@ -57,6 +58,9 @@ STATUS_CODES: Mapping[type[TiakiError], grpc.StatusCode] = {
     WorstCaseMaximumError: Code.PERMISSION_DENIED,
     WorstCaseExhaustedError: Code.RESOURCE_EXHAUSTED,
     QueryIdConflictError: Code.ALREADY_EXISTS,
+    # A refusal of the session as proposed (its roster, deadline, parameters or
+    # a relayed message), not of the caller: FAILED_PRECONDITION.
+    SecureAggregationError: Code.FAILED_PRECONDITION,
     NotReadyError: Code.UNAVAILABLE,
     # UNAVAILABLE, not RESOURCE_EXHAUSTED: it is transient, so clients retry it.
     BusyError: Code.UNAVAILABLE,

@@ -182,7 +182,7 @@ class PlannedComponent(_message.Message):
     def __init__(self, name: _Optional[str] = ..., distribution: _Optional[str] = ..., scale: _Optional[float] = ..., accuracy_95: _Optional[float] = ...) -> None: ...
 
 class QueryPlan(_message.Message):
-    __slots__ = ("node_id", "canonical_query", "group_by", "cells", "components", "charge", "midpoint", "bounds", "budget", "replay")
+    __slots__ = ("node_id", "canonical_query", "group_by", "cells", "components", "charge", "midpoint", "bounds", "budget", "replay", "grid_unit")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_QUERY_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,7 @@ class QueryPlan(_message.Message):
     BOUNDS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FIELD_NUMBER: _ClassVar[int]
+    GRID_UNIT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     canonical_query: str
     group_by: _containers.RepeatedScalarFieldContainer[str]
@@ -203,7 +204,8 @@ class QueryPlan(_message.Message):
     bounds: Bounds
     budget: BudgetReport
     replay: bool
-    def __init__(self, node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[int] = ..., components: _Optional[_Iterable[_Union[PlannedComponent, _Mapping]]] = ..., charge: _Optional[_Union[PrivacyCost, _Mapping]] = ..., midpoint: _Optional[float] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ..., replay: _Optional[bool] = ...) -> None: ...
+    grid_unit: float
+    def __init__(self, node_id: _Optional[str] = ..., canonical_query: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., cells: _Optional[int] = ..., components: _Optional[_Iterable[_Union[PlannedComponent, _Mapping]]] = ..., charge: _Optional[_Union[PrivacyCost, _Mapping]] = ..., midpoint: _Optional[float] = ..., bounds: _Optional[_Union[Bounds, _Mapping]] = ..., budget: _Optional[_Union[BudgetReport, _Mapping]] = ..., replay: _Optional[bool] = ..., grid_unit: _Optional[float] = ...) -> None: ...
 
 class PeriodBudget(_message.Message):
     __slots__ = ("label", "start", "end", "limit", "spent", "remaining")
@@ -264,7 +266,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "version", "definition", "identifier_column", "columns", "allowed_kinds", "max_records_per_client", "per_query_max", "budget_period", "max_group_by", "max_cells", "dataset_version", "signing_key", "ledger_id")
+    __slots__ = ("node_id", "version", "definition", "identifier_column", "columns", "allowed_kinds", "max_records_per_client", "per_query_max", "budget_period", "max_group_by", "max_cells", "dataset_version", "signing_key", "ledger_id", "secure_aggregation")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +281,7 @@ class NodeInfo(_message.Message):
     DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
     SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ID_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     version: str
     definition: PrivacyDefinition
@@ -293,7 +296,16 @@ class NodeInfo(_message.Message):
     dataset_version: str
     signing_key: str
     ledger_id: str
-    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., definition: _Optional[_Union[PrivacyDefinition, str]] = ..., identifier_column: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., allowed_kinds: _Optional[_Iterable[_Union[QueryKind, str]]] = ..., max_records_per_client: _Optional[int] = ..., per_query_max: _Optional[str] = ..., budget_period: _Optional[str] = ..., max_group_by: _Optional[int] = ..., max_cells: _Optional[int] = ..., dataset_version: _Optional[str] = ..., signing_key: _Optional[str] = ..., ledger_id: _Optional[str] = ...) -> None: ...
+    secure_aggregation: SecureAggregationInfo
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., definition: _Optional[_Union[PrivacyDefinition, str]] = ..., identifier_column: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., allowed_kinds: _Optional[_Iterable[_Union[QueryKind, str]]] = ..., max_records_per_client: _Optional[int] = ..., per_query_max: _Optional[str] = ..., budget_period: _Optional[str] = ..., max_group_by: _Optional[int] = ..., max_cells: _Optional[int] = ..., dataset_version: _Optional[str] = ..., signing_key: _Optional[str] = ..., ledger_id: _Optional[str] = ..., secure_aggregation: _Optional[_Union[SecureAggregationInfo, _Mapping]] = ...) -> None: ...
+
+class SecureAggregationInfo(_message.Message):
+    __slots__ = ("min_cohort", "colluders")
+    MIN_COHORT_FIELD_NUMBER: _ClassVar[int]
+    COLLUDERS_FIELD_NUMBER: _ClassVar[int]
+    min_cohort: int
+    colluders: int
+    def __init__(self, min_cohort: _Optional[int] = ..., colluders: _Optional[int] = ...) -> None: ...
 
 class ExportLedgerRequest(_message.Message):
     __slots__ = ("from_seq",)

@@ -1,0 +1,445 @@
+"""One question to the federation as a secure sum: one noise, one answer, no node's own.
+
+Asked this way, every member adds a *share* of one discrete Gaussian noise
+to its exact answer and masks it, and the coordinator learns only the total
+(:mod:`coordinator.secure_sum` relays the rounds). The combined answer then
+carries the noise of one central release, about, however many NGOs join,
+where asking each node adds N noises.
+
+The coordinator chooses the session's public parameters from what the nodes
+publish, reading no record:
+
+- the members: the nodes that take part in secure sums (``GetInfo``), are in
+  zCDP and whose ``Plan`` of the question they would afford; each node's own
+  pins decide whether it accepts the others;
+- the colluders ``c``: the most any member assumes (a session assuming fewer
+  is refused by that member), or more if the analyst asks;
+- dropouts ``t`` tolerated, so the threshold N − t, kept above (N + c)/2
+  (Bonawitz et al. 2017, active model) and leaving h = N − t − c ≥ 1 honest
+  shares in any released sum;
+- per component, γ from the largest central scale any member needs
+  (:func:`tiaki.distributed_noise.scale_factor_for`) and σᵢ = γ·σ/√h, raised
+  a hair; each member checks it against its own sensitivity.
+
+The analyst sees one answer per cell with a 95% interval from the known
+total noise, the number of inputs summed, and what each node charged
+(aggregate and worst case). There are no per-node answers anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+from coordinator.client import NodeClient, new_query_id
+from coordinator.combine import UNRELIABLE_SHARE, Z_95, combine
+from coordinator.fanout import Federation, failure_reason
+from coordinator.mirror import MirrorLedger
+from coordinator.results import (
+    CombinedCell,
+    FederatedAnswer,
+    NodeOutcome,
+    NodeStatus,
+    SecureSummary,
+)
+from coordinator.secure_sum import SecureSum, SessionAbortedError, new_session, run_session
+from tiaki.answer import Answer, Cell, Component
+from tiaki.budget import PrivacyDefinition, display_amount
+from tiaki.convert import query_to_bytes
+from tiaki.distributed_noise import (
+    error_ratio,
+    scale_factor_for,
+    session_share_scale,
+)
+from tiaki.errors import InvalidQueryError, TiakiError
+from tiaki.node_info import NodeInfo, NodePlan
+from tiaki.query import Query, QueryKind
+from tiaki.secagg.session import Member
+
+DEFAULT_SESSION_SECONDS = 300
+SECURE_NODE = "secure sum"  # how the one combined input is named where a node would be
+
+
+class SecureQuestionError(InvalidQueryError):
+    """The federation cannot hold a secure sum for this question as it stands; nothing sent."""
+
+
+@dataclass(frozen=True)
+class SecureMember:
+    """A node that would take part: its federation name, its plan and its ledger key."""
+
+    name: str
+    info: NodeInfo
+    plan: NodePlan
+
+
+@dataclass(frozen=True)
+class SecurePlan:
+    """A secure session's public parameters, chosen from the nodes' plans; nothing spent.
+
+    ``central_scales`` are the largest central discrete Gaussian scales any
+    member needs, per component, in the query's integer units.
+    ``excluded`` says why each other node is left out.
+    """
+
+    query: Query
+    members: tuple[SecureMember, ...]
+    excluded: Mapping[str, tuple[NodeStatus, str]]
+    threshold: int
+    colluders: int
+    dropouts: int
+    central_scales: tuple[float, ...]
+    scale_factors: tuple[int, ...]
+    share_scales: tuple[float, ...]
+    grid_unit: float | None
+    midpoint: float | None
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @property
+    def honest(self) -> int:
+        return self.threshold - self.colluders
+
+    def half_widths(self, survivors: int | None = None) -> tuple[float, ...]:
+        """95% half-width of each component's total noise, in column units."""
+        n = self.size if survivors is None else survivors
+        return tuple(
+            Z_95 * math.sqrt(n) * scale / gamma / _divisor(name, self.grid_unit)
+            for name, scale, gamma in zip(
+                self.components, self.share_scales, self.scale_factors, strict=True
+            )
+        )
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.members[0].plan.components)
+
+    def error_ratio(self, survivors: int | None = None) -> float:
+        """The total noise's standard deviation over one central release's."""
+        return error_ratio(self.size if survivors is None else survivors, self.honest)
+
+
+def _divisor(name: str, grid_unit: float | None) -> float:
+    """From the integer grid a node sums on to column units (as node.answering does)."""
+    if grid_unit is None:
+        return 1.0
+    return {"sum": 1.0 / grid_unit, "shifted_sum": 2.0 / grid_unit}.get(name, 1.0)
+
+
+def _candidate(
+    name: str, client: NodeClient, query: Query, query_id: str
+) -> SecureMember | tuple[NodeStatus, str]:
+    try:
+        info = client.info()
+        if info.secure_aggregation is None:
+            return NodeStatus.REFUSED, "takes no part in secure sums (no secure_aggregation policy)"
+        if info.definition is not PrivacyDefinition.ZCDP:
+            return NodeStatus.REFUSED, "accounts in pure DP; secure sums need zCDP"
+        plan = client.plan(query, query_id)
+    except TiakiError as exc:
+        status = (
+            NodeStatus.UNREACHABLE
+            if exc.reason in ("UNREACHABLE", "DEADLINE_EXCEEDED")
+            else (NodeStatus.REFUSED)
+        )
+        return status, failure_reason(exc)
+    budget = plan.budget
+    if budget is not None and not plan.replay and plan.charge.amount > budget.available:
+        return NodeStatus.REFUSED, (
+            f"would cost {display_amount(plan.charge.amount)} but has "
+            f"{display_amount(budget.available)} left"
+        )
+    return SecureMember(name, info, plan)
+
+
+def plan_secure(
+    federation: Federation,
+    query: Query,
+    query_id: str = "",
+    *,
+    dropouts: int | None = None,
+    colluders: int = 0,
+) -> SecurePlan:
+    """Choose a session for ``query`` from the nodes' info and plans; spends nothing.
+
+    ``dropouts`` defaults to a tenth of the members (at least 1 when there
+    are 4 or more); ``colluders`` is raised to the most any member assumes.
+    Raises :class:`SecureQuestionError` when no safe session exists.
+    """
+    if query.cost.definition is not PrivacyDefinition.ZCDP:
+        raise SecureQuestionError("a secure sum is asked in zCDP: give the cost as --rho")
+    results = dict(federation.each(lambda name, client: _candidate(name, client, query, query_id)))
+    excluded: dict[str, tuple[NodeStatus, str]] = {}
+    members: list[SecureMember] = []
+    for name in federation.names:
+        got = results[name]
+        if isinstance(got, SecureMember):
+            members.append(got)
+        else:
+            excluded[name] = got
+    # A member that wants a larger cohort than the session can have would refuse.
+    while members and any(m.info.secure_aggregation[0] > len(members) for m in members):  # type: ignore[index]
+        keep = []
+        for m in members:
+            least = m.info.secure_aggregation[0]  # type: ignore[index]
+            if least > len(members):
+                excluded[m.name] = (
+                    NodeStatus.SKIPPED,
+                    f"takes part only in sessions of at least {least} members",
+                )
+            else:
+                keep.append(m)
+        members = keep
+    members.sort(key=lambda m: m.info.node_id)
+    n = len(members)
+    if n < 2:
+        raise SecureQuestionError(
+            f"a secure sum needs at least 2 nodes that take part; {n} would ({_reasons(excluded)})"
+        )
+    c = max([colluders, *(m.info.secure_aggregation[1] for m in members)])  # type: ignore[index]
+    most = (n - c - 1) // 2  # 2·(N − t) > N + c, and h = N − t − c ≥ 1
+    if most < 0:
+        raise SecureQuestionError(
+            f"{n} members cannot hold a secure sum that assumes {c} colluders: more than "
+            f"{c} honest members are needed (Bonawitz et al.'s threshold is above (N + c)/2)"
+        )
+    wanted = dropouts if dropouts is not None else max(1 if n >= 4 else 0, n // 10)
+    if wanted < 0:
+        raise SecureQuestionError("dropouts must be 0 or more")
+    t = min(wanted, most)
+    threshold = n - t
+    honest = threshold - c
+    grid_units = {m.plan.grid_unit for m in members}
+    bounds = {m.plan.bounds for m in members}
+    if len(grid_units) > 1 or len(bounds) > 1:
+        raise SecureQuestionError(
+            "the members clamp or scale this column differently (their schemas' bounds or "
+            "decimals differ), so their sums cannot be added; give --bounds, or ask per node"
+        )
+    (grid_unit,) = grid_units
+    names = [c.name for c in members[0].plan.components]
+    for m in members:
+        if [c.name for c in m.plan.components] != names or m.plan.cells != members[0].plan.cells:
+            raise SecureQuestionError(
+                f"{m.name} would answer with other cells or components than "
+                f"{members[0].name}; the schemas' categories differ"
+            )
+    central = tuple(
+        max(m.plan.components[j].scale * _divisor(name, grid_unit) for m in members)
+        for j, name in enumerate(names)
+    )
+    gammas = tuple(scale_factor_for(s, honest) for s in central)
+    scales = tuple(session_share_scale(s, honest, g) for s, g in zip(central, gammas, strict=True))
+    return SecurePlan(
+        query=query,
+        members=tuple(members),
+        excluded=excluded,
+        threshold=threshold,
+        colluders=c,
+        dropouts=t,
+        central_scales=central,
+        scale_factors=gammas,
+        share_scales=scales,
+        grid_unit=grid_unit,
+        midpoint=members[0].plan.midpoint,
+    )
+
+
+def _reasons(excluded: Mapping[str, tuple[NodeStatus, str]]) -> str:
+    return "; ".join(f"{name}: {why}" for name, (_, why) in excluded.items()) or "no nodes"
+
+
+def ask_secure(
+    federation: Federation,
+    query: Query,
+    *,
+    analyst: str,
+    mirror: MirrorLedger,
+    query_id: str | None = None,
+    dropouts: int | None = None,
+    colluders: int = 0,
+    session_seconds: float = DEFAULT_SESSION_SECONDS,
+    unreliable_share: float = UNRELIABLE_SHARE,
+) -> FederatedAnswer:
+    """Plan, record the intent, run the session and combine; the mirror records each charge.
+
+    A session that loses more than its tolerated dropouts releases nothing
+    (``released`` False); the members that had sent their input are charged
+    and the outcomes say so.
+    """
+    query_id = query_id or new_query_id()
+    plan = plan_secure(federation, query, query_id, dropouts=dropouts, colluders=colluders)
+    mirror.record_intent(
+        query_id=query_id,
+        analyst=analyst,
+        identity=federation.identity,
+        canonical_query=query.canonical(),
+        nodes=federation.names,
+        requested=query.cost.amount,
+        definition=query.cost.definition,
+        request=query_to_bytes(query, query_id=query_id, analyst=analyst),
+    )
+    skipped = [NodeOutcome(name, status, why) for name, (status, why) in plan.excluded.items()]
+    if skipped:
+        mirror.record_outcomes(query_id, skipped)
+    params = new_session(
+        query_id,
+        query,
+        [
+            Member(i, m.info.node_id, m.info.signing_key)
+            for i, m in enumerate(plan.members, start=1)
+        ],
+        threshold=plan.threshold,
+        colluders=plan.colluders,
+        scale_factors=plan.scale_factors,
+        share_scales=plan.share_scales,
+        not_after=int(time.time() + session_seconds),
+        analyst=analyst,
+    )
+    names = {i: m.name for i, m in enumerate(plan.members, start=1)}
+    links = {i: federation.clients[name] for i, name in names.items()}
+    started = time.monotonic()
+    session = params.session_id.hex()
+    try:
+        result = run_session(params, links)
+    except SessionAbortedError as exc:
+        outcomes = _aborted_outcomes(names, exc, query.cost.amount, session, started)
+        mirror.record_outcomes(query_id, outcomes)
+        by_name = {o.node: o for o in (*skipped, *outcomes)}
+        final = tuple(by_name[name] for name in federation.names)
+        return FederatedAnswer(query_id, query, query.group_by, (), final, False)
+    outcomes = _outcomes(names, result, query.cost.amount, session, started)
+    mirror.record_outcomes(query_id, outcomes)
+    by_name = {o.node: o for o in (*skipped, *outcomes)}
+    final = tuple(by_name[name] for name in federation.names)
+    cells = combine_secure(query, plan, result, unreliable_share)
+    summary = SecureSummary(
+        session_id=session,
+        size=plan.size,
+        threshold=plan.threshold,
+        colluders=plan.colluders,
+        honest=plan.honest,
+        summed=len(result.survivors),
+        error_ratio=plan.error_ratio(len(result.survivors)),
+        charges={names[i]: charge for i, charge in sorted(result.charges.items())},
+    )
+    return FederatedAnswer(query_id, query, query.group_by, cells, final, True, summary)
+
+
+def _outcomes(
+    names: Mapping[int, str], result: SecureSum, cost: Fraction, session: str, started: float
+) -> list[NodeOutcome]:
+    seconds = time.monotonic() - started
+    out = []
+    for i, name in names.items():
+        if i in result.charges:
+            aggregate, worst = result.charges[i]
+            summed = "summed" if i in result.survivors else "sent, but not summed"
+            reason = (
+                f"secure sum {session}: input {summed}; worst case "
+                f"{display_amount(worst)}, aggregate guarantee {display_amount(aggregate)}"
+            )
+            if i not in result.survivors:
+                reason += f" ({result.dropped.get(i, 'dropped')})"
+            out.append(NodeOutcome(name, NodeStatus.ANSWERED, reason, cost, None, 1, seconds))
+        else:
+            why = result.dropped.get(i, "did not take part")
+            out.append(NodeOutcome(name, _dropped_status(why), f"dropped out: {why}", None))
+    return out
+
+
+def _aborted_outcomes(
+    names: Mapping[int, str],
+    exc: SessionAbortedError,
+    cost: Fraction,
+    session: str,
+    started: float,
+) -> list[NodeOutcome]:
+    seconds = time.monotonic() - started
+    out = []
+    for i, name in names.items():
+        why = exc.dropped.get(i, f"the session stopped at {exc.round_name}")
+        if i in exc.charged:
+            reason = (
+                f"secure sum {session} aborted at {exc.round_name} after this node's input: "
+                f"charged, nothing released ({why})"
+            )
+            out.append(NodeOutcome(name, NodeStatus.ANSWERED, reason, cost, None, 1, seconds))
+        else:
+            out.append(NodeOutcome(name, _dropped_status(why), f"dropped out: {why}", None))
+    return out
+
+
+def _dropped_status(why: str) -> NodeStatus:
+    lowered = why.lower()
+    if "unreachable" in lowered or "deadline" in lowered or "connect" in lowered:
+        return NodeStatus.UNREACHABLE
+    return NodeStatus.REFUSED
+
+
+def combine_secure(
+    query: Query,
+    plan: SecurePlan,
+    result: SecureSum,
+    unreliable_share: float = UNRELIABLE_SHARE,
+) -> tuple[CombinedCell, ...]:
+    """One cell per public cell from the decoded total, with its 95% interval.
+
+    The total's noise is the sum of the summed inputs' shares, a discrete
+    Gaussian of variance at most Σσᵢ²/γ² (:func:`tiaki.distributed_noise.sum_variance`),
+    so its interval is the normal one; ratios use the same delta method as
+    per-node answers. Post-processing of the released total: costs nothing.
+    """
+    parts = []
+    for comp in result.components:
+        divisor = _divisor(comp.name, plan.grid_unit)
+        sd = math.sqrt(comp.variance) / divisor
+        parts.append((comp.name, comp.values / divisor, sd))
+    cells = tuple(
+        Cell(
+            group=key.group,
+            bin=key.bin,
+            value=float(parts[0][1][i]),
+            accuracy_95=Z_95 * parts[0][2],
+            components=tuple(
+                Component(name, float(values[i]), "discrete_gaussian", sd, Z_95 * sd)
+                for name, values, sd in parts
+            ),
+        )
+        for i, key in enumerate(result.cells)
+    )
+    total = Answer(
+        query_id=result.params.query_id,
+        node_id=SECURE_NODE,
+        canonical_query=query.canonical(),
+        group_by=query.group_by,
+        cells=cells,
+        charged=query.cost,
+        dataset_version="",
+        replayed=False,
+        budget=None,
+        bounds=plan.members[0].plan.bounds,
+        midpoint=plan.midpoint,
+        grid_unit=plan.grid_unit,
+    )
+    summed = len(result.survivors)
+    ratio = query.kind in (QueryKind.MEAN, QueryKind.PROPORTION)
+    method = (
+        f"secure sum of {summed} nodes' inputs with one distributed discrete Gaussian noise "
+        f"(variance at most the sum of their {summed} shares'): "
+        + (
+            "delta method for the ratio of the noisy totals (denominator floored at 1)"
+            if ratio
+            else "normal 95% interval"
+        )
+    )
+    combined = combine(query, [(SECURE_NODE, total)], None, unreliable_share)
+    return tuple(replace(cell, method=method, nodes=summed) for cell in combined)
+
+
+__all__: Sequence[str] = ("SecurePlan", "SecureSummary", "ask_secure", "plan_secure")
