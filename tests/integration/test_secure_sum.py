@@ -146,7 +146,8 @@ def test_a_secure_count_by_region_is_one_noisy_total_charged_at_every_node(
         assert len(entries) == 1
         (entry,) = entries
         assert entry.charge == COST.amount
-        assert entry.worst_case is not None and entry.worst_case > entry.privacy_map
+        assert entry.worst_case is not None and entry.privacy_map is not None
+        assert entry.worst_case > entry.privacy_map
         assert entry.secure_session is not None
         assert entry.secure_session.session_id == answer.secure.session_id
         aggregate, worst = answer.secure.charges[node.config.node_id]
@@ -210,9 +211,7 @@ def test_a_node_that_dies_mid_session_drops_out_and_the_rest_release(
 ) -> None:
     config = load_federation(fed_file)
     victim = five[2]
-    import coordinator.secure_question as sq
-
-    real_run = sq.run_session
+    from coordinator.secure_sum import run_session as real_run
 
     def run_with_a_death(params: SessionParameters, links: Any) -> Any:
         index = next(m.index for m in params.members if m.node_id == victim.config.node_id)
@@ -220,7 +219,7 @@ def test_a_node_that_dies_mid_session_drops_out_and_the_rest_release(
         links[index] = DroppingLink(victim, links[index])
         return real_run(params, links)
 
-    monkeypatch.setattr(sq, "run_session", run_with_a_death)
+    monkeypatch.setattr("coordinator.secure_question.run_session", run_with_a_death)
     with Federation(config) as federation, MirrorLedger(config.ledger) as mirror:
         answer = ask_secure(federation, BY_REGION, analyst="ana", mirror=mirror)
     assert answer.released and answer.secure is not None
@@ -285,7 +284,7 @@ def test_a_roster_with_an_unpinned_member_is_refused_over_the_wire(
     with Federation(config) as federation:
         plan = plan_secure(federation, BY_REGION)
         params = _params(plan, BY_REGION)
-        stranger = create_signing_key(tmp_path / 'stranger.key').public_text
+        stranger = create_signing_key(tmp_path / "stranger.key").public_text
         members = list(params.members)
         members[-1] = Member(members[-1].index, members[-1].node_id, stranger)
         forged = SessionParameters(**{**params.__dict__, "members": tuple(members)})
@@ -302,12 +301,13 @@ def test_a_pure_dp_question_or_too_few_members_is_refused_before_anything_is_sen
 ) -> None:
     config = load_federation(fed_file)
     pure = Query(QueryKind.COUNT, PrivacyCost(PrivacyDefinition.PURE, Fraction(1)))
-    with Federation(config) as federation:
-        with pytest.raises(SecureQuestionError, match="zCDP"):
-            plan_secure(federation, pure)
-    with Federation(config, NAMES[:2]) as two:
-        with pytest.raises(SecureQuestionError, match="at least 3 members"):
-            # Each node wants 3 members at least: two cannot make a session.
-            plan_secure(two, BY_REGION)
+    with Federation(config) as federation, pytest.raises(SecureQuestionError, match="zCDP"):
+        plan_secure(federation, pure)
+    # Each node wants 3 members at least: two cannot make a session.
+    with (
+        Federation(config, NAMES[:2]) as two,
+        pytest.raises(SecureQuestionError, match="at least 3 members"),
+    ):
+        plan_secure(two, BY_REGION)
     for node in five:
         assert node.budget().lifetime_spent == 0
