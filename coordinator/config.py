@@ -61,6 +61,19 @@ class Defaults(_Strict):
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     retries: int = Field(default=2, ge=0, le=10)
     format: Literal["table", "json", "csv"] = "table"
+    # Ask every question as a secure sum unless the command line says --per-node.
+    secure: bool = False
+
+
+class SecureSettings(_Strict):
+    """How this coordinator sets up secure sums (each node checks them against its policy)."""
+
+    # Members that may drop out without aborting; None: a tenth of them (at least 1 of 4+).
+    dropouts: int | None = Field(default=None, ge=0, le=500)
+    # Members assumed to collude with this coordinator; raised to what any node assumes.
+    colluders: int = Field(default=0, ge=0, le=500)
+    # How long nodes act on a session after it is proposed.
+    session_seconds: float = Field(default=300.0, ge=10, le=86_400)
 
 
 class FederationConfig(_Strict):
@@ -72,6 +85,7 @@ class FederationConfig(_Strict):
     # DEFAULT_SIGNING_KEY beside the mirror ledger. Created on first export.
     signing_key: Path | None = None
     defaults: Defaults = Defaults()
+    secure_aggregation: SecureSettings = SecureSettings()
     tls: CoordinatorTls | None = None
     insecure: bool = False  # development only: plaintext, loopback nodes only
     nodes: tuple[NodeEntry, ...] = ()

@@ -159,6 +159,12 @@ def past_answer(
             NodeOutcome(row.node, status, reason, row.charged, answer, row.attempts, row.seconds)
         )
     final = tuple(outcomes)
+    if any(o.answered for o in final) and not stored.answers:
+        raise UnknownQuestion(
+            f"question {query_id!r} was asked as a secure sum: there are no per-node answers "
+            "to combine again, and the mirror keeps each node's charge ('tiaki history'), "
+            "not the total"
+        )
     released = not stored.require_all or all(o.answered for o in final)
     mids = stored.midpoints if query.kind is QueryKind.MEAN else None
     cells = combine_outcomes(query, final, mids, unreliable_share) if released else ()

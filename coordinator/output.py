@@ -256,9 +256,50 @@ def _charges_line(answer: FederatedAnswer) -> str:
     return "charged (each node accounts for its own clients): " + ", ".join(parts)
 
 
+def secure_lines(answer: FederatedAnswer) -> list[str]:
+    """How a secure answer was made, in words: the session, the noise, each node's charges."""
+    secure = answer.secure
+    if secure is None:
+        return []
+    lines = [
+        f"asked as a secure sum (session {secure.session_id}): {secure.size} members, "
+        f"{secure.threshold} inputs needed, assuming up to {secure.colluders} colluding with "
+        f"the coordinator, so at least {secure.honest} honest noise shares in any total; no "
+        "node's own answer was seen by anyone.",
+    ]
+    if secure.summed:
+        lines.append(
+            f"{secure.summed} inputs summed, with one noise: its standard deviation is "
+            f"{secure.error_ratio:.3g}× that of one central release of the pooled data."
+        )
+    symbol = answer.query.cost.definition.symbol
+    if secure.charges:
+        parts = [
+            f"{node} {symbol} {display_amount(agg)} (worst case {display_amount(worst)})"
+            for node, (agg, worst) in secure.charges.items()
+        ]
+        lines.append(
+            "guarantee per node, aggregate if the secure sum holds, and worst case (its share "
+            "alone): " + ", ".join(parts)
+        )
+    return lines
+
+
 def federated_table(answer: FederatedAnswer) -> str:
     """A readable table of the combined cells and what happened at each node."""
     lines: list[str] = [answer_title(answer), ""]
+    if not answer.released and answer.secure is not None:
+        lines.append(
+            f"Nothing was released: {answer.secure.stopped} Asking again is a new session "
+            "and a new charge."
+        )
+        lines.append("")
+        lines.append("node outcomes:")
+        lines.extend(_outcome_line(o) for o in answer.outcomes)
+        lines.append("")
+        lines.append(_charges_line(answer))
+        lines.append(f"query id {answer.query_id}")
+        return "\n".join(lines)
     if not answer.released:
         failed = [o for o in _unanswered(answer) if o.status is not NodeStatus.SKIPPED]
         names = ", ".join(o.node for o in failed) or "none"
@@ -300,6 +341,7 @@ def federated_table(answer: FederatedAnswer) -> str:
     lines.extend(_unreliable_legend(answer))
     lines.append(counting_note(answer))
     lines.append(f"coverage: {answer.coverage}")
+    lines.extend(secure_lines(answer))
     missing = _unanswered(answer)
     if missing:
         lines.append("did not answer (not included above):")
@@ -367,6 +409,22 @@ def federated_json(answer: FederatedAnswer) -> str:
         ],
         "note": DP_NOISE_ONLY,
     }
+    if answer.secure is not None:
+        s = answer.secure
+        doc["secure"] = {
+            "session_id": s.session_id,
+            "members": s.size,
+            "threshold": s.threshold,
+            "colluders": s.colluders,
+            "honest": s.honest,
+            "summed": s.summed,
+            "error_ratio": _finite(s.error_ratio),
+            "charges": {
+                node: {"aggregate": format_amount(agg), "worst_case": format_amount(worst)}
+                for node, (agg, worst) in s.charges.items()
+            },
+            "stopped": s.stopped or None,
+        }
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
 
 

@@ -78,6 +78,7 @@ class SecureSummary:
     summed: int  # inputs in the released total
     error_ratio: float  # its noise's standard deviation over one central release's
     charges: Mapping[str, tuple[Fraction, Fraction]]  # node name -> (aggregate, worst case)
+    stopped: str = ""  # why the session aborted, releasing nothing ("" if it released)
 
 
 @dataclass(frozen=True)

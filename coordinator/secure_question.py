@@ -38,6 +38,7 @@ from coordinator.client import NodeClient, new_query_id
 from coordinator.combine import UNRELIABLE_SHARE, Z_95, combine
 from coordinator.fanout import Federation, failure_reason
 from coordinator.mirror import MirrorLedger
+from coordinator.planning import COST_STEP
 from coordinator.results import (
     CombinedCell,
     FederatedAnswer,
@@ -56,7 +57,7 @@ from tiaki.distributed_noise import (
 )
 from tiaki.errors import InvalidQueryError, TiakiError
 from tiaki.node_info import NodeInfo, NodePlan
-from tiaki.query import Query, QueryKind
+from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.secagg.session import Member
 
 DEFAULT_SESSION_SECONDS = 300
@@ -250,6 +251,54 @@ def plan_secure(
     )
 
 
+def choose_secure_cost(
+    federation: Federation,
+    query: Query,
+    target: float,
+    ceiling: Fraction,
+    *,
+    dropouts: int | None = None,
+    colluders: int = 0,
+) -> Query:
+    """The cheapest ρ (on the planner's grid, up to ``ceiling``) whose secure sum has a
+    95% half-width of at most ``target`` in every cell. Spends nothing."""
+    if query.kind not in (
+        QueryKind.COUNT,
+        QueryKind.COUNT_CLIENTS,
+        QueryKind.SUM,
+        QueryKind.HISTOGRAM,
+    ):
+        raise SecureQuestionError(
+            "--target-ci needs a count, count_clients, sum or histogram: the interval of a "
+            "mean or proportion depends on its denominator, which is data"
+        )
+    if not math.isfinite(target) or target <= 0:
+        raise SecureQuestionError("--target-ci must be a positive number")
+
+    def at(steps: int) -> Query:
+        return replace(query, cost=PrivacyCost(query.cost.definition, steps * COST_STEP))
+
+    def reaches(steps: int) -> bool:
+        plan = plan_secure(federation, at(steps), dropouts=dropouts, colluders=colluders)
+        return max(plan.half_widths()) <= target
+
+    high = int(ceiling / COST_STEP)
+    if high < 1 or not reaches(high):
+        raise SecureQuestionError(
+            f"no cost up to the nodes' per-query maximum ({float(ceiling):g}) gives a secure "
+            f"sum a 95% half-width of {target:g}; ask a coarser question or accept a wider "
+            "interval"
+        )
+    low = 0
+    while high - low > 1:
+        mid = (low + high) // 2
+        if reaches(mid):
+            high = mid
+        else:
+            low = mid
+    return at(high)
+
+
 def _reasons(excluded: Mapping[str, tuple[NodeStatus, str]]) -> str:
     return "; ".join(f"{name}: {why}" for name, (_, why) in excluded.items()) or "no nodes"
 
@@ -312,7 +361,18 @@ def ask_secure(
         mirror.record_outcomes(query_id, outcomes)
         by_name = {o.node: o for o in (*skipped, *outcomes)}
         final = tuple(by_name[name] for name in federation.names)
-        return FederatedAnswer(query_id, query, query.group_by, (), final, False)
+        stopped = SecureSummary(
+            session_id=session,
+            size=plan.size,
+            threshold=plan.threshold,
+            colluders=plan.colluders,
+            honest=plan.honest,
+            summed=0,
+            error_ratio=math.nan,
+            charges={},
+            stopped=exc.message,
+        )
+        return FederatedAnswer(query_id, query, query.group_by, (), final, False, stopped)
     outcomes = _outcomes(names, result, query.cost.amount, session, started)
     mirror.record_outcomes(query_id, outcomes)
     by_name = {o.node: o for o in (*skipped, *outcomes)}

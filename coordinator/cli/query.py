@@ -16,6 +16,7 @@ from coordinator.cli.common import (
     column_types,
     open_federation,
 )
+from coordinator.cli.secure_query import add_secure_arguments, secure_choice, secure_dry_run
 from coordinator.cli.show import AnswerView
 from coordinator.client import NodeClient
 from coordinator.fanout import Federation
@@ -26,6 +27,7 @@ from coordinator.query_files import load_query_file
 from coordinator.query_spec import build_query
 from coordinator.results import FederatedAnswer, NodeOutcome
 from coordinator.schema_check import check_against_schemas
+from coordinator.secure_question import ask_secure, choose_secure_cost
 from tiaki.budget import PrivacyDefinition, display_amount
 from tiaki.cli.exits import CommandError, ExitCode
 from tiaki.cli.program import Subcommands, runs
@@ -98,6 +100,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--format", choices=("table", "json", "csv"), help="output format")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="bar chart with error bars")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_secure_arguments(p)
     add_unreliable_share_argument(p)
     runs(p, run)
 
@@ -250,23 +253,57 @@ def _exit_code(answer: FederatedAnswer) -> ExitCode:
 def run(args: argparse.Namespace) -> Outcome:
     config, federation = open_federation(args)
     fmt = args.format or config.defaults.format
+    choice = secure_choice(args, config)
+    if choice.secure and args.require_all:
+        raise CommandError(
+            "--require-all is for per-node answers; a secure sum releases one total of at "
+            "least its threshold's inputs (give --dropouts 0 to need every member)"
+        )
     with federation:
         words = _words(args)
         try:
             query = _build(federation, words, args.target_ci)
             if args.target_ci is not None:
-                query = choose_cost(federation, query, args.target_ci, _ceiling(federation, query))
+                ceiling = _ceiling(federation, query)
+                query = (
+                    choose_secure_cost(
+                        federation,
+                        query,
+                        args.target_ci,
+                        ceiling,
+                        dropouts=choice.dropouts,
+                        colluders=choice.colluders,
+                    )
+                    if choice.secure
+                    else choose_cost(federation, query, args.target_ci, ceiling)
+                )
                 print(
                     f"chose {query.cost} per node for a 95% half-width of at most "
                     f"{args.target_ci:g}",
                     file=sys.stderr,
                 )
             if args.dry_run:
+                if choice.secure:
+                    return secure_dry_run(federation, query, choice)
                 return _plan(federation, query, args.expected_count)
         except TiakiError as exc:
             if exc.node is None:  # ours, not a node's
                 raise
             raise CommandError(exc.message, ExitCode.UNAVAILABLE) from None
+        if choice.secure:
+            with MirrorLedger(config.ledger) as mirror:
+                answer = ask_secure(
+                    federation,
+                    query,
+                    analyst=config.analyst,
+                    mirror=mirror,
+                    query_id=args.query_id,
+                    dropouts=choice.dropouts,
+                    colluders=choice.colluders,
+                    session_seconds=choice.session_seconds,
+                    unreliable_share=args.unreliable_share,
+                )
+            return Outcome(AnswerView(answer, fmt, args.plot), _exit_code(answer))
         with MirrorLedger(config.ledger) as mirror:
             answer = ask_federation(
                 federation,

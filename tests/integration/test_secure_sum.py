@@ -311,3 +311,47 @@ def test_a_pure_dp_question_or_too_few_members_is_refused_before_anything_is_sen
         plan_secure(two, BY_REGION)
     for node in five:
         assert node.budget().lifetime_spent == 0
+
+
+def test_tiaki_query_secure_mean_and_proportion_and_dry_run(
+    five: list[LiveNode], fed_file: Path, cli: Any
+) -> None:
+    dry = cli("query", "count", "--by", "region", "--rho", "0.5", "--secure", "--dry-run",
+              "--config", fed_file)  # fmt: skip
+    assert dry.code == 0, dry.err
+    assert "secure sum of 5 members" in dry.out and "nothing was spent" in dry.out
+    for node in five:
+        assert node.budget().lifetime_spent == 0
+
+    ran = cli("query", "mean", "sessions", "--rho", "0.5", "--secure", "--format", "json",
+              "--config", fed_file)  # fmt: skip
+    assert ran.code == 0, ran.err
+    doc = ran.json()
+    assert doc["secure"]["summed"] == N and doc["released"] is True
+    (cell,) = doc["cells"]
+    # The exact pooled mean of the bounded records, from each node's own aggregates.
+    mean = Query(QueryKind.MEAN, COST, column="sessions")
+    shifted, count = (0, 0)
+    for node in five:
+        service = node.running.service
+        plan = engine.plan(mean, service.config.schema, service.config.policy)
+        s, c = engine.evaluate(plan, service.datasets.current, service.config.schema)
+        spec = plan.numeric
+        assert spec is not None
+        shifted += int(s.values[0]) / (2 * spec.factor)
+        count += int(c.values[0])
+        midpoint = (spec.lower_int + spec.upper_int) / (2 * spec.factor)
+    truth = midpoint + shifted / count
+    assert abs(cell["estimate"] - truth) < max(5 * cell["half_width"], 1e-9), (cell, truth)
+    assert cell["ci95"][0] <= cell["estimate"] <= cell["ci95"][1]
+    assert set(doc["secure"]["charges"]) == set(NAMES)
+
+    table = cli("query", "proportion", "--where", "service=youth", "--condition",
+                "gender=female", "--rho", "0.5", "--secure", "--config", fed_file)  # fmt: skip
+    assert table.code == 0, table.err
+    assert "asked as a secure sum" in table.out and "worst case" in table.out
+    for node in five:
+        assert node.budget().lifetime_spent == 2 * COST.amount
+
+    shown = cli("show", doc["query_id"], "--config", fed_file)
+    assert shown.code != 0 and "secure sum" in shown.error_line()
