@@ -331,7 +331,7 @@ def test_tiaki_query_secure_mean_and_proportion_and_dry_run(
     (cell,) = doc["cells"]
     # The exact pooled mean of the bounded records, from each node's own aggregates.
     mean = Query(QueryKind.MEAN, COST, column="sessions")
-    shifted, count = (0, 0)
+    shifted, count = 0.0, 0
     for node in five:
         service = node.running.service
         plan = engine.plan(mean, service.config.schema, service.config.policy)
