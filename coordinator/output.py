@@ -270,7 +270,7 @@ def secure_lines(answer: FederatedAnswer) -> list[str]:
     if secure.summed:
         lines.append(
             f"{secure.summed} inputs summed, with one noise: its standard deviation is "
-            f"{secure.error_ratio:.3g}× that of one central release of the pooled data."
+            f"{secure.error_ratio:.2f}× that of one central release of the pooled data."
         )
     symbol = answer.query.cost.definition.symbol
     if secure.charges:

@@ -34,10 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.config import add_node, load_federation
 from node.cli.main import main as node_cli
+from node.config import load_config
+from node.exports import node_signing_key
 from tiaki import certs
 
 BIN = Path(sys.executable).parent
@@ -123,7 +126,7 @@ def coordinator_tls(pki: Path) -> tuple[str, str, str]:
     )
 
 
-def prepare(workdir: Path, spec: NgoSpec, pki: Path) -> Path:
+def prepare(workdir: Path, spec: NgoSpec, pki: Path, privacy: str = "pure") -> Path:
     """Synthetic records, a config and an imported store for one NGO; returns its config.
 
     The same commands an NGO runs (``synth``, ``init``, ``import``), in this process.
@@ -139,7 +142,7 @@ def prepare(workdir: Path, spec: NgoSpec, pki: Path) -> Path:
     _quietly(node_cli, "init", str(home), "--address", "127.0.0.1:0", "--node-id", spec.name,
              "--force", "--cert", str(cert / f"{spec.name}.crt"),
              "--key", str(cert / f"{spec.name}.key"), "--client-ca", str(pki / "ca" / "ca.crt"),
-             "--allow", COORDINATOR)  # fmt: skip
+             "--allow", COORDINATOR, "--privacy", privacy)  # fmt: skip
     _quietly(node_cli, "import", "--config", str(config), str(csv))
     return config
 
@@ -226,12 +229,41 @@ def wait_healthy(address: str, pki: Path, name: str, timeout: float = START_TIME
     raise RuntimeError(f"node at {address} did not become healthy within {timeout:.0f} s")
 
 
-def start(workdir: Path, specs: Sequence[NgoSpec] = DEFAULT_NGOS) -> list[RunningNgo]:
-    """Set up what is missing, start every node, and return once all are SERVING."""
+def pin_peers(configs: Sequence[Path]) -> None:
+    """Each NGO pins every other node's ledger key and takes part in secure sums.
+
+    In life each NGO pins the keys the others gave it by a channel of their
+    own; here they are read from the neighbouring directories.
+    """
+    keys = {}
+    for path in configs:
+        config = load_config(path)
+        keys[config.node_id] = node_signing_key(config)[0].public_text
+    for path in configs:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        me = raw["node_id"]
+        raw["policy"]["secure_aggregation"] = {
+            "peers": [{"node_id": n, "signing_key": k} for n, k in keys.items() if n != me],
+            "min_cohort": min(3, len(configs)),
+            "colluders": 0,
+            "worst_case": {"per_query": "5", "lifetime": "50"},
+        }
+        path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+
+
+def start(
+    workdir: Path, specs: Sequence[NgoSpec] = DEFAULT_NGOS, *, secure: bool = False
+) -> list[RunningNgo]:
+    """Set up what is missing, start every node, and return once all are SERVING.
+
+    With ``secure``, the nodes account in zCDP and pin each other for secure sums.
+    """
     workdir = workdir.resolve()  # the pid check matches the config path in each command line
     workdir.mkdir(parents=True, exist_ok=True)
     pki = make_pki(workdir, specs)
-    configs = [prepare(workdir, spec, pki) for spec in specs]
+    configs = [prepare(workdir, spec, pki, "zcdp" if secure else "pure") for spec in specs]
+    if secure:
+        pin_peers(configs)
     launched: list[Launched] = []
     running: list[RunningNgo] = []
     try:
@@ -370,6 +402,11 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("start", "run"):
             c.add_argument("--nodes", type=int, default=3, help="how many NGOs (default 3)")
             c.add_argument("--clients", type=int, help="clients per NGO (default: varied sizes)")
+            c.add_argument(
+                "--secure",
+                action="store_true",
+                help="nodes in zCDP that pin each other for secure sums",
+            )
     return p
 
 
@@ -386,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(_alive(pid) and _ours(pid, c) for _, c, pid in recorded(workdir)):
         print(f"nodes are already running under {workdir}; stop them first", file=sys.stderr)
         return 1
-    nodes = start(workdir, specs_for(args.nodes, args.clients))
+    nodes = start(workdir, specs_for(args.nodes, args.clients), secure=args.secure)
     federation = write_federation(workdir, nodes)
     for node in nodes:
         print(f"{node.spec.name} serving on {node.address} ({node.config})", flush=True)

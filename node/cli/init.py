@@ -47,6 +47,14 @@ def register(sub: Subcommands) -> None:
         metavar="IDENTITY",
         help="a coordinator identity allowed to ask (repeat for several)",
     )
+    p.add_argument(
+        "--privacy",
+        choices=("pure", "zcdp"),
+        default="pure",
+        help="how this node accounts: pure (epsilon-DP, discrete Laplace) or zcdp (rho, "
+        "discrete Gaussian). Only zcdp nodes can take part in secure sums (OpenDP has no "
+        "distributed Laplace sampler); the choice is fixed for the life of the ledger",
+    )
     runs(p, run)
 
 
@@ -60,8 +68,16 @@ def render(
     tls: tuple[str, str, str] | None = None,
     allow: Sequence[str] = (),
     data_dir: str | None = None,
+    privacy: str = "pure",
 ) -> str:
     text = template_text()
+    if privacy != "pure":
+        text = re.sub(
+            r"(?m)^  privacy_definition: pure ",
+            lambda _: f"  privacy_definition: {privacy} ",
+            text,
+            count=1,
+        )
     # Replacements are functions so that nothing in them is read as a regex escape;
     # values are JSON-quoted, which YAML reads as plain strings (IPv6 brackets too).
     text = re.sub(r"(?m)^node_id: \S+", lambda _: f"node_id: {node_id}", text, count=1)
@@ -99,7 +115,7 @@ def run(args: argparse.Namespace) -> Text:
         tls = (args.cert, args.key, args.client_ca) if all(parts) else None
         if tls is not None and not args.allow:
             raise CommandError("with TLS on, name at least one coordinator with --allow")
-        text = render(node_id, args.address, tls, args.allow, args.data_dir)
+        text = render(node_id, args.address, tls, args.allow, args.data_dir, args.privacy)
         tmp.write_text(text, encoding="utf-8")
         load_config(tmp)  # never leave a config the node would refuse
         tmp.replace(target)
@@ -110,7 +126,8 @@ def run(args: argparse.Namespace) -> Text:
     load_or_create_salt(config.data_dir)
     key, _ = node_signing_key(config)
     return Text.lines(
-        f"created {target} (node id {node_id}, serving on {args.address})",
+        f"created {target} (node id {node_id}, serving on {args.address}, accounting in "
+        f"{args.privacy})",
         f"ledger signing key {key.path}; give auditors its public key:",
         f"  {key.public_text}",
         "next:",
