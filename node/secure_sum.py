@@ -63,6 +63,10 @@ from tiaki.secagg.session import (
 from tiaki.signing import SigningKey, verify_signature
 
 
+# The furthest deadline a node accepts for a session, from when it is first asked.
+MAX_SESSION_SECONDS = 24 * 3600
+
+
 @dataclass(frozen=True)
 class SecureSumRules:
     """What this NGO's policy says about secure sums: whom it counts, and how many."""
@@ -114,9 +118,17 @@ class SecureSumParticipant:
 
     def _check_session(self, params: SessionParameters) -> int:
         """This node's index, if it will act on ``params`` at all now."""
-        if self._clock() > params.not_after:
+        now = self._clock()
+        if now > params.not_after:
             raise SecureAggregationError(
                 f"session {params.session_id.hex()} is past its deadline; nothing was done"
+            )
+        if params.not_after > now + MAX_SESSION_SECONDS:
+            # A session's secrets wait on disk until its reveal; one that never
+            # ends would keep them, and its rounds askable, for ever.
+            raise SecureAggregationError(
+                f"the session's deadline is more than {MAX_SESSION_SECONDS // 3600} hours away; "
+                "this node takes part only in sessions that end sooner"
             )
         me = params.member(self.node_id)
         if me.signing_key != self.signing_key.public_text:

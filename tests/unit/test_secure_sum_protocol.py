@@ -333,6 +333,10 @@ def test_rosters_a_node_cannot_count_on_are_refused(nodes: list[Node], tmp_path:
         ls[1].advertise(session(nodes))
     with pytest.raises(SecureAggregationError, match="past its deadline"):
         ls[2].advertise(session(nodes, not_after=int(NOW) - 1))
+    with pytest.raises(SecureAggregationError, match="more than 24 hours away"):
+        ls[2].advertise(session(nodes, not_after=int(NOW) + 24 * 3600 + 1))
+    ls[3].advertise(session(nodes, not_after=int(NOW) + 24 * 3600))  # the furthest accepted
+    assert SessionStore(nodes[2].store_path).count() == 1
     assert SessionStore(nodes[1].store_path).count() == 0  # nothing kept of a refusal
 
 
