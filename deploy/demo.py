@@ -1,9 +1,11 @@
 """The whole story on a local federation: what `make demo` runs.
 
 Three NGOs with different sizes and mixes of synthetic clients each run a node
-(a separate process). The ministry adds them to its federation file, checks
-them, plans a question, asks it, runs the shipped outcome measurements by name,
-draws a plot, and compares every node's budget with its own mirror ledger.
+(a separate process, accounting in zCDP, each pinning the others for secure
+sums). The ministry adds them to its federation file, checks them, plans a
+question, asks it per node and then as a secure sum (one noise instead of
+three), runs the shipped outcome measurements by name, draws a plot, and
+compares every node's budget with its own mirror ledger.
 Then an evaluator verifies every signed ledger against the keys the parties
 gave, and writes an HTML report.
 """
@@ -63,7 +65,7 @@ def main() -> int:
         "1. A federation CA certifies three NGO nodes and the ministry; each NGO generates "
         "synthetic records, writes its node config, imports, and serves over mutual TLS"
     )
-    nodes = local_federation.start(WORK)
+    nodes = local_federation.start(WORK, secure=True)
     try:
         for node in nodes:
             print(
@@ -90,10 +92,16 @@ def main() -> int:
         tiaki("nodes")
         step("3. Before asking: what would it cost, and how accurate would it be?")
         question = ("count_clients", "--where", "service=family_violence", "--by", "region")
-        tiaki("query", *question, "--epsilon", "0.5", "--dry-run")
-        tiaki("query", *question, "--target-ci", "40", "--dry-run")
+        tiaki("query", *question, "--rho", "0.5", "--dry-run")
+        tiaki("query", *question, "--target-ci", "20", "--dry-run")
         step("4. Asking: one question, every node, one combined answer with 95% intervals")
-        tiaki("query", *question, "--epsilon", "0.5", "--plot", "family_violence_by_region.png")
+        tiaki("query", *question, "--rho", "0.5", "--plot", "family_violence_by_region.png")
+        step(
+            "5. The same question as a secure sum: each node adds a share of one noise and "
+            "masks its answer, the ministry learns only the total, and the interval narrows"
+        )
+        tiaki("query", *question, "--rho", "0.5", "--secure", "--dry-run")
+        tiaki("query", *question, "--rho", "0.5", "--secure")
         tiaki(
             "query",
             "mean",
@@ -104,20 +112,23 @@ def main() -> int:
             "service=family_violence",
             "--by",
             "region",
-            "--epsilon",
+            "--rho",
             "0.5",
+            "--secure",
         )
-        step("5. The shipped outcome measurements, by name, repeatable each quarter")
+        step("6. The shipped outcome measurements, by name, repeatable each quarter")
+        # The file's costs are epsilons; these nodes account in zCDP, so each is given as rho.
         for name in ("improved_circumstances", "housing_circumstances_by_region"):
-            tiaki("query", "--file", str(QUERIES), "--name", name)
-        tiaki("query", "--file", str(QUERIES), "--name", "sessions_per_episode", "--format", "csv")
-        step("6. Refusals cost nothing: a never-queryable column, a cost above policy")
-        tiaki("query", "count", "--by", "client_name", "--epsilon", "0.1", refused=True)
-        tiaki("query", "count", "--epsilon", "5", "--require-all", refused=True)
-        step("7. Budgets: each node's own ledger beside the ministry's mirror")
+            tiaki("query", "--file", str(QUERIES), "--name", name, "--rho", "0.25")
+        tiaki("query", "--file", str(QUERIES), "--name", "sessions_per_episode", "--rho", "0.25",
+              "--format", "csv")  # fmt: skip
+        step("7. Refusals cost nothing: a never-queryable column, a cost above policy")
+        tiaki("query", "count", "--by", "client_name", "--rho", "0.1", refused=True)
+        tiaki("query", "count", "--rho", "5", "--require-all", refused=True)
+        step("8. Budgets: each node's own ledger beside the ministry's mirror")
         tiaki("budget")
         step(
-            "8. An evaluator checks every signed ledger (chains, signatures, budgets, and that "
+            "9. An evaluator checks every signed ledger (chains, signatures, budgets, and that "
             "the ministry's record agrees with each NGO's) against the keys the parties gave"
         )
         tiaki("ledger", "fetch", "--out-dir", "audit")
@@ -126,12 +137,12 @@ def main() -> int:
         tiaki("audit", "verify", *exports, "--keys", "trusted-keys.yaml")
         tiaki("audit", "report", *exports, "--keys", "trusted-keys.yaml", "--format", "html",
               "--out", "audit/report.html")  # fmt: skip
-        step("9. What NGO A's staff see: their own ledger, in plain words")
+        step("10. What NGO A's staff see: their own ledger, in plain words")
         node_a = nodes[0].config
         print(f"\n$ tiaki-node ledger --config {node_a.relative_to(WORK)}", flush=True)
         subprocess.run([str(BIN / "tiaki-node"), "ledger", "--config", str(node_a)], check=True)
     finally:
-        step("10. Stopping the nodes")
+        step("11. Stopping the nodes")
         local_federation.stop(nodes)
     print(f"\nDone in {time.monotonic() - started:.0f} s. Files (and the plot) are in {WORK}.")
     return 0

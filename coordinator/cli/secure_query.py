@@ -105,7 +105,7 @@ def plan_notes(plan: SecurePlan, query: Query) -> list[str]:
         f"{plan.dropouts} may drop out), assuming up to {plan.colluders} colluders, so at "
         f"least {plan.honest} honest noise shares",
         f"expected 95% half-width of each cell's total: {noise} "
-        f"({plan.error_ratio():.3g}× one central release){compared}",
+        f"({plan.error_ratio():.2f}× one central release){compared}",
         "each member charges the cost above (its aggregate guarantee) and records a worst "
         "case for its share alone; an aborted session keeps its charges.",
         "dry run: nothing was sent for answering and nothing was spent.",
