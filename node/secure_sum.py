@@ -62,7 +62,6 @@ from tiaki.secagg.session import (
 )
 from tiaki.signing import SigningKey, verify_signature
 
-
 # The furthest deadline a node accepts for a session, from when it is first asked.
 MAX_SESSION_SECONDS = 24 * 3600
 

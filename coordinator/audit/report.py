@@ -11,7 +11,7 @@ ledger it was summed from.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -66,6 +66,23 @@ class IdentityTotal:
 
 
 @dataclass(frozen=True)
+class SecureTotals:
+    """A node's secure sums: the aggregate charged (in ``spent`` too) beside the worst case."""
+
+    sessions: int
+    aggregate: Fraction  # what the budget was charged for them
+    guarantee: Fraction  # OpenDP's map of the honest shares' sum plus τ, as recorded
+    worst_case: Fraction
+    worst_case_lifetime: Fraction | None  # the cap of the policy in force last
+
+    @property
+    def worst_case_remaining(self) -> Fraction | None:
+        if self.worst_case_lifetime is None:
+            return None
+        return max(ZERO, self.worst_case_lifetime - self.worst_case)
+
+
+@dataclass(frozen=True)
 class NodeReport:
     """One node's ledger totalled."""
 
@@ -87,6 +104,7 @@ class NodeReport:
     # where that period began.
     policies: tuple[Placed[PolicyRecord], ...] = ()
     period_starts: tuple[Placed[PeriodRecord], ...] = ()
+    secure: SecureTotals | None = None  # None: the node never charged for a secure sum
 
     @property
     def queries(self) -> int:
@@ -186,6 +204,23 @@ def node_report(ledger: ParsedLedger) -> NodeReport:
         charges=charges,
         policies=tuple(policies),
         period_starts=tuple(ledger.periods),
+        secure=_secure_totals(charges, policy),
+    )
+
+
+def _secure_totals(
+    charges: Sequence[Placed[ChargeRecord]], policy: PolicyRecord | None
+) -> SecureTotals | None:
+    secure = [c.record for c in charges if c.record.worst_case is not None]
+    if not secure:
+        return None
+    rules = policy.secure_aggregation if policy is not None else None
+    return SecureTotals(
+        sessions=len(secure),
+        aggregate=sum((r.charge for r in secure), ZERO),
+        guarantee=sum((r.privacy_map or ZERO for r in secure), ZERO),
+        worst_case=sum((r.worst_case or ZERO for r in secure), ZERO),
+        worst_case_lifetime=rules.worst_case_lifetime if rules is not None else None,
     )
 
 
@@ -263,6 +298,16 @@ def node_doc(node: NodeReport) -> dict[str, Any]:
         "spent": format_amount(node.spent),
         "lifetime_limit": _opt(node.lifetime_limit),
         "lifetime_remaining": _opt(node.lifetime_remaining),
+        "secure_sums": None
+        if node.secure is None
+        else {
+            "sessions": node.secure.sessions,
+            "charged": format_amount(node.secure.aggregate),
+            "aggregate_guarantee": format_amount(node.secure.guarantee),
+            "worst_case": format_amount(node.secure.worst_case),
+            "worst_case_lifetime": _opt(node.secure.worst_case_lifetime),
+            "worst_case_remaining": _opt(node.secure.worst_case_remaining),
+        },
         "periods": [
             {
                 "period": p.period,
@@ -379,8 +424,34 @@ def _node_tables(node: NodeReport) -> list[str]:
         [i.identity, i.period, i.queries, _shown(i.spent), _shown(i.cap), _shown(i.remaining)]
         for i in node.identities
     ]
+    secure = []
+    if node.secure is not None:
+        s = node.secure
+        secure = [
+            _table(
+                [
+                    [
+                        s.sessions,
+                        _shown(s.aggregate),
+                        _shown(s.guarantee),
+                        _shown(s.worst_case),
+                        _shown(s.worst_case_lifetime),
+                        _shown(s.worst_case_remaining),
+                    ]
+                ],
+                headers=[
+                    "secure sums",
+                    "charged (aggregate)",
+                    "aggregate guarantee",
+                    "worst case",
+                    "worst-case cap",
+                    "worst case left",
+                ],
+            )
+        ]
     return [
         printable(title),
+        *secure,
         _table(periods, headers=["period", "queries", "spent", "limit", "remaining"]),
         _table(idents, headers=["identity", "period", "queries", "spent", "cap", "remaining"]),
         _table(

@@ -30,6 +30,7 @@ from coordinator.audit.findings import Finding, Severity, error, ordered, warnin
 from coordinator.audit.ledgers import ParsedLedger, parse_entries, parse_time
 from coordinator.audit.node_rules import check_node_ledger
 from coordinator.audit.reconcile import reconcile
+from coordinator.audit.sessions import check_sessions
 from tiaki.chain import ChainEntry
 from tiaki.ledger_export import LedgerExport, integrity_problems
 from tiaki.ledger_records import Opened, PolicyRecord, SigningKeyRecord
@@ -398,6 +399,7 @@ def verify_exports(
             [g for g in latest if g.is_node],
         )
     )
+    findings.extend(check_sessions([g for g in latest if g.is_node]))
     return Verification(
         tuple(exports),
         tuple(previous),

@@ -31,6 +31,7 @@ from tests.unit.audit_ledgers import (
     charge,
     edit_lines,
     policy,
+    run_audit,
     verify_json,
 )
 from tiaki.ledger_records import (
@@ -267,3 +268,57 @@ def test_a_secure_entry_edited_after_signing_is_named(capsys: Any, tmp_path: Pat
     run = verify_json(capsys, edit_lines(path, lower))
     assert run.code == 5
     assert {f["seq"] for f in run.findings() if f["code"] == "integrity"} == set(seq)
+
+
+def _member(tmp_path: Path, name: str) -> LedgerBuilder:
+    builder = LedgerBuilder(tmp_path / f"keys-{name}", NODE_LEDGER, name, START)
+    builder.add(dataclasses.replace(zcdp_policy(), node_id=name), START)
+    builder.add(Q1, START)
+    return builder
+
+
+def test_members_that_recorded_one_session_differently_are_named(
+    capsys: Any, tmp_path: Path
+) -> None:
+    a, b, c = (_member(tmp_path, n) for n in ("ngo-a", "ngo-b", "ngo-c"))
+    a.add(secure_charge("q1", "1.5", 7), _clock(1))
+    b.add(secure_charge("q1", "1.5", 7), _clock(1))
+    # ngo-c was shown another threshold under the same session id.
+    c.add(secure_charge("q1", "1.5", 7, threshold=5, honest=4), _clock(1))
+    exports = [n.export(tmp_path / f"{n.subject}.jsonl", definition="zcdp") for n in (a, b, c)]
+    seq = c.seq_of(lambda e: e.type == "charge")
+    found = verify_json(capsys, *exports).where()
+    assert ("secure-session-mismatch", "ngo-c.jsonl", seq) in found
+    assert not {f for f in found if f[0] == "secure-session-mismatch" and f[1] != "ngo-c.jsonl"}
+
+
+def test_members_that_recorded_one_session_alike_pass(capsys: Any, tmp_path: Path) -> None:
+    a, b = (_member(tmp_path, n) for n in ("ngo-a", "ngo-b"))
+    a.add(secure_charge("q1", "1.5", 7), _clock(1))
+    b.add(secure_charge("q1", "1.5", 7), _clock(2))
+    exports = [n.export(tmp_path / f"{n.subject}.jsonl", definition="zcdp") for n in (a, b)]
+    assert not {f for f in verify_json(capsys, *exports).where() if "secure" in f[0]}
+
+
+def test_the_report_shows_worst_case_beside_aggregate(
+    capsys: Any, node: LedgerBuilder, tmp_path: Path
+) -> None:
+    node.add(secure_charge("q1", "2", 1), _clock(1))
+    node.add(secure_charge("q2", "1.5", 2), _clock(2))
+    node.add(charge("q3", "0.25", "2026-Q1", privacy_map="0.25"), _clock(3))
+    export = node.export(tmp_path / "a.jsonl", definition="zcdp")
+    run = run_audit(capsys, "report", export, "--format", "json")
+    assert run.code == 0, run.err
+    (doc,) = run.doc()["nodes"]
+    # Two secure sums of 0.25 each (map 0.125 each), worst cases 2 + 1.5 of the cap 5.
+    assert doc["secure_sums"] == {
+        "sessions": 2,
+        "charged": "0.5",
+        "aggregate_guarantee": "0.25",
+        "worst_case": "3.5",
+        "worst_case_lifetime": "5",
+        "worst_case_remaining": "1.5",
+    }
+    assert doc["spent"] == "0.75"
+    table = run_audit(capsys, "report", export)
+    assert "worst case left" in table.out and "3.5" in table.out
