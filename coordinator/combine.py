@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Protocol
 
@@ -352,3 +352,29 @@ def combine_outcomes(
                 raise ValueError(f"node {o.node!r} is marked {o.status} but carries no answer")
             answers.append((o.node, o.answer))
     return combine(query, answers, midpoints, unreliable_share)
+
+
+def combine_secure(
+    query: Query,
+    total: Answer,
+    summed: int,
+    unreliable_share: float = UNRELIABLE_SHARE,
+) -> tuple[CombinedCell, ...]:
+    """One cell per public cell from a secure total, with its 95% interval.
+
+    The total's noise is (close to) one discrete Gaussian, so its interval is
+    the normal one; ratios use the same delta method as per-node answers.
+    Post-processing of the released total: costs nothing.
+    """
+    ratio = query.kind in (QueryKind.MEAN, QueryKind.PROPORTION)
+    method = (
+        f"secure sum of {summed} nodes' inputs with one distributed discrete Gaussian noise "
+        f"(variance at most the sum of their {summed} shares'): "
+        + (
+            "delta method for the ratio of the noisy totals (denominator floored at 1)"
+            if ratio
+            else "normal 95% interval"
+        )
+    )
+    combined = combine(query, [(total.node_id, total)], None, unreliable_share)
+    return tuple(replace(cell, method=method, nodes=summed) for cell in combined)

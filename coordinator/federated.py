@@ -7,10 +7,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
 
 from coordinator.client import new_query_id
-from coordinator.combine import UNRELIABLE_SHARE, combine_outcomes
+from coordinator.combine import UNRELIABLE_SHARE, combine_outcomes, combine_secure
 from coordinator.fanout import Federation, Preflight, ask_node, preflight
-from coordinator.mirror import MirrorLedger
-from coordinator.results import CombinedCell, FederatedAnswer, NodeOutcome, NodeStatus
+from coordinator.mirror import SECURE_TOTAL, MirrorLedger
+from coordinator.results import (
+    CombinedCell,
+    FederatedAnswer,
+    NodeOutcome,
+    NodeStatus,
+    SecureSummary,
+)
 from tiaki.convert import answer_from_bytes, query_from_bytes, query_to_bytes
 from tiaki.errors import TiakiError
 from tiaki.query import Query, QueryKind
@@ -159,12 +165,14 @@ def past_answer(
             NodeOutcome(row.node, status, reason, row.charged, answer, row.attempts, row.seconds)
         )
     final = tuple(outcomes)
-    if any(o.answered for o in final) and not stored.answers:
-        raise UnknownQuestion(
-            f"question {query_id!r} was asked as a secure sum: there are no per-node answers "
-            "to combine again, and the mirror keeps each node's charge ('tiaki history'), "
-            "not the total"
-        )
+    if stored.secure_session is not None:
+        summary = SecureSummary.from_json(stored.secure_session)
+        raw_total = stored.answers.get(SECURE_TOTAL)
+        if raw_total is None:  # the session aborted: nothing was released
+            return FederatedAnswer(query_id, query, query.group_by, (), final, False, summary)
+        total = answer_from_bytes(raw_total)
+        cells = combine_secure(query, total, summary.summed, unreliable_share)
+        return FederatedAnswer(query_id, query, query.group_by, cells, final, True, summary)
     released = not stored.require_all or all(o.answered for o in final)
     mids = stored.midpoints if query.kind is QueryKind.MEAN else None
     cells = combine_outcomes(query, final, mids, unreliable_share) if released else ()

@@ -23,8 +23,9 @@ when the file is created, a ``question`` when a question is first recorded
 (and again listing only the new nodes when a re-send asks more), an
 ``outcome`` per node reply, and a ``signing_key`` whenever exports start to be
 signed by a new key (see ``tiaki ledger export``). A schema-2 file gains the
-``requests`` and ``answers`` tables, in one transaction, the first time it is
-opened.
+``requests`` and ``answers`` tables, and a schema-3 file the ``secure_sums``
+table (a secure sum's session, beside its decoded total in ``answers``), in
+one transaction, the first time it is opened.
 
 Amounts are exact: Fractions written with :func:`tiaki.budget.format_amount`,
 read with :func:`tiaki.budget.read_amount`, summed only as Fractions. One
@@ -51,6 +52,7 @@ from coordinator.mirror_views import MirrorQuestion as MirrorQuestion
 from coordinator.mirror_views import StoredQuestion as StoredQuestion
 from coordinator.mirror_views import spending_disagreements as spending_disagreements
 from coordinator.results import NodeOutcome, NodeStatus
+from tiaki.answer import Answer
 from tiaki.budget import PrivacyDefinition, format_amount, read_amount
 from tiaki.chain import check_links, genesis_hash
 from tiaki.chained_ledger import ChainedLedger
@@ -59,7 +61,7 @@ from tiaki.convert import answer_to_proto
 from tiaki.ledger_records import COORDINATOR_LEDGER, OutcomeRecord, QuestionRecord
 from tiaki.signing import parse_public_key
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 KIND = "tiaki-coordinator-mirror"
 
 _APPEND_ONLY = "BEGIN SELECT RAISE(ABORT, 'the mirror ledger is append-only'); END"
@@ -84,6 +86,19 @@ _ANSWER_TABLES = (
     f"CREATE TRIGGER answers_no_update BEFORE UPDATE ON answers {_APPEND_ONLY}",
     f"CREATE TRIGGER answers_no_delete BEFORE DELETE ON answers {_APPEND_ONLY}",
 )
+# Schema 4: a question asked as a secure sum keeps its session as the analyst was
+# shown it (JSON), beside the decoded total kept in ``answers`` under SECURE_TOTAL.
+_SECURE_TABLES = (
+    """CREATE TABLE secure_sums (
+        query_id  TEXT PRIMARY KEY REFERENCES questions (query_id),
+        session   TEXT NOT NULL,
+        stored_at TEXT NOT NULL
+    )""",
+    f"CREATE TRIGGER secure_sums_no_update BEFORE UPDATE ON secure_sums {_APPEND_ONLY}",
+    f"CREATE TRIGGER secure_sums_no_delete BEFORE DELETE ON secure_sums {_APPEND_ONLY}",
+)
+# The ``answers`` row of a secure sum's total: not a node name (those have no spaces).
+SECURE_TOTAL = "secure sum"
 _SCHEMA = (
     """CREATE TABLE questions (
         seq             INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -109,6 +124,7 @@ _SCHEMA = (
         PRIMARY KEY (query_id, node)
     )""",
     *_ANSWER_TABLES,
+    *_SECURE_TABLES,
     f"CREATE TRIGGER questions_no_update BEFORE UPDATE ON questions {_APPEND_ONLY}",
     f"CREATE TRIGGER questions_no_delete BEFORE DELETE ON questions {_APPEND_ONLY}",
     f"CREATE TRIGGER outcomes_no_delete BEFORE DELETE ON outcomes {_APPEND_ONLY}",
@@ -147,11 +163,16 @@ class MirrorLedger(ChainedLedger):
 
     def _upgrade(self, meta: Mapping[str, str]) -> None:
         """Schema 2 to 3: add the tables that keep questions and answers; earlier
-        questions have none."""
-        if meta.get("schema_version") == "2":
+        questions have none. Schema 3 to 4: add the table of secure sums."""
+        version = meta.get("schema_version")
+        if version == "2":
             for statement in _ANSWER_TABLES:
                 self._db.execute(statement)
-            self._set_meta("schema_version", "3")
+            version = "3"
+        if version == "3":
+            for statement in _SECURE_TABLES:
+                self._db.execute(statement)
+            self._set_meta("schema_version", "4")
 
     # ------------------------------------------------------------ API
 
@@ -281,6 +302,36 @@ class MirrorLedger(ChainedLedger):
                         ),
                     )
 
+    def record_secure_total(self, query_id: str, total: Answer | None, session: str) -> None:
+        """Keep a secure sum's decoded total and its session (JSON), once; durable on return.
+
+        The total is what the analyst was shown, before combining (the nodes'
+        own charges are the ``outcome`` rows and entries); ``session`` is how
+        it was made. Together they let the answer be shown again.
+        """
+        with self._transaction(write=True) as conn:
+            if conn.execute("SELECT 1 FROM questions WHERE query_id = ?", (query_id,)).fetchone():
+                now = self._now()
+                if total is not None:  # None: the session aborted and released nothing
+                    conn.execute(
+                        "INSERT OR IGNORE INTO answers (query_id, node, response, midpoint, "
+                        "stored_at) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            query_id,
+                            SECURE_TOTAL,
+                            answer_to_proto(total).SerializeToString(deterministic=True),
+                            total.midpoint,
+                            now,
+                        ),
+                    )
+                conn.execute(
+                    "INSERT OR IGNORE INTO secure_sums (query_id, session, stored_at) "
+                    "VALUES (?, ?, ?)",
+                    (query_id, session, now),
+                )
+                return
+        raise MirrorError(f"no recorded intent for question {query_id!r}")
+
     def _write_outcome(self, conn: sqlite3.Connection, query_id: str, outcome: NodeOutcome) -> None:
         status = NodeStatus(outcome.status)
         if outcome.attempts < 0:
@@ -397,12 +448,16 @@ class MirrorLedger(ChainedLedger):
             answers = conn.execute(
                 "SELECT node, response, midpoint FROM answers WHERE query_id = ?", (query_id,)
             ).fetchall()
+            secure = conn.execute(
+                "SELECT session FROM secure_sums WHERE query_id = ?", (query_id,)
+            ).fetchone()
         return StoredQuestion(
             query_id=query_id,
             request=None if row is None else bytes(row[0]),
             require_all=bool(row[1]) if row is not None else False,
             answers={str(node): bytes(response) for node, response, _ in answers},
             midpoints={str(node): float(mid) for node, _, mid in answers if mid is not None},
+            secure_session=None if secure is None else str(secure[0]),
         )
 
     # ------------------------------------------------------------ the chain

@@ -64,6 +64,8 @@ class StoredQuestion:
     require_all: bool
     answers: dict[str, bytes]  # node name -> serialised QueryResponse
     midpoints: dict[str, float]  # node name -> clamping midpoint (means)
+    # A secure sum: its session as JSON (its total is among ``answers``); else None.
+    secure_session: str | None = None
 
 
 @dataclass(frozen=True)

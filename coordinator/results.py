@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
 
 from tiaki.answer import Answer
+from tiaki.budget import format_amount, read_amount
 from tiaki.query import Query
 
 DP_NOISE_ONLY = (
@@ -79,6 +82,43 @@ class SecureSummary:
     error_ratio: float  # its noise's standard deviation over one central release's
     charges: Mapping[str, tuple[Fraction, Fraction]]  # node name -> (aggregate, worst case)
     stopped: str = ""  # why the session aborted, releasing nothing ("" if it released)
+
+    def to_json(self) -> str:
+        """The summary as the mirror keeps it (amounts as exact decimal text)."""
+        doc = {
+            "session_id": self.session_id,
+            "size": self.size,
+            "threshold": self.threshold,
+            "colluders": self.colluders,
+            "honest": self.honest,
+            "summed": self.summed,
+            "error_ratio": self.error_ratio if math.isfinite(self.error_ratio) else None,
+            "charges": {
+                node: [format_amount(agg), format_amount(worst)]
+                for node, (agg, worst) in self.charges.items()
+            },
+            "stopped": self.stopped,
+        }
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SecureSummary:
+        doc = json.loads(text)
+        ratio = doc["error_ratio"]
+        return cls(
+            session_id=str(doc["session_id"]),
+            size=int(doc["size"]),
+            threshold=int(doc["threshold"]),
+            colluders=int(doc["colluders"]),
+            honest=int(doc["honest"]),
+            summed=int(doc["summed"]),
+            error_ratio=math.nan if ratio is None else float(ratio),
+            charges={
+                str(node): (read_amount(agg), read_amount(worst))
+                for node, (agg, worst) in doc["charges"].items()
+            },
+            stopped=str(doc["stopped"]),
+        )
 
 
 @dataclass(frozen=True)

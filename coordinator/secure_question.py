@@ -35,12 +35,11 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from coordinator.client import NodeClient, new_query_id
-from coordinator.combine import UNRELIABLE_SHARE, Z_95, combine
+from coordinator.combine import UNRELIABLE_SHARE, Z_95, combine_secure
 from coordinator.fanout import Federation, failure_reason
-from coordinator.mirror import MirrorLedger
+from coordinator.mirror import SECURE_TOTAL, MirrorLedger
 from coordinator.planning import COST_STEP
 from coordinator.results import (
-    CombinedCell,
     FederatedAnswer,
     NodeOutcome,
     NodeStatus,
@@ -61,7 +60,6 @@ from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.secagg.session import Member
 
 DEFAULT_SESSION_SECONDS = 300
-SECURE_NODE = "secure sum"  # how the one combined input is named where a node would be
 
 
 class SecureQuestionError(InvalidQueryError):
@@ -372,12 +370,14 @@ def ask_secure(
             charges={},
             stopped=exc.message,
         )
+        mirror.record_secure_total(query_id, None, stopped.to_json())
         return FederatedAnswer(query_id, query, query.group_by, (), final, False, stopped)
     outcomes = _outcomes(names, result, query.cost.amount, session, started)
     mirror.record_outcomes(query_id, outcomes)
     by_name = {o.node: o for o in (*skipped, *outcomes)}
     final = tuple(by_name[name] for name in federation.names)
-    cells = combine_secure(query, plan, result, unreliable_share)
+    total = secure_total(query, plan, result)
+    cells = combine_secure(query, total, len(result.survivors), unreliable_share)
     summary = SecureSummary(
         session_id=session,
         size=plan.size,
@@ -388,6 +388,7 @@ def ask_secure(
         error_ratio=plan.error_ratio(len(result.survivors)),
         charges={names[i]: charge for i, charge in sorted(result.charges.items())},
     )
+    mirror.record_secure_total(query_id, total, summary.to_json())
     return FederatedAnswer(query_id, query, query.group_by, cells, final, True, summary)
 
 
@@ -442,18 +443,12 @@ def _dropped_status(why: str) -> NodeStatus:
     return NodeStatus.REFUSED
 
 
-def combine_secure(
-    query: Query,
-    plan: SecurePlan,
-    result: SecureSum,
-    unreliable_share: float = UNRELIABLE_SHARE,
-) -> tuple[CombinedCell, ...]:
-    """One cell per public cell from the decoded total, with its 95% interval.
+def secure_total(query: Query, plan: SecurePlan, result: SecureSum) -> Answer:
+    """The decoded total as one answer in column units: what the mirror keeps.
 
-    The total's noise is the sum of the summed inputs' shares, a discrete
+    Each component's noise is the sum of the summed inputs' shares, a discrete
     Gaussian of variance at most Σσᵢ²/γ² (:func:`tiaki.distributed_noise.sum_variance`),
-    so its interval is the normal one; ratios use the same delta method as
-    per-node answers. Post-processing of the released total: costs nothing.
+    stated as the scale of one discrete Gaussian of that variance.
     """
     parts = []
     for comp in result.components:
@@ -473,9 +468,9 @@ def combine_secure(
         )
         for i, key in enumerate(result.cells)
     )
-    total = Answer(
+    return Answer(
         query_id=result.params.query_id,
-        node_id=SECURE_NODE,
+        node_id=SECURE_TOTAL,
         canonical_query=query.canonical(),
         group_by=query.group_by,
         cells=cells,
@@ -487,19 +482,6 @@ def combine_secure(
         midpoint=plan.midpoint,
         grid_unit=plan.grid_unit,
     )
-    summed = len(result.survivors)
-    ratio = query.kind in (QueryKind.MEAN, QueryKind.PROPORTION)
-    method = (
-        f"secure sum of {summed} nodes' inputs with one distributed discrete Gaussian noise "
-        f"(variance at most the sum of their {summed} shares'): "
-        + (
-            "delta method for the ratio of the noisy totals (denominator floored at 1)"
-            if ratio
-            else "normal 95% interval"
-        )
-    )
-    combined = combine(query, [(SECURE_NODE, total)], None, unreliable_share)
-    return tuple(replace(cell, method=method, nodes=summed) for cell in combined)
 
 
 __all__: Sequence[str] = ("SecurePlan", "SecureSummary", "ask_secure", "plan_secure")

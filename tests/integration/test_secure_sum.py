@@ -164,7 +164,10 @@ def test_a_secure_count_by_region_is_one_noisy_total_charged_at_every_node(
         (question,) = mirror.questions()
         assert {o.node: o.charged for o in question.outcomes} == {n: COST.amount for n in NAMES}
         stored = mirror.stored_question(answer.query_id)
-        assert stored is not None and stored.answers == {}
+        # The total (under a name no node can have) and the session; no node's answer.
+        assert stored is not None and set(stored.answers) == {"secure sum"}
+        assert stored.secure_session is not None
+        assert answer.secure.session_id in stored.secure_session
 
 
 def _session(node: LiveNode) -> Any:
@@ -353,5 +356,10 @@ def test_tiaki_query_secure_mean_and_proportion_and_dry_run(
     for node in five:
         assert node.budget().lifetime_spent == 2 * COST.amount
 
-    shown = cli("show", doc["query_id"], "--config", fed_file)
-    assert shown.code != 0 and "secure sum" in shown.error_line()
+    # Shown again from the mirror, asking no node: the same cells and session.
+    shown = cli("show", doc["query_id"], "--format", "json", "--config", fed_file)
+    assert shown.code == 0, shown.err
+    again = shown.json()
+    assert again["cells"] == doc["cells"] and again["secure"] == doc["secure"]
+    for node in five:
+        assert node.budget().lifetime_spent == 2 * COST.amount

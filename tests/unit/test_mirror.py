@@ -360,3 +360,37 @@ def test_reconcile_flags_both_directions_and_nothing_when_equal() -> None:
     assert spending_disagreements({"a": F(0)}, {}) == []
     assert spending_disagreements({}, {}) == []
     assert isinstance(found[0], Discrepancy)
+
+
+def test_a_schema_3_mirror_from_the_previous_release_is_upgraded_in_place(
+    tmp_path: Path,
+) -> None:
+    """The fixture was written by the release before secure sums (schema 3)."""
+    path = tmp_path / "mirror.sqlite"
+    path.write_bytes((ROOT / "tests" / "data" / "mirror-schema3.sqlite").read_bytes())
+    with MirrorLedger(path) as mirror:
+        (question,) = mirror.questions()
+        assert question.query_id == "q-old-1"
+        assert {o.node: o.charged for o in question.outcomes} == {
+            "ngo-a": Fraction(1, 2),
+            "ngo-b": None,
+        }
+        stored = mirror.stored_question("q-old-1")
+        assert stored is not None and stored.secure_session is None
+        assert mirror.verify() >= 3  # the chain the old release wrote still checks
+        mirror.record_intent(
+            query_id="q-new-1", analyst="ana", identity="msd-coordinator",
+            canonical_query='{"kind":"count"}', nodes=["ngo-a"], requested=Fraction(1, 4),
+            definition=PrivacyDefinition.ZCDP,
+        )  # fmt: skip
+        mirror.record_secure_total("q-new-1", None, '{"stopped": "test"}')
+        again = mirror.stored_question("q-new-1")
+        assert again is not None and again.secure_session == '{"stopped": "test"}'
+    conn = sqlite3.connect(path)
+    try:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == ("4",)
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM secure_sums")
+    finally:
+        conn.close()
