@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "deploy"))
-
-import local_federation  # noqa: E402
+sys.path.insert(0, str(ROOT))
 
 from coordinator.config import load_federation  # noqa: E402
 from coordinator.fanout import coordinator_identity  # noqa: E402
+from deploy import local_federation  # noqa: E402
 from tiaki.signing import load_signing_key  # noqa: E402
 
 WORK = ROOT / "demo-run"

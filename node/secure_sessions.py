@@ -232,6 +232,16 @@ class _Round:
         self._session_id = session_id
         self.state = state
 
+    def commit(self) -> None:
+        """Make what was saved so far durable now, and go on in a new transaction.
+
+        For a round with an effect outside this file (the ledger's charge): what
+        it committed to is on disk before the effect, so a crash in between
+        cannot let it be asked again with other inputs.
+        """
+        self._conn.execute("COMMIT")
+        self._conn.execute("BEGIN IMMEDIATE")
+
     def save(self, state: SessionState) -> None:
         self._conn.execute(
             "INSERT INTO sessions (session_id, digest, identity, state) VALUES (?, ?, ?, ?) "

@@ -298,19 +298,27 @@ class SecureSumParticipant:
                     f"only {len(survivors_so_far)} members shared keys; the session needs "
                     f"{params.threshold}"
                 )
+            # The sharers are fixed once, before the charge: after a crash between
+            # the ledger's commit and this file's, the retry masks the same
+            # noised vector with the same peers, or is refused.
+            if state.senders and survivors_so_far != state.senders:
+                raise SecureAggregationError(
+                    "asked for the masked input again with a different list of sharers"
+                )
             if state.masked_vector:
-                if survivors_so_far != state.senders:
-                    raise SecureAggregationError(
-                        "asked for the masked input again with a different list of sharers"
-                    )
                 return self._stored_input(state, me)
             received = self._open_shares(params, state, me, sealed)
-            assert state.self_seed is not None and state.mask_element is not None
+            self_seed, mask_element = state.self_seed, state.mask_element
+            assert self_seed is not None and mask_element is not None
+            if not state.senders:
+                state = replace(state, senders=survivors_so_far)
+                rnd.save(state)
+                rnd.commit()
             contribution = self._contribute(params, identity, grant)  # charges the ledger first
             vector = mask_vector(
                 contribution.vector,
-                state.self_seed,
-                keys.from_element(state.mask_element),
+                self_seed,
+                keys.from_element(mask_element),
                 {v: state.mask_keys[v] for v in survivors_so_far},
                 params.session_id,
                 me,

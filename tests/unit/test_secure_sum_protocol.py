@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -363,3 +364,36 @@ def test_a_session_past_its_deadline_is_refused_at_the_charge_and_charges_nothin
     with pytest.raises(SecureAggregationError, match="past its deadline"):
         ls[1].masked_input(params, [s for out in sealed.values() for s in out if s.recipient == 1])
     assert nodes[0].calls == 0
+
+
+class CrashAfterCharge(Exception):
+    """Stands for the process dying after the ledger committed, before the session file did."""
+
+
+def test_a_crash_between_the_charge_and_the_session_file_fixes_the_sharers(
+    nodes: list[Node],
+) -> None:
+    params = session(nodes)
+    ls = links(nodes)
+    adverts = [ls[i].advertise(params) for i in ls]
+    sealed = {i: ls[i].share_keys(params, adverts) for i in ls}
+    to_1 = [s for out in sealed.values() for s in out if s.recipient == 1]
+    node = nodes[0]
+    honest = node.contribute
+
+    def charge_then_crash(*args: Any) -> Contribution:
+        honest(*args)  # the ledger's charge is durable
+        raise CrashAfterCharge
+
+    node.contribute = charge_then_crash  # type: ignore[method-assign,assignment]
+    node.open({n.node_id: n.key.public_text for n in nodes})
+    with pytest.raises(CrashAfterCharge):
+        ls[1].masked_input(params, to_1)
+    node.contribute = honest  # type: ignore[method-assign]
+    node.open({n.node_id: n.key.public_text for n in nodes})  # restarted, same file
+    # Asked again with one sharer fewer, the node refuses: its peers are fixed.
+    with pytest.raises(SecureAggregationError, match="different list of sharers"):
+        ls[1].masked_input(params, to_1[:-1])
+    assert node.calls == 1
+    masked = ls[1].masked_input(params, to_1)  # the same sharers: answered
+    assert masked.index == 1 and node.calls == 2  # (a real ledger replays the stored vector)
