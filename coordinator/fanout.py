@@ -121,7 +121,7 @@ class Federation:
         self.close()
 
 
-def _failure(exc: TiakiError) -> tuple[NodeStatus, str]:
+def failure_outcome(exc: TiakiError) -> tuple[NodeStatus, str]:
     """What became of a node's part, decided by the error's type, never its words."""
     if isinstance(exc, DeadlineExceededError):
         return NodeStatus.UNREACHABLE, "unreachable: no answer before the deadline"
@@ -136,7 +136,7 @@ def _failure(exc: TiakiError) -> tuple[NodeStatus, str]:
 
 def failure_reason(exc: TiakiError) -> str:
     """The words for a failed call: the connection failure explained, or the node's message."""
-    return _failure(exc)[1]
+    return failure_outcome(exc)[1]
 
 
 def _preflight_one(name: str, client: NodeClient, query: Query, query_id: str) -> Preflight:
@@ -145,7 +145,7 @@ def _preflight_one(name: str, client: NodeClient, query: Query, query_id: str) -
         # Nodes report their budget inside the plan; one round trip serves both.
         budget = plan.budget if plan.budget is not None else client.budget()
     except TiakiError as exc:
-        status, reason = _failure(exc)
+        status, reason = failure_outcome(exc)
         return Preflight(name, None, None, status, reason)
     cost = plan.charge.amount
     if plan.replay:  # already answered under this id: the node replays it for free
@@ -182,7 +182,7 @@ def ask_node(
         try:
             answer = client.query(query, query_id=query_id, analyst=analyst)
         except TiakiError as exc:
-            status, reason = _failure(exc)
+            status, reason = failure_outcome(exc)
             if status is NodeStatus.UNREACHABLE and attempt <= retries:
                 time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
                 continue

@@ -36,7 +36,7 @@ from fractions import Fraction
 
 from coordinator.client import NodeClient, new_query_id
 from coordinator.combine import UNRELIABLE_SHARE, Z_95, combine_secure
-from coordinator.fanout import Federation, failure_reason
+from coordinator.fanout import Federation, failure_outcome
 from coordinator.mirror import SECURE_TOTAL, MirrorLedger
 from coordinator.planning import COST_STEP
 from coordinator.results import (
@@ -141,12 +141,7 @@ def _candidate(
             return NodeStatus.REFUSED, "accounts in pure DP; secure sums need zCDP"
         plan = client.plan(query, query_id)
     except TiakiError as exc:
-        status = (
-            NodeStatus.UNREACHABLE
-            if exc.reason in ("UNREACHABLE", "DEADLINE_EXCEEDED")
-            else (NodeStatus.REFUSED)
-        )
-        return status, failure_reason(exc)
+        return failure_outcome(exc)
     budget = plan.budget
     if budget is not None and not plan.replay and plan.charge.amount > budget.available:
         return NodeStatus.REFUSED, (
@@ -409,8 +404,7 @@ def _outcomes(
                 reason += f" ({result.dropped.get(i, 'dropped')})"
             out.append(NodeOutcome(name, NodeStatus.ANSWERED, reason, cost, None, 1, seconds))
         else:
-            why = result.dropped.get(i, "did not take part")
-            out.append(NodeOutcome(name, _dropped_status(why), f"dropped out: {why}", None))
+            out.append(_dropped(name, result.dropped.get(i), result.errors.get(i)))
     return out
 
 
@@ -432,15 +426,17 @@ def _aborted_outcomes(
             )
             out.append(NodeOutcome(name, NodeStatus.ANSWERED, reason, cost, None, 1, seconds))
         else:
-            out.append(NodeOutcome(name, _dropped_status(why), f"dropped out: {why}", None))
+            out.append(_dropped(name, why, exc.errors.get(i)))
     return out
 
 
-def _dropped_status(why: str) -> NodeStatus:
-    lowered = why.lower()
-    if "unreachable" in lowered or "deadline" in lowered or "connect" in lowered:
-        return NodeStatus.UNREACHABLE
-    return NodeStatus.REFUSED
+def _dropped(name: str, why: str | None, error: TiakiError | None) -> NodeOutcome:
+    """A member that left the session: why, in words, and what kind of failure, by type."""
+    if error is not None:
+        status, reason = failure_outcome(error)
+        return NodeOutcome(name, status, f"dropped out: {reason}")
+    # No call failed: it sent something that did not check, or was not asked.
+    return NodeOutcome(name, NodeStatus.REFUSED, f"dropped out: {why or 'did not take part'}")
 
 
 def secure_total(query: Query, plan: SecurePlan, result: SecureSum) -> Answer:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Protocol, TypeVar
 
@@ -79,10 +79,19 @@ class SessionAbortedError(TiakiError):
     a masked input, whose charges stand.
     """
 
-    def __init__(self, round_name: str, dropped: Mapping[int, str], charged: Sequence[int]):
+    def __init__(
+        self,
+        round_name: str,
+        dropped: Mapping[int, str],
+        charged: Sequence[int],
+        errors: Mapping[int, TiakiError] | None = None,
+    ):
         self.round_name = round_name
         self.dropped = dict(dropped)
         self.charged = tuple(charged)
+        # The error each member's call ended with, where one did (the others
+        # sent something that did not check).
+        self.errors = dict(errors or {})
         reasons = "; ".join(f"member {i}: {why}" for i, why in sorted(self.dropped.items()))
         spent = (
             f" Members {', '.join(map(str, self.charged))} had sent their input and are charged."
@@ -115,6 +124,8 @@ class SecureSum:
     cells: tuple[CellKey, ...]  # the public cell each entry of a component stands for
     # What each member that sent an input charged: (aggregate, worst case).
     charges: Mapping[int, tuple[Fraction, Fraction]]
+    # The error each dropped member's call ended with, where one did.
+    errors: Mapping[int, TiakiError] = field(default_factory=dict)
 
 
 def new_session(
@@ -150,6 +161,7 @@ class _Round:
     def __init__(self, pool: ThreadPoolExecutor, dropped: dict[int, str]) -> None:
         self._pool = pool
         self.dropped = dropped
+        self.errors: dict[int, TiakiError] = {}
 
     def ask(self, members: Sequence[int], call: Callable[[int], T]) -> dict[int, T]:
         futures = {i: self._pool.submit(call, i) for i in members}
@@ -159,6 +171,7 @@ class _Round:
                 answered[i] = future.result()
             except TiakiError as exc:
                 self.dropped[i] = exc.message.splitlines()[0][:200]
+                self.errors[i] = exc
         return answered
 
 
@@ -183,7 +196,7 @@ def _run(params: SessionParameters, links: Mapping[int, SessionLink], rnd: _Roun
 
     def enough(alive: Sequence[int], round_name: str) -> None:
         if len(alive) < params.threshold:
-            raise SessionAbortedError(round_name, rnd.dropped, charged)
+            raise SessionAbortedError(round_name, rnd.dropped, charged, rnd.errors)
 
     # Round 0: keys. The coordinator checks the signatures too, so one bad advert
     # does not make every honest node refuse the next round.
@@ -234,6 +247,7 @@ def _run(params: SessionParameters, links: Mapping[int, SessionLink], rnd: _Roun
         survivors=survivors,
         charged=tuple(charged),
         dropped=dict(rnd.dropped),
+        errors=dict(rnd.errors),
         components=components,
         cells=cells,
         charges={i: (m.aggregate, m.worst_case) for i, m in inputs.items()},

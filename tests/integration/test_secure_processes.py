@@ -193,9 +193,8 @@ def test_twenty_node_processes_release_a_secure_count_with_two_killed_mid_sessio
 
         outcomes = {o.node: o for o in answer.outcomes}
         before = outcomes[KILLED_BEFORE]
-        # Not charged, not answered. (Its status is unreachable or refused depending on
-        # how gRPC words the dead connection: the coordinator tells them apart by words.)
-        assert before.charged is None and not before.answered, before
+        # Not charged, not answered, and unreachable: decided by the error's type.
+        assert before.charged is None and before.status is NodeStatus.UNREACHABLE, before
         assert before.reason.startswith("dropped out: "), before
         after = outcomes[KILLED_AFTER]
         assert after.status is NodeStatus.ANSWERED and after.charged == RHO, after

@@ -19,6 +19,7 @@ import yaml
 from coordinator.config import load_federation
 from coordinator.fanout import Federation
 from coordinator.mirror import MirrorLedger
+from coordinator.results import NodeStatus
 from coordinator.secure_question import SecureQuestionError, ask_secure, plan_secure
 from node import engine
 from node.config import load_config
@@ -235,6 +236,7 @@ def test_a_node_that_dies_mid_session_drops_out_and_the_rest_release(
     assert not [e for e in victim.running.service.ledger.entries() if e.secure_session]
     outcome = {o.node: o for o in answer.outcomes}[victim.config.node_id]
     assert outcome.charged is None and "dropped out" in outcome.reason
+    assert outcome.status is NodeStatus.UNREACHABLE
 
 
 def test_a_node_without_a_secure_policy_is_left_out_and_refuses_if_asked(
