@@ -55,7 +55,7 @@ from tiaki.distributed_noise import (
     session_share_scale,
 )
 from tiaki.errors import InvalidQueryError, TiakiError
-from tiaki.node_info import NodeInfo, NodePlan
+from tiaki.node_info import NodeInfo, NodePlan, SecureAggregationInfo
 from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.secagg.session import Member
 
@@ -118,6 +118,22 @@ class SecurePlan:
     def components(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.members[0].plan.components)
 
+    def worst_case(self, member: SecureMember) -> Fraction:
+        """About what ``member``'s share alone would cost it (ρ_local), from public figures.
+
+        Its central scale σ_c satisfies Δ²/(2σ_c²) ≤ ρ_j (its plan's
+        calibration), so (γΔ)²/(2σᵢ²) ≤ ρ_j·(γσ_c/σᵢ)²: an upper bound on
+        OpenDP's map of the share, summed over the components, raised by 2⁻²⁰
+        for the floats both sides compute in.
+        """
+        each = self.query.cost.amount / len(self.share_scales)
+        total = Fraction(0)
+        for j, (gamma, scale) in enumerate(zip(self.scale_factors, self.share_scales, strict=True)):
+            component = member.plan.components[j]
+            central = component.scale * _divisor(component.name, self.grid_unit)
+            total += each * Fraction(gamma * central / scale) ** 2
+        return total * (1 + Fraction(1, 2**20))
+
     def error_ratio(self, survivors: int | None = None) -> float:
         """The total noise's standard deviation over one central release's."""
         return error_ratio(self.size if survivors is None else survivors, self.honest)
@@ -176,26 +192,61 @@ def plan_secure(
             members.append(got)
         else:
             excluded[name] = got
-    # A member that wants a larger cohort than the session can have would refuse.
-    while members and any(m.info.secure_aggregation[0] > len(members) for m in members):  # type: ignore[index]
+    while True:
+        members = _large_enough(members, excluded)
+        plan = _session(query, members, excluded, dropouts=dropouts, colluders=colluders)
+        over = [m for m in plan.members if plan.worst_case(m) > _worst_case_room(m)]
+        if not over:
+            return plan
+        for m in over:
+            excluded[m.name] = (
+                NodeStatus.SKIPPED,
+                f"its worst case would be about {display_amount(plan.worst_case(m))}, over "
+                f"the {display_amount(_worst_case_room(m))} its policy allows now",
+            )
+        members = [m for m in members if m not in over]
+
+
+def _worst_case_room(member: SecureMember) -> Fraction:
+    info = _info(member)
+    return min(info.worst_case_per_query, info.worst_case_remaining)
+
+
+def _large_enough(
+    members: list[SecureMember], excluded: dict[str, tuple[NodeStatus, str]]
+) -> list[SecureMember]:
+    """The members left once those wanting a larger cohort than this (who would refuse) go."""
+    while True:
         keep = []
         for m in members:
-            least = m.info.secure_aggregation[0]  # type: ignore[index]
-            if least > len(members):
+            info = _info(m)
+            if info.min_cohort > len(members):
                 excluded[m.name] = (
                     NodeStatus.SKIPPED,
-                    f"takes part only in sessions of at least {least} members",
+                    f"takes part only in sessions of at least {info.min_cohort} members",
                 )
             else:
                 keep.append(m)
+        if len(keep) == len(members):
+            return keep
         members = keep
-    members.sort(key=lambda m: m.info.node_id)
+
+
+def _session(
+    query: Query,
+    members: list[SecureMember],
+    excluded: Mapping[str, tuple[NodeStatus, str]],
+    *,
+    dropouts: int | None,
+    colluders: int,
+) -> SecurePlan:
+    members = sorted(members, key=lambda m: m.info.node_id)
     n = len(members)
     if n < 2:
         raise SecureQuestionError(
             f"a secure sum needs at least 2 nodes that take part; {n} would ({_reasons(excluded)})"
         )
-    c = max([colluders, *(m.info.secure_aggregation[1] for m in members)])  # type: ignore[index]
+    c = max([colluders, *(_info(m).colluders for m in members)])
     most = (n - c - 1) // 2  # 2·(N − t) > N + c, and h = N − t − c ≥ 1
     if most < 0:
         raise SecureQuestionError(
@@ -232,7 +283,7 @@ def plan_secure(
     return SecurePlan(
         query=query,
         members=tuple(members),
-        excluded=excluded,
+        excluded=dict(excluded),
         threshold=threshold,
         colluders=c,
         dropouts=t,
@@ -242,6 +293,12 @@ def plan_secure(
         grid_unit=grid_unit,
         midpoint=members[0].plan.midpoint,
     )
+
+
+def _info(member: SecureMember) -> SecureAggregationInfo:
+    info = member.info.secure_aggregation
+    assert info is not None  # only nodes that take part become members
+    return info
 
 
 def choose_secure_cost(

@@ -246,7 +246,9 @@ def pin_peers(configs: Sequence[Path]) -> None:
             "peers": [{"node_id": n, "signing_key": k} for n, k in keys.items() if n != me],
             "min_cohort": min(3, len(configs)),
             "colluders": 0,
-            "worst_case": {"per_query": "5", "lifetime": "50"},
+            # A share alone costs about h times the aggregate (h honest shares):
+            # room for a twenty-node session at rho 0.5.
+            "worst_case": {"per_query": "10", "lifetime": "100"},
         }
         path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
 

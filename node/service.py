@@ -35,7 +35,13 @@ from tiaki.answer import Answer
 from tiaki.budget import BudgetStatus
 from tiaki.convert import answer_from_bytes, answer_to_bytes
 from tiaki.errors import InvalidQueryError, NotReadyError, PolicyViolationError
-from tiaki.node_info import ColumnInfo, NodeInfo, NodePlan, PlannedComponent
+from tiaki.node_info import (
+    ColumnInfo,
+    NodeInfo,
+    NodePlan,
+    PlannedComponent,
+    SecureAggregationInfo,
+)
 from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.signing import SigningKey
 
@@ -153,11 +159,19 @@ class NodeService:
             dataset_version=version,
             signing_key=self.signing_key.public_text,
             ledger_id=self.ledger.ledger_id,
-            secure_aggregation=(
-                None
-                if policy.secure_aggregation is None
-                else (policy.secure_aggregation.min_cohort, policy.secure_aggregation.colluders)
-            ),
+            secure_aggregation=self._secure_info(),
+        )
+
+    def _secure_info(self) -> SecureAggregationInfo | None:
+        rules = self.config.policy.secure_aggregation
+        if rules is None:
+            return None
+        remaining = self.ledger.worst_case_status().remaining
+        return SecureAggregationInfo(
+            rules.min_cohort,
+            rules.colluders,
+            rules.worst_case.per_query,
+            rules.worst_case.lifetime if remaining is None else remaining,
         )
 
     def apply_config(self, new: NodeConfig) -> list[str]:

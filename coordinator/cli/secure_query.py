@@ -81,10 +81,15 @@ def secure_dry_run(federation: Federation, query: Query, choice: SecureChoice) -
     for m in plan.members:
         budget = m.plan.budget
         left = display_amount(budget.available) if budget is not None else "?"
-        rows.append([m.name, display_amount(m.plan.charge.amount), left, "member"])
+        worst = f"≤ {display_amount(plan.worst_case(m))}"
+        rows.append([m.name, display_amount(m.plan.charge.amount), worst, left, "member"])
     for name, (status, why) in plan.excluded.items():
-        rows.append([name, "-", "-", f"{status}: {why}"])
-    table = Table(["node", "cost", "left", "part"], rows, notes=["", *plan_notes(plan, query)])
+        rows.append([name, "-", "-", "-", f"{status}: {why}"])
+    table = Table(
+        ["node", "cost", "worst case", "left", "part"],
+        rows,
+        notes=["", *plan_notes(plan, query)],
+    )
     return Outcome(table, ExitCode.OK)
 
 

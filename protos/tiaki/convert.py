@@ -19,7 +19,13 @@ from dataclasses import replace
 from tiaki.answer import Answer, Cell, Component
 from tiaki.budget import BudgetStatus, PeriodBudget, PrivacyDefinition, format_amount, read_amount
 from tiaki.errors import InvalidQueryError
-from tiaki.node_info import ColumnInfo, NodeInfo, NodePlan, PlannedComponent
+from tiaki.node_info import (
+    ColumnInfo,
+    NodeInfo,
+    NodePlan,
+    PlannedComponent,
+    SecureAggregationInfo,
+)
 from tiaki.query import (
     Bounds,
     DateRange,
@@ -396,7 +402,10 @@ def node_info_to_proto(info: NodeInfo) -> pb.NodeInfo:
         ledger_id=info.ledger_id,
         secure_aggregation=(
             pb.SecureAggregationInfo(
-                min_cohort=info.secure_aggregation[0], colluders=info.secure_aggregation[1]
+                min_cohort=info.secure_aggregation.min_cohort,
+                colluders=info.secure_aggregation.colluders,
+                worst_case_per_query=format_amount(info.secure_aggregation.worst_case_per_query),
+                worst_case_remaining=format_amount(info.secure_aggregation.worst_case_remaining),
             )
             if info.secure_aggregation is not None
             else None
@@ -422,7 +431,12 @@ def node_info_from_proto(msg: pb.NodeInfo) -> NodeInfo:
         signing_key=msg.signing_key,
         ledger_id=msg.ledger_id,
         secure_aggregation=(
-            (msg.secure_aggregation.min_cohort, msg.secure_aggregation.colluders)
+            SecureAggregationInfo(
+                msg.secure_aggregation.min_cohort,
+                msg.secure_aggregation.colluders,
+                read_amount(msg.secure_aggregation.worst_case_per_query or "0"),
+                read_amount(msg.secure_aggregation.worst_case_remaining or "0"),
+            )
             if msg.HasField("secure_aggregation")
             else None
         ),

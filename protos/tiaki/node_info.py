@@ -28,6 +28,16 @@ class ColumnInfo:
 
 
 @dataclass(frozen=True)
+class SecureAggregationInfo:
+    """What a session must satisfy for a node to take part, and its worst-case room (ρ)."""
+
+    min_cohort: int
+    colluders: int
+    worst_case_per_query: Fraction
+    worst_case_remaining: Fraction
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """A node's public metadata: its schema, the policy's summary and its keys."""
 
@@ -45,8 +55,8 @@ class NodeInfo:
     dataset_version: str  # random id of the current import ("" if none)
     signing_key: str  # "ed25519:<base64>": signs ledger exports
     ledger_id: str
-    # Set when the node takes part in secure sums: (min_cohort, colluders) of its policy.
-    secure_aggregation: tuple[int, int] | None = None
+    # Set when the node takes part in secure sums (its policy's secure_aggregation).
+    secure_aggregation: SecureAggregationInfo | None = None
 
 
 @dataclass(frozen=True)

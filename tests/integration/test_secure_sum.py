@@ -68,6 +68,7 @@ def start_federation(
     names: Sequence[str] = NAMES,
     secure_for: Callable[[str], bool] = lambda name: True,
     colluders: int = 0,
+    worst_case_cap: Callable[[str], str] = lambda name: "50",
 ) -> list[LiveNode]:
     """Nodes that pin each other: keys made first, then every policy lists the others."""
     paths = [make_node_config(node_id=name, policy=zcdp_policy(None)) for name in names]
@@ -87,7 +88,7 @@ def start_federation(
                 ],
                 "min_cohort": 3,
                 "colluders": colluders,
-                "worst_case": {"per_query": "50", "lifetime": "1000"},
+                "worst_case": {"per_query": worst_case_cap(name), "lifetime": "1000"},
             }
         # The same directory, so the key made above is the one the node serves with.
         nodes.append(start_node(with_policy(path, zcdp_policy(secure)), csv))
@@ -365,3 +366,35 @@ def test_tiaki_query_secure_mean_and_proportion_and_dry_run(
     assert again["cells"] == doc["cells"] and again["secure"] == doc["secure"]
     for node in five:
         assert node.budget().lifetime_spent == 2 * COST.amount
+
+
+def test_a_node_whose_worst_case_cap_the_session_would_break_is_left_out_first(
+    make_node_config: Callable[..., Path],
+    start_node: Callable[..., LiveNode],
+    region_csvs: list[Path],
+    tmp_path: Path,
+    pki: FederationPki,
+) -> None:
+    # A share alone costs about h·ρ = 3 × 0.5 here; ngo-0 allows at most 1.
+    nodes = start_federation(
+        make_node_config,
+        start_node,
+        region_csvs,
+        worst_case_cap=lambda name: "1" if name == "ngo-0" else "50",
+    )
+    config = load_federation(write_federation(tmp_path / "f.yaml", nodes, pki))
+    with Federation(config) as federation, MirrorLedger(config.ledger) as mirror:
+        plan = plan_secure(federation, BY_REGION)
+        assert [m.name for m in plan.members] == list(NAMES[1:])
+        assert "worst case would be about" in plan.excluded["ngo-0"][1]
+        for m in plan.members:
+            assert plan.worst_case(m) <= 50
+        answer = ask_secure(federation, BY_REGION, analyst="ana", mirror=mirror)
+    assert answer.released and answer.secure is not None and answer.secure.summed == 4
+    # The planner's bound holds: each member's recorded worst case is at most it.
+    for node in nodes[1:]:
+        (entry,) = [e for e in node.running.service.ledger.entries() if e.secure_session]
+        member = next(m for m in plan.members if m.name == node.config.node_id)
+        assert entry.worst_case is not None and entry.worst_case <= plan.worst_case(member)
+        assert entry.worst_case > plan.worst_case(member) * Fraction(9, 10)
+    assert nodes[0].budget().lifetime_spent == 0

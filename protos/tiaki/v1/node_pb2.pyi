@@ -300,12 +300,16 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., definition: _Optional[_Union[PrivacyDefinition, str]] = ..., identifier_column: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., allowed_kinds: _Optional[_Iterable[_Union[QueryKind, str]]] = ..., max_records_per_client: _Optional[int] = ..., per_query_max: _Optional[str] = ..., budget_period: _Optional[str] = ..., max_group_by: _Optional[int] = ..., max_cells: _Optional[int] = ..., dataset_version: _Optional[str] = ..., signing_key: _Optional[str] = ..., ledger_id: _Optional[str] = ..., secure_aggregation: _Optional[_Union[SecureAggregationInfo, _Mapping]] = ...) -> None: ...
 
 class SecureAggregationInfo(_message.Message):
-    __slots__ = ("min_cohort", "colluders")
+    __slots__ = ("min_cohort", "colluders", "worst_case_per_query", "worst_case_remaining")
     MIN_COHORT_FIELD_NUMBER: _ClassVar[int]
     COLLUDERS_FIELD_NUMBER: _ClassVar[int]
+    WORST_CASE_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
+    WORST_CASE_REMAINING_FIELD_NUMBER: _ClassVar[int]
     min_cohort: int
     colluders: int
-    def __init__(self, min_cohort: _Optional[int] = ..., colluders: _Optional[int] = ...) -> None: ...
+    worst_case_per_query: str
+    worst_case_remaining: str
+    def __init__(self, min_cohort: _Optional[int] = ..., colluders: _Optional[int] = ..., worst_case_per_query: _Optional[str] = ..., worst_case_remaining: _Optional[str] = ...) -> None: ...
 
 class ExportLedgerRequest(_message.Message):
     __slots__ = ("from_seq",)
