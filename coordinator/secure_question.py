@@ -194,7 +194,7 @@ def plan_secure(
             excluded[name] = got
     while True:
         members = _large_enough(members, excluded)
-        plan = _session(query, members, excluded, dropouts=dropouts, colluders=colluders)
+        plan = choose_session(query, members, excluded, dropouts=dropouts, colluders=colluders)
         over = [m for m in plan.members if plan.worst_case(m) > _worst_case_room(m)]
         if not over:
             return plan
@@ -232,14 +232,15 @@ def _large_enough(
         members = keep
 
 
-def _session(
+def choose_session(
     query: Query,
-    members: list[SecureMember],
+    members: Sequence[SecureMember],
     excluded: Mapping[str, tuple[NodeStatus, str]],
     *,
     dropouts: int | None,
     colluders: int,
 ) -> SecurePlan:
+    """The session for ``members`` as they are (their plans and info); see the module docs."""
     members = sorted(members, key=lambda m: m.info.node_id)
     n = len(members)
     if n < 2:
