@@ -39,7 +39,7 @@ projected; the coordinator relays the sum over nodes, ``N·(a + b·N)``, O(N²).
 Every question charges each node ρ, and its share alone (the worst case, every
 other member colluding) about h·ρ, h the session's honest shares; the local
 federation's budget (5 a year, 20 for life; 1 per question) and worst-case
-caps (5 per question, 50 for life) bound the runs and ρ, checked before
+caps (10 per question, 100 for life) bound the runs and ρ, checked before
 asking. The tables go to stdout and to ``bench-results/secure.md``.
 """
 
@@ -644,7 +644,7 @@ def report(rows: Sequence[Row], rho: Fraction, clients: int, machine: str) -> st
         "`Federation` and mirror, alternating, after one untimed warm-up of each. Both include "
         "their pre-flight RPCs and durable mirror writes.",
         f"Nodes: `deploy/local_federation.py` with `secure=True`, {clients:,} synthetic clients "
-        "per node (the issue's target is 100,000 per node; the clients only change the nodes' "
+        "per node (36,500 make about 100,000 records; the clients change only the nodes' "
         "counting, not the session's messages), each a `tiaki-node serve` process on loopback "
         "with mutual TLS, started fresh for each row: "
         + "; ".join(
