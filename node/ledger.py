@@ -42,6 +42,7 @@ number of threads may share one object; other processes may open the same file
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from fractions import Fraction
@@ -59,7 +60,7 @@ from tiaki.budget import BudgetStatus, format_amount
 from tiaki.chain import read_entries
 from tiaki.chained_ledger import utc_now
 from tiaki.errors import QueryIdConflictError
-from tiaki.ledger_records import ChargeRecord, SecureSessionRecord
+from tiaki.ledger_records import ChargeRecord, SecureRevealRecord, SecureSessionRecord
 from tiaki.periods import period_label
 from tiaki.receipts import commitment
 
@@ -252,6 +253,29 @@ class PrivacyLedger(LedgerCore):
             canonical_query, bytes(response), charge, seq, commitment_salt, session.session_id
         )
         return stored, False
+
+    def record_reveal(self, reveal: SecureRevealRecord) -> bool:
+        """Chain what this node revealed to unmask a secure sum; once per session.
+
+        The session file is what stops a second, different reveal; this entry
+        is the record an auditor reads. A repeat of the same reveal (a retry,
+        or a restart between the session file's commit and this one) appends
+        nothing and returns False; a different one for the same session is
+        refused with ValueError, which the protocol makes impossible.
+        """
+        with self._transaction(write=True):
+            for (body,) in self._db.execute(
+                "SELECT body FROM chain WHERE type = ?", (SecureRevealRecord.type,)
+            ):
+                earlier = SecureRevealRecord.from_body(json.loads(body))
+                if earlier.session_id == reveal.session_id:
+                    if earlier != reveal:
+                        raise ValueError(
+                            f"session {reveal.session_id} already has another reveal recorded"
+                        )
+                    return False
+            self._append(reveal, self._now())
+            return True
 
     def status(self) -> BudgetStatus:
         """Spending as committed: current period, lifetime, and every period with spending."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
@@ -44,8 +44,8 @@ from tiaki.budget import PrivacyDefinition
 from tiaki.distributed_noise import NoiseShareError
 from tiaki.errors import PolicyViolationError
 from tiaki.secagg.errors import SecureAggregationError
-from tiaki.secagg.session import CellKey, ComponentShare, SessionParameters
-from tiaki.secure_records import SecureSessionRecord
+from tiaki.secagg.session import CellKey, ComponentShare, Reveal, SessionParameters
+from tiaki.secure_records import SecureRevealRecord, SecureSessionRecord
 
 if TYPE_CHECKING:
     from node.service import NodeService
@@ -93,6 +93,31 @@ class SecureSums:
             self.contribute,
             clock=self._clock,
         )
+
+    def unmask(
+        self,
+        participant: SecureSumParticipant,
+        params: SessionParameters,
+        identity: str,
+        survivors: Sequence[int],
+        signatures: Mapping[int, str],
+    ) -> Reveal:
+        """The unmask round, then its record in the ledger's chain, before the reveal leaves.
+
+        The session file has stored the reveal already (and refuses any
+        other); the ``secure_reveal`` entry lets an auditor check across the
+        members' ledgers that no member had both kinds of share revealed.
+        """
+        reveal = participant.unmask(params, identity, survivors, signatures)
+        self._service.ledger.record_reveal(
+            SecureRevealRecord(
+                session_id=params.session_id.hex(),
+                survivors=tuple(sorted(set(survivors))),
+                self_mask_shares=tuple(sorted(reveal.self_mask_shares)),
+                mask_key_shares=tuple(sorted(reveal.mask_key_shares)),
+            )
+        )
+        return reveal
 
     def contribute(
         self, params: SessionParameters, identity: str, grant: CoordinatorGrant | None

@@ -258,7 +258,10 @@ class NodeServicer(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
             signatures = {s.index: s.signature for s in request.signatures}
             if len(signatures) != len(request.signatures):
                 raise SecureAggregationError("two survivor signatures for one member")
-            return reveal_to_proto(p.unmask(params, who, list(request.survivors), signatures))
+            reveal = self._service.secure_sums.unmask(
+                p, params, who, list(request.survivors), signatures
+            )
+            return reveal_to_proto(reveal)
 
         return self._secure(context, "SecureUnmask", request, run)
 

@@ -10,6 +10,14 @@ than a node. Either is an error: ``secure-session-mismatch`` names the
 ledgers and what differs. The query each member paid for (its canonical text
 and cost) must agree too, and every member must have paid under the same
 query id.
+
+Each member also chains what it revealed to unmask the sum (a
+``secure_reveal`` entry: the survivor list it signed, and the members whose
+self-mask shares and whose mask-key shares it revealed). Across the members'
+ledgers no member may appear in both lists (``secure-reveal-both``: its input
+could have been unmasked), every reveal must name the same survivors
+(``secure-survivors-differ``), and a node reveals only in a session it sent
+its input to (``secure-reveal-without-input``).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any
 
 from coordinator.audit.findings import Finding, error
 from coordinator.audit.ledgers import ParsedLedger, Placed
-from tiaki.ledger_records import ChargeRecord
+from tiaki.ledger_records import ChargeRecord, SecureRevealRecord
 
 
 def _terms(record: ChargeRecord) -> dict[str, Any]:
@@ -40,6 +48,66 @@ def _terms(record: ChargeRecord) -> dict[str, Any]:
 
 
 def check_sessions(nodes: Sequence[ParsedLedger]) -> list[Finding]:
+    """Every cross-ledger check of secure sums (see the module docs)."""
+    return _check_charges(nodes) + _check_reveals(nodes)
+
+
+def _check_reveals(nodes: Sequence[ParsedLedger]) -> list[Finding]:
+    findings = []
+    by_session: dict[str, list[tuple[ParsedLedger, Placed[SecureRevealRecord]]]] = {}
+    for ledger in nodes:
+        charged = {
+            c.record.secure_session.session_id
+            for c in ledger.charges
+            if c.record.secure_session is not None
+        }
+        for placed in ledger.of(SecureRevealRecord):
+            if not ledger.own(placed):
+                continue
+            session_id = placed.record.session_id
+            by_session.setdefault(session_id, []).append((ledger, placed))
+            if ledger.history_complete and session_id not in charged:
+                findings.append(
+                    error(
+                        ledger.name,
+                        placed.seq,
+                        "secure-reveal-without-input",
+                        f"this node revealed shares in secure sum {session_id[:16]}… but its "
+                        "ledger has no charge for an input to it",
+                    )
+                )
+    for session_id, reveals in by_session.items():
+        first_ledger, first = reveals[0]
+        for ledger, placed in reveals[1:]:
+            if placed.record.survivors != first.record.survivors:
+                findings.append(
+                    error(
+                        ledger.name,
+                        placed.seq,
+                        "secure-survivors-differ",
+                        f"secure sum {session_id[:16]}… was unmasked here for survivors "
+                        f"{list(placed.record.survivors)} but in {first_ledger.name} for "
+                        f"{list(first.record.survivors)}",
+                    )
+                )
+        self_masks = {m for _, p in reveals for m in p.record.self_mask_shares}
+        for ledger, placed in reveals:
+            both = sorted(set(placed.record.mask_key_shares) & self_masks)
+            if both:
+                findings.append(
+                    error(
+                        ledger.name,
+                        placed.seq,
+                        "secure-reveal-both",
+                        f"in secure sum {session_id[:16]}… member(s) "
+                        f"{', '.join(map(str, both))} had mask-key shares revealed here and "
+                        "self-mask shares revealed by a member: their input could be unmasked",
+                    )
+                )
+    return findings
+
+
+def _check_charges(nodes: Sequence[ParsedLedger]) -> list[Finding]:
     """``secure-session-mismatch`` for each member whose record of a session differs."""
     by_session: dict[str, list[tuple[ParsedLedger, Placed[ChargeRecord]]]] = {}
     for ledger in nodes:
@@ -48,7 +116,7 @@ def check_sessions(nodes: Sequence[ParsedLedger]) -> list[Finding]:
                 by_session.setdefault(placed.record.secure_session.session_id, []).append(
                     (ledger, placed)
                 )
-    findings = []
+    findings: list[Finding] = []
     for session_id, members in by_session.items():
         first_ledger, first = members[0]
         reference = _terms(first.record)

@@ -31,6 +31,7 @@ from tiaki.budget import format_amount
 from tiaki.chain import ChainEntry, ChainFormatError
 from tiaki.secure_records import SecureAggregationRecord as SecureAggregationRecord
 from tiaki.secure_records import SecurePeerRecord as SecurePeerRecord
+from tiaki.secure_records import SecureRevealRecord as SecureRevealRecord
 from tiaki.secure_records import SecureSessionRecord as SecureSessionRecord
 
 NODE_LEDGER = "node"
@@ -375,6 +376,7 @@ Record = (
     | PolicyRecord
     | PeriodRecord
     | ChargeRecord
+    | SecureRevealRecord
     | QuestionRecord
     | OutcomeRecord
 )
@@ -387,12 +389,13 @@ _PARSERS: dict[str, Any] = {
         PolicyRecord,
         PeriodRecord,
         ChargeRecord,
+        SecureRevealRecord,
         QuestionRecord,
         OutcomeRecord,
     )
 }
 
-NODE_TYPES = frozenset({"opened", "signing_key", "policy", "period", "charge"})
+NODE_TYPES = frozenset({"opened", "signing_key", "policy", "period", "charge", "secure_reveal"})
 COORDINATOR_TYPES = frozenset({"opened", "signing_key", "question", "outcome"})
 
 

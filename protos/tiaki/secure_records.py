@@ -182,3 +182,52 @@ class SecureSessionRecord:
             share_scales=tuple(f.read_float(s, "share_scales") for s in scales),
             tau_term=f.amount(body, "tau_term"),
         )
+
+
+@dataclass(frozen=True)
+class SecureRevealRecord:
+    """What a node revealed to unmask one secure sum: its ``secure_reveal`` entry.
+
+    ``survivors`` is the survivor list it signed (member indices, sorted);
+    ``self_mask_shares`` the members whose self-mask seed shares it revealed
+    (the survivors), ``mask_key_shares`` those whose mask-key shares it
+    revealed (members that shared keys but sent no input). A member in both,
+    at any node of the session, could have had its input unmasked; the
+    protocol never lets a node reveal both, and an auditor checks it across
+    the members' ledgers.
+    """
+
+    session_id: str  # hex
+    survivors: tuple[int, ...]
+    self_mask_shares: tuple[int, ...]
+    mask_key_shares: tuple[int, ...]
+
+    type = "secure_reveal"
+
+    def __post_init__(self) -> None:
+        if len(self.session_id) != SESSION_ID_HEX or not f.HEX.fullmatch(self.session_id):
+            raise ChainFormatError(f"'session_id' must be {SESSION_ID_HEX} lower-case hex digits")
+        for key, members in (
+            ("survivors", self.survivors),
+            ("self_mask_shares", self.self_mask_shares),
+            ("mask_key_shares", self.mask_key_shares),
+        ):
+            if list(members) != sorted(set(members)) or any(m < 1 for m in members):
+                raise ChainFormatError(f"'{key}' must list distinct member indices, in order")
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "survivors": list(self.survivors),
+            "self_mask_shares": list(self.self_mask_shares),
+            "mask_key_shares": list(self.mask_key_shares),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> SecureRevealRecord:
+        return cls(
+            session_id=f.hex_text(body, "session_id", SESSION_ID_HEX),
+            survivors=f.counts(body, "survivors"),
+            self_mask_shares=f.counts(body, "self_mask_shares"),
+            mask_key_shares=f.counts(body, "mask_key_shares"),
+        )

@@ -29,8 +29,10 @@ from tests.conftest import FederationPki
 from tests.integration.conftest import LiveNode, status_code, write_federation
 from tiaki.budget import PrivacyDefinition
 from tiaki.errors import PolicyViolationError, SecureAggregationError
+from tiaki.ledger_export import parse_export
 from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.secagg.session import KeyAdvert, MaskedInput, SealedShares, SessionParameters
+from tiaki.secure_records import SecureRevealRecord
 
 N = 5
 NAMES = tuple(f"ngo-{i}" for i in range(N))
@@ -161,6 +163,13 @@ def test_a_secure_count_by_region_is_one_noisy_total_charged_at_every_node(
         for s in [_session(node)]
     }
     assert len(sessions) == 1
+    # Each member chained what it revealed: every survivor's self-mask share, nothing else.
+    everyone = tuple(range(1, N + 1))
+    for node in five:
+        (reveal,) = reveals(node)
+        assert reveal.session_id == answer.secure.session_id
+        assert reveal.survivors == everyone and reveal.self_mask_shares == everyone
+        assert reveal.mask_key_shares == ()
     # The mirror records the charge at each node, and no per-node answer.
     with MirrorLedger(config.ledger) as mirror:
         (question,) = mirror.questions()
@@ -170,6 +179,14 @@ def test_a_secure_count_by_region_is_one_noisy_total_charged_at_every_node(
         assert stored is not None and set(stored.answers) == {"secure sum"}
         assert stored.secure_session is not None
         assert answer.secure.session_id in stored.secure_session
+
+
+def reveals(node: LiveNode) -> list[SecureRevealRecord]:
+    """The node's ``secure_reveal`` entries, read from its own signed export."""
+    export = parse_export(node.running.service.export_ledger(0), node.config.node_id)
+    return [
+        SecureRevealRecord.from_body(e.body) for e in export.entries if e.type == "secure_reveal"
+    ]
 
 
 def _session(node: LiveNode) -> Any:
@@ -235,6 +252,13 @@ def test_a_node_that_dies_mid_session_drops_out_and_the_rest_release(
         assert abs(cell.estimate - truth) < 5 * cell.half_width
     # The victim charged nothing: it never computed its input.
     assert not [e for e in victim.running.service.ledger.entries() if e.secure_session]
+    # The others revealed its mask-key shares (it shared keys, then sent nothing), and
+    # the self-mask shares of the four survivors only.
+    index = sorted(n.config.node_id for n in five).index(victim.config.node_id) + 1
+    for node in survivors:
+        (reveal,) = reveals(node)
+        assert reveal.mask_key_shares == (index,)
+        assert index not in reveal.self_mask_shares and len(reveal.self_mask_shares) == N - 1
     outcome = {o.node: o for o in answer.outcomes}[victim.config.node_id]
     assert outcome.charged is None and "dropped out" in outcome.reason
     assert outcome.status is NodeStatus.UNREACHABLE

@@ -322,3 +322,46 @@ def test_the_report_shows_worst_case_beside_aggregate(
     assert doc["spent"] == "0.75"
     table = run_audit(capsys, "report", export)
     assert "worst case left" in table.out and "3.5" in table.out
+
+
+def reveal(n: int, survivors: tuple[int, ...], mask_keys: tuple[int, ...] = ()) -> Any:
+    from tiaki.ledger_records import SecureRevealRecord
+
+    return SecureRevealRecord(f"{n:032x}", survivors, survivors, mask_keys)
+
+
+def test_reveals_that_would_unmask_a_member_are_named_across_ledgers(
+    capsys: Any, tmp_path: Path
+) -> None:
+    a, b, c = (_member(tmp_path, n) for n in ("ngo-a", "ngo-b", "ngo-c"))
+    for node in (a, b, c):
+        node.add(secure_charge("q1", "1.5", 7), _clock(1))
+    # ngo-a and ngo-b unmask for survivors 1-4 (member 5 dropped: its mask key is
+    # revealed); ngo-c was shown survivors 1-5 and revealed member 5's self-mask share.
+    a.add(reveal(7, (1, 2, 3, 4), (5,)), _clock(2))
+    b.add(reveal(7, (1, 2, 3, 4), (5,)), _clock(2))
+    c.add(reveal(7, (1, 2, 3, 4, 5)), _clock(2))
+    exports = [n.export(tmp_path / f"{n.subject}.jsonl", definition="zcdp") for n in (a, b, c)]
+    found = verify_json(capsys, *exports).where()
+    seq = a.seq_of(lambda e: e.type == "secure_reveal")
+    assert ("secure-reveal-both", "ngo-a.jsonl", seq) in found
+    assert ("secure-reveal-both", "ngo-b.jsonl", seq) in found
+    assert ("secure-survivors-differ", "ngo-c.jsonl", seq) in found
+
+
+def test_reveals_as_the_protocol_makes_them_pass_and_one_without_input_is_named(
+    capsys: Any, tmp_path: Path
+) -> None:
+    a, b = (_member(tmp_path, n) for n in ("ngo-a", "ngo-b"))
+    a.add(secure_charge("q1", "1.5", 7), _clock(1))
+    b.add(secure_charge("q1", "1.5", 7), _clock(1))
+    a.add(reveal(7, (1, 2, 3, 4), (5,)), _clock(2))
+    b.add(reveal(7, (1, 2, 3, 4), (5,)), _clock(2))
+    exports = [n.export(tmp_path / f"{n.subject}.jsonl", definition="zcdp") for n in (a, b)]
+    assert not {f for f in verify_json(capsys, *exports).where() if "secure" in f[0]}
+    b.add(reveal(8, (1, 2, 3, 4)), _clock(3))  # a session ngo-b never sent an input to
+    exports = [n.export(tmp_path / f"{n.subject}.jsonl", definition="zcdp") for n in (a, b)]
+    seq = b.seq_of(lambda e: e.type == "secure_reveal" and e.body["session_id"].endswith("8"))
+    assert ("secure-reveal-without-input", "ngo-b.jsonl", seq) in verify_json(
+        capsys, *exports
+    ).where()

@@ -436,3 +436,19 @@ def test_a_schema_3_ledger_keeps_its_history_and_takes_secure_charges(tmp_path: 
         assert ledger.worst_case_status().spent == F("1.5")
         assert ledger.status().lifetime_spent == F("0.85")
         ledger.verify()
+
+
+def test_a_reveal_is_chained_once_per_session(tmp_path: Path) -> None:
+    from tiaki.ledger_records import SecureRevealRecord
+
+    ledger = make(tmp_path / "ledger.sqlite", secure=secure_policy())
+    try:
+        first = SecureRevealRecord("ab" * 16, (1, 2, 3), (1, 2, 3), (4,))
+        assert ledger.record_reveal(first) is True
+        assert ledger.record_reveal(first) is False  # a retry appends nothing
+        with pytest.raises(ValueError, match="another reveal"):
+            ledger.record_reveal(SecureRevealRecord("ab" * 16, (1, 2), (1, 2), (3, 4)))
+        ledger.record_reveal(SecureRevealRecord("cd" * 16, (1, 2), (1, 2), ()))
+        ledger.verify()
+    finally:
+        ledger.close()
