@@ -422,3 +422,28 @@ def test_a_node_whose_worst_case_cap_the_session_would_break_is_left_out_first(
         assert entry.worst_case is not None and entry.worst_case <= plan.worst_case(member)
         assert entry.worst_case > plan.worst_case(member) * Fraction(9, 10)
     assert nodes[0].budget().lifetime_spent == 0
+
+
+def test_differencing_two_rosters_costs_both_and_meets_fresh_noise(
+    five: list[LiveNode], fed_file: Path
+) -> None:
+    """The same question over all five and then over four: both charged, new noise each time."""
+    config = load_federation(fed_file)
+    with Federation(config) as federation, MirrorLedger(config.ledger) as mirror:
+        everyone = ask_secure(federation, BY_REGION, analyst="ana", mirror=mirror)
+    with Federation(config, NAMES[:4]) as four, MirrorLedger(config.ledger) as mirror:
+        fewer = ask_secure(four, BY_REGION, analyst="ana", mirror=mirror)
+    assert everyone.released and fewer.released
+    assert everyone.secure is not None and fewer.secure is not None
+    assert everyone.secure.session_id != fewer.secure.session_id
+    for node in five[:4]:
+        assert node.budget().lifetime_spent == 2 * COST.amount  # each release paid for
+    assert five[4].budget().lifetime_spent == COST.amount
+    # The difference is the fifth node's records plus two independent noises, never its
+    # records alone: each release drew its own shares.
+    exact_fifth = exact_totals(five[4:], BY_REGION)
+    residual = [
+        a.estimate - b.estimate - x
+        for a, b, x in zip(everyone.cells, fewer.cells, exact_fifth, strict=True)
+    ]
+    assert any(abs(r) >= 1 for r in residual), residual
