@@ -79,6 +79,18 @@ def _compatibility(info: NodeInfo, reference: NodeInfo) -> str:
     return "yes"
 
 
+def _secure_words(info: NodeInfo) -> str:
+    """Whether a node takes part in secure sums, and on what terms, in a few words."""
+    secure = info.secure_aggregation
+    if secure is None:
+        return "no"
+    return (
+        f"yes: {secure.min_cohort}+ members, {secure.colluders} colluders assumed, worst "
+        f"case ≤ {display_amount(secure.worst_case_per_query)} each, "
+        f"{display_amount(secure.worst_case_remaining)} left"
+    )
+
+
 def run_list(args: argparse.Namespace) -> Outcome:
     config, federation = open_federation(args)
     infos: dict[str, NodeInfo | str] = {}
@@ -107,7 +119,7 @@ def run_list(args: argparse.Namespace) -> Outcome:
         result = results[entry.name]
         if isinstance(result, str):
             infos[entry.name] = result
-            rows.append([entry.name, entry.address, "no", "", "", "", result])
+            rows.append([entry.name, entry.address, "no", "", "", "", "", result])
             continue
         info, budget = result
         assert reference is not None
@@ -119,13 +131,14 @@ def run_list(args: argparse.Namespace) -> Outcome:
                 f"{info.definition.letter} ({_DEFINITION_WORDS[info.definition]})",
                 _compatibility(info, reference),
                 f"{display_amount(budget.available)} ({budget.current.label})",
+                _secure_words(info),
                 f"{info.node_id}, data {info.dataset_version[:10]}",
             ]
         )
     table = Table(
-        ["node", "address", "reachable", "accounts in", "schema", "left", "about"],
+        ["node", "address", "reachable", "accounts in", "schema", "left", "secure sums", "about"],
         rows,
-        widths=[None, None, None, None, 30, None, 60],  # wrapped, never cut
+        widths=[None, None, None, None, 30, None, 30, 60],  # wrapped, never cut
     )
     reachable = any(not isinstance(r, str) for r in results.values())
     return Outcome(table, ExitCode.OK if reachable else ExitCode.UNAVAILABLE)

@@ -224,13 +224,16 @@ def test_nodes_lists_every_reachable_node_with_its_budget(
     run = cli("nodes", "--config", fed)
     assert run.code == 0
     header = run.out.splitlines()[0].split()
-    assert header == ["node", "address", "reachable", "accounts", "in", "schema", "left", "about"]
+    assert header == [
+        "node", "address", "reachable", "accounts", "in", "schema", "left", "secure", "sums",
+        "about",
+    ]  # fmt: skip
     rows = table_rows(run.out)
     assert list(rows) == list(NAMES)
     for node in nodes:
-        name, address, reachable, accounts, schema, left, about = rows[node.config.node_id]
+        name, address, reachable, accounts, schema, left, secure, about = rows[node.config.node_id]
         assert (address, reachable, accounts, schema) == (node.address, "yes", "ε (pure)", "yes")
-        assert left == "100 (lifetime)"
+        assert left == "100 (lifetime)" and secure == "no"
         assert about.startswith(f"{name}, data ")
 
 

@@ -346,6 +346,8 @@ def test_a_pure_dp_question_or_too_few_members_is_refused_before_anything_is_sen
 def test_tiaki_query_secure_mean_and_proportion_and_dry_run(
     five: list[LiveNode], fed_file: Path, cli: Any
 ) -> None:
+    listed = cli("nodes", "--config", fed_file)
+    assert listed.code == 0 and listed.out.count("yes: 3+ members") == N, listed.out
     dry = cli("query", "count", "--by", "region", "--rho", "0.5", "--secure", "--dry-run",
               "--config", fed_file)  # fmt: skip
     assert dry.code == 0, dry.err
