@@ -449,3 +449,25 @@ def test_differencing_two_rosters_costs_both_and_meets_fresh_noise(
         for a, b, x in zip(everyone.cells, fewer.cells, exact_fifth, strict=True)
     ]
     assert any(abs(r) >= 1 for r in residual), residual
+
+
+def test_the_federation_file_can_make_secure_sums_the_default(
+    five: list[LiveNode], fed_file: Path, cli: Any
+) -> None:
+    raw = yaml.safe_load(fed_file.read_text(encoding="utf-8"))
+    raw["defaults"] = {**raw.get("defaults", {}), "secure": True}
+    raw["secure_aggregation"] = {"dropouts": 0}
+    fed_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    secure = cli("query", "count", "--rho", "0.5", "--format", "json", "--config", fed_file)
+    assert secure.code == 0, secure.err
+    doc = secure.json()
+    # Dropouts 0 from the file: every member's input is needed.
+    assert doc["secure"]["threshold"] == N and doc["secure"]["summed"] == N
+    per_node = cli("query", "count", "--rho", "0.5", "--per-node", "--format", "json",
+                   "--config", fed_file)  # fmt: skip
+    assert per_node.code == 0, per_node.err
+    assert "secure" not in per_node.json() and len(per_node.json()["nodes"]) == N
+    both = cli("query", "count", "--rho", "0.5", "--require-all", "--config", fed_file)
+    assert both.code != 0 and "--require-all is for per-node answers" in both.error_line()
+    for node in five:
+        assert node.budget().lifetime_spent == 2 * COST.amount
