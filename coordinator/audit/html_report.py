@@ -220,6 +220,7 @@ def _node(node: NodeReport, number: int) -> str:
             "what was asked",
             "period",
             "cost",
+            "worst case",
         ],
         (
             _row(
@@ -231,12 +232,37 @@ def _node(node: NodeReport, number: int) -> str:
                 _td(describe_query(c.record.canonical_query)),
                 _period(c.record.period),
                 _amount(c.record.charge, "charge"),
+                _amount(c.record.worst_case, "worst-case"),
             )
             for c in node.charges
         ),
         "queries",
         "no queries were charged",
     )
+    secure = ""
+    if node.secure is not None:
+        s = node.secure
+        secure = "<h4>secure sums: aggregate beside worst case</h4>" + _table(
+            [
+                "secure sums",
+                "charged (aggregate)",
+                "aggregate guarantee",
+                "worst case",
+                "worst-case cap",
+                "worst case left",
+            ],
+            [
+                _row(
+                    f'<td data-field="secure-sums">{s.sessions}</td>',
+                    _amount(s.aggregate, "secure-charged"),
+                    _amount(s.guarantee),
+                    _amount(s.worst_case, "worst-case-total"),
+                    _amount(s.worst_case_lifetime),
+                    _amount(s.worst_case_remaining),
+                )
+            ],
+            "secure",
+        )
     unit = (
         f'<p class="unit">Amounts are {_e(node.unit)}: the node accounts with '
         f"{_e(_DEFINITIONS[node.definition])}.</p>"
@@ -245,7 +271,7 @@ def _node(node: NodeReport, number: int) -> str:
     )
     return (
         f'<section class="node" id="node-{number}" data-subject="{_e(node.subject)}">'
-        f"<h3>node {_e(node.subject)}</h3>{unit}{summary}"
+        f"<h3>node {_e(node.subject)}</h3>{unit}{summary}{secure}"
         f"<h4>per period</h4>{periods}<h4>per identity</h4>{identities}"
         f"<h4>per query kind</h4>{_shares('kind', node.kinds, 'kinds')}"
         f"<h4>per analyst</h4>{_shares('analyst', node.analysts, 'analysts')}"

@@ -322,6 +322,13 @@ def test_the_report_shows_worst_case_beside_aggregate(
     assert doc["spent"] == "0.75"
     table = run_audit(capsys, "report", export)
     assert "worst case left" in table.out and "3.5" in table.out
+    page = tmp_path / "report.html"
+    html = run_audit(capsys, "report", export, "--format", "html", "--out", page)
+    assert html.code == 0, html.err
+    text = page.read_text(encoding="utf-8")
+    assert "aggregate beside worst case" in text
+    assert 'data-field="worst-case-total" title="3.5"' in text
+    assert 'data-field="secure-sums">2<' in text
 
 
 def reveal(n: int, survivors: tuple[int, ...], mask_keys: tuple[int, ...] = ()) -> Any:
