@@ -49,7 +49,7 @@ lint: $(STAMP)
 # Regenerate the committed protobuf code (a test checks it matches).
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos \
-	  --grpc_python_out=protos --pyi_out=protos protos/tiaki/v1/node.proto
+	  --grpc_python_out=protos --pyi_out=protos protos/tiaki/v1/node.proto protos/tiaki/v1/hub.proto
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

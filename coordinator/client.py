@@ -9,11 +9,12 @@ with the node's address on it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from coordinator.config import FederationConfig, FederationConfigError, NodeEntry
 from tiaki.answer import Answer
@@ -26,6 +27,7 @@ from tiaki.convert import (
     node_plan_from_proto,
     query_to_proto,
 )
+from tiaki.errors import TiakiError
 from tiaki.files import is_loopback
 from tiaki.metadata import IDENTITY_METADATA_KEY
 from tiaki.node_info import NodeInfo, NodePlan
@@ -45,6 +47,7 @@ from tiaki.v1 import node_pb2_grpc
 from tiaki.wire_errors import from_rpc_error
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 
 def new_query_id() -> str:
@@ -52,22 +55,28 @@ def new_query_id() -> str:
     return uuid.uuid4().hex
 
 
-class NodeClient:
-    """Talks to one node. Errors arrive as :class:`tiaki.errors.TiakiError` types."""
+class Transport(Protocol):
+    """How a NodeClient reaches its node: dialled directly, or through a hub."""
+
+    def unary(self, method: str, request: Message, reply: type[M], timeout: float) -> M: ...
+
+    def stream(
+        self, method: str, request: Message, reply: type[M], timeout: float
+    ) -> Iterator[M]: ...
+
+    def close(self) -> None: ...
+
+
+class DirectTransport:
+    """A gRPC channel to the node's own port (mutual TLS, or a loopback claim)."""
 
     def __init__(
         self,
         address: str,
-        *,
-        identity: str = "coordinator",
-        timeout: float = 30.0,
-        credentials: grpc.ChannelCredentials | None = None,
-        server_name: str | None = None,
+        identity: str,
+        credentials: grpc.ChannelCredentials | None,
+        server_name: str | None,
     ) -> None:
-        """``credentials`` for mutual TLS; ``server_name`` is the identity the node's
-        certificate must carry (checked in the handshake; anything else is refused)."""
-        self.address = address
-        self.timeout = timeout
         self._metadata = ((IDENTITY_METADATA_KEY, identity),)
         options: list[tuple[str, object]] = [
             ("grpc.keepalive_time_ms", 60_000),
@@ -81,18 +90,58 @@ class NodeClient:
             self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = node_pb2_grpc.NodeStub(self._channel)
 
-    def _call(self, method: Callable[..., T], request: object) -> T:
+    def unary(self, method: str, request: Message, reply: type[M], timeout: float) -> M:
+        result: M = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
+        return result
+
+    def stream(self, method: str, request: Message, reply: type[M], timeout: float) -> Iterator[M]:
+        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
         try:
-            reply: T = method(request, timeout=self.timeout, metadata=self._metadata)
+            yield from call
+        finally:
+            call.cancel()
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class NodeClient:
+    """Talks to one node. Errors arrive as :class:`tiaki.errors.TiakiError` types."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        identity: str = "coordinator",
+        timeout: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        """``credentials`` for mutual TLS; ``server_name`` is the identity the node's
+        certificate must carry (checked in the handshake; anything else is refused).
+        ``transport`` replaces the direct channel (a hub's, see coordinator.hub_client);
+        ``address`` then only names the node in errors."""
+        self.address = address
+        self.timeout = timeout
+        self._transport: Transport = transport or DirectTransport(
+            address, identity, credentials, server_name
+        )
+
+    def _call(self, method: str, request: Message, reply: type[M]) -> M:
+        try:
+            return self._transport.unary(method, request, reply, self.timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.address) from None
-        return reply
+        except TiakiError as exc:
+            exc.node = self.address
+            raise
 
     def info(self) -> NodeInfo:
-        return node_info_from_proto(self._call(self._stub.GetInfo, pb.GetInfoRequest()))
+        return node_info_from_proto(self._call("GetInfo", pb.GetInfoRequest(), pb.NodeInfo))
 
     def budget(self) -> BudgetStatus:
-        return budget_from_proto(self._call(self._stub.GetBudget, pb.GetBudgetRequest()))
+        return budget_from_proto(self._call("GetBudget", pb.GetBudgetRequest(), pb.BudgetReport))
 
     def plan(self, query: Query, query_id: str = "") -> NodePlan:
         """The node's own account of what ``query`` would cost; spends nothing.
@@ -101,7 +150,7 @@ class NodeClient:
         would replay an answer this coordinator already holds (free).
         """
         request = query_to_proto(query, query_id=query_id, analyst="")
-        return node_plan_from_proto(self._call(self._stub.Plan, request))
+        return node_plan_from_proto(self._call("Plan", request, pb.QueryPlan))
 
     def query(self, query: Query, *, query_id: str, analyst: str) -> Answer:
         request = query_to_proto(query, query_id=query_id, analyst=analyst)
@@ -109,7 +158,7 @@ class NodeClient:
 
     def query_raw(self, request: pb.QueryRequest) -> Answer:
         """Send a request exactly as given (tests use it to send malformed ones)."""
-        return answer_from_proto(self._call(self._stub.Query, request))
+        return answer_from_proto(self._call("Query", request, pb.QueryResponse))
 
     def export_ledger(self, from_seq: int = 0) -> Iterator[str]:
         """The node's signed ledger export, one line at a time (each without its newline).
@@ -119,25 +168,27 @@ class NodeClient:
         with newlines they are the bytes the node signed. Stopping early
         cancels the call.
         """
-        call = self._stub.ExportLedger(
+        lines = self._transport.stream(
+            "ExportLedger",
             pb.ExportLedgerRequest(from_seq=from_seq),
-            timeout=self.timeout,
-            metadata=self._metadata,
+            pb.ExportLedgerLine,
+            self.timeout,
         )
         try:
-            for message in call:
+            for message in lines:
                 yield message.line
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.address) from None
-        finally:
-            call.cancel()
+        except TiakiError as exc:
+            exc.node = self.address
+            raise
 
     # ------------------------------------------------------------ secure sums
     # These five make a NodeClient a coordinator.secure_sum.SessionLink.
 
     def advertise(self, params: SessionParameters) -> KeyAdvert:
         request = pb.SecureAdvertiseRequest(session=session_to_proto(params))
-        return advert_from_proto(self._call(self._stub.SecureAdvertise, request))
+        return advert_from_proto(self._call("SecureAdvertise", request, pb.KeyAdvert))
 
     def share_keys(
         self, params: SessionParameters, adverts: Sequence[KeyAdvert]
@@ -145,7 +196,7 @@ class NodeClient:
         request = pb.SecureShareKeysRequest(
             session=session_to_proto(params), adverts=[advert_to_proto(a) for a in adverts]
         )
-        reply = self._call(self._stub.SecureShareKeys, request)
+        reply = self._call("SecureShareKeys", request, pb.SecureShareKeysResponse)
         return tuple(sealed_from_proto(s) for s in reply.shares)
 
     def masked_input(
@@ -154,13 +205,13 @@ class NodeClient:
         request = pb.SecureMaskedInputRequest(
             session=session_to_proto(params), shares=[sealed_to_proto(s) for s in sealed]
         )
-        return masked_input_from_proto(self._call(self._stub.SecureMaskedInput, request))
+        return masked_input_from_proto(self._call("SecureMaskedInput", request, pb.MaskedInput))
 
     def consistency(self, params: SessionParameters, survivors: Sequence[int]) -> str:
         request = pb.SecureConsistencyRequest(
             session=session_to_proto(params), survivors=list(survivors)
         )
-        reply = self._call(self._stub.SecureConsistency, request)
+        reply = self._call("SecureConsistency", request, pb.SurvivorSignature)
         return str(reply.signature)
 
     def unmask(
@@ -173,10 +224,10 @@ class NodeClient:
                 pb.SurvivorSignature(index=i, signature=s) for i, s in sorted(signatures.items())
             ],
         )
-        return reveal_from_proto(self._call(self._stub.SecureUnmask, request))
+        return reveal_from_proto(self._call("SecureUnmask", request, pb.Reveal))
 
     def close(self) -> None:
-        self._channel.close()
+        self._transport.close()
 
     def __enter__(self) -> NodeClient:
         return self
@@ -195,7 +246,9 @@ def channel_credentials(
 ) -> grpc.ChannelCredentials | None:
     """Mutual-TLS credentials from the federation file, or None in insecure development mode."""
     if config.insecure:
-        remote = [e.name for e in entries if not is_loopback(e.address)]
+        remote = [e.name for e in entries if e.address is not None and not is_loopback(e.address)]
+        if config.hub is not None and not is_loopback(config.hub.address):
+            remote.append("the hub")
         if remote:
             raise FederationConfigError(
                 f"insecure mode talks only to loopback nodes; {', '.join(remote)} is not: "

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiaki.files import beside, describe_validation_error, read_yaml
+from tiaki.signing import SigningKeyError, parse_public_key
 
 DEFAULT_SIGNING_KEY = "coordinator-signing.key"
 
@@ -37,16 +38,63 @@ def _check_address(value: str) -> str:
 
 
 class NodeEntry(_Strict):
+    """One node: dialled at ``address``, or reached through the federation's hub (``via: hub``).
+
+    A node reached through the hub is named to it by its node id
+    (``server_name``, else ``name``), and its outcomes are checked against
+    ``signing_key``, its ledger key as its NGO gave it (``tiaki-node info``).
+    """
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    address: str
+    address: str | None = None
     # The identity the node's certificate must carry; anything else is refused.
     server_name: str | None = Field(default=None, min_length=1, max_length=253)
+    via: Literal["direct", "hub"] = "direct"
+    signing_key: str | None = None
 
-    _address = field_validator("address")(_check_address)
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        return None if v is None else _check_address(v)
+
+    @field_validator("signing_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_public_key(v)
+            except SigningKeyError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _reachable(self) -> NodeEntry:
+        if self.via == "direct" and self.address is None:
+            raise ValueError(f"node {self.name!r} needs an address, or 'via: hub'")
+        if self.via == "hub" and self.signing_key is None:
+            raise ValueError(
+                f"node {self.name!r} is reached through the hub: give its signing_key (its "
+                "ledger key, from 'tiaki-node info'), which its outcomes are checked against"
+            )
+        return self
 
     @property
     def expected_identity(self) -> str:
         return self.server_name or self.name
+
+    @property
+    def where(self) -> str:
+        """How the node is reached, for messages: its address, or "via hub"."""
+        return self.address if self.address is not None else f"{self.name} via hub"
+
+
+class HubEntry(_Strict):
+    """The hub that relays to the federation's ``via: hub`` nodes (this file's tls reaches it)."""
+
+    address: str
+    server_name: str | None = Field(default=None, min_length=1, max_length=253)
+
+    _address = field_validator("address")(_check_address)
 
 
 class CoordinatorTls(_Strict):
@@ -88,6 +136,7 @@ class FederationConfig(_Strict):
     secure_aggregation: SecureSettings = SecureSettings()
     tls: CoordinatorTls | None = None
     insecure: bool = False  # development only: plaintext, loopback nodes only
+    hub: HubEntry | None = None
     nodes: tuple[NodeEntry, ...] = ()
 
     @model_validator(mode="after")
@@ -96,6 +145,12 @@ class FederationConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"node names must be unique; repeated: {', '.join(dupes)}")
+        relayed = [n.name for n in self.nodes if n.via == "hub"]
+        if relayed and self.hub is None:
+            raise ValueError(
+                f"{', '.join(relayed)} {'is' if len(relayed) == 1 else 'are'} reached via hub, "
+                "but the file has no hub (address, server_name)"
+            )
         return self
 
     @property
@@ -152,16 +207,20 @@ def load_federation(path: Path) -> FederationConfig:
 def add_node(
     path: Path,
     name: str,
-    address: str,
+    address: str | None,
     *,
     analyst: str | None = None,
     server_name: str | None = None,
     tls: dict[str, str] | None = None,
     insecure: bool = False,
+    hub: dict[str, str] | None = None,
+    signing_key: str | None = None,
 ) -> bool:
     """Add or update a node in the federation file (created if missing). True if it was new.
 
     ``tls`` (ca, cert, key) and ``insecure`` are written only when the file is created.
+    With ``address`` None the node is reached through the hub: ``signing_key`` (its
+    ledger key) is then needed, and ``hub`` (address, server_name) sets the file's hub.
     """
     if path.exists():
         load_federation(path)  # refuse to edit an invalid file, with its own clear message
@@ -178,20 +237,32 @@ def add_node(
         if insecure:
             raw["insecure"] = True
     nodes = [dict(n) for n in raw.get("nodes", [])]
+    via: Literal["direct", "hub"] = "direct" if address is not None else "hub"
     try:
-        entry = NodeEntry(name=name, address=address, server_name=server_name)
-    except ValidationError:
+        entry = NodeEntry(
+            name=name, address=address, server_name=server_name, via=via, signing_key=signing_key
+        )
+    except ValidationError as exc:
+        lines = "; ".join(describe_validation_error(e) for e in exc.errors())
         raise FederationConfigError(
-            f"node name {name[:64]!r} must be 1-64 letters, digits, '.', '_' or '-' (starting "
-            f"with a letter or digit), address {address[:80]!r} must be host:port, and a "
-            "server name, if given, must be 1-253 characters"
+            f"node {name[:64]!r}: {lines} (a name is 1-64 letters, digits, '.', '_' or '-', "
+            "an address host:port, a server name 1-253 characters)"
         ) from None
+    if hub:
+        raw["hub"] = hub
     new = True
-    fields: dict[str, str] = {"name": entry.name, "address": entry.address}
+    fields: dict[str, str] = {"name": entry.name}
+    if entry.address is not None:
+        fields["address"] = entry.address
+    else:
+        fields["via"] = "hub"
     if server_name:
         fields["server_name"] = server_name
+    if signing_key:
+        fields["signing_key"] = signing_key
     for n in nodes:
         if n.get("name") == name:
+            n.clear()  # re-added: this description replaces the old one whole
             n.update(fields)
             new = False
     if new:

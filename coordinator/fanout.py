@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from coordinator.client import NodeClient, channel_credentials, connection_failure
-from coordinator.config import FederationConfig
+from coordinator.config import FederationConfig, NodeEntry
+from coordinator.hub_client import HubChannel, HubTransport
 from coordinator.results import NodeOutcome, NodeStatus
 from tiaki.budget import BudgetStatus, display_amount
 from tiaki.certs import identity_of
@@ -31,10 +32,12 @@ from tiaki.errors import (
     PolicyViolationError,
     QueryIdConflictError,
     RemoteError,
+    RequestExpiredError,
     TiakiError,
 )
 from tiaki.node_info import NodePlan
 from tiaki.query import Query
+from tiaki.signing import load_or_create_signing_key
 
 # Worth asking again, with the same query id: the node did not decide anything.
 TRANSIENT: tuple[type[TiakiError], ...] = (NodeUnreachableError, NotReadyError, BusyError)
@@ -79,17 +82,43 @@ class Federation:
         self.config = config
         entries = [config.node(n) for n in names] if names else list(config.nodes)
         credentials = channel_credentials(config, entries)
-        self.clients = {
-            e.name: NodeClient(
-                e.address,
-                identity=config.identity,
-                timeout=config.defaults.timeout_seconds,
-                credentials=credentials,
-                server_name=e.expected_identity,
-            )
-            for e in entries
-        }
+        self.hub: HubChannel | None = None
+        self.clients = {}
+        for e in entries:
+            if e.via == "hub":
+                self.clients[e.name] = NodeClient(
+                    e.where,
+                    timeout=config.defaults.timeout_seconds,
+                    transport=self._through_hub(e, credentials),
+                )
+            else:
+                assert e.address is not None  # validated: a direct node has an address
+                self.clients[e.name] = NodeClient(
+                    e.address,
+                    identity=config.identity,
+                    timeout=config.defaults.timeout_seconds,
+                    credentials=credentials,
+                    server_name=e.expected_identity,
+                )
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(64, len(entries))))
+
+    def _through_hub(self, entry: NodeEntry, credentials: Any) -> HubTransport:
+        hub_entry = self.config.hub
+        assert hub_entry is not None and entry.signing_key is not None  # validated
+        if self.hub is None:
+            self.hub = HubChannel(
+                hub_entry.address,
+                identity=self.config.identity,
+                credentials=credentials,
+                server_name=hub_entry.server_name,
+            )
+            self._signer, _ = load_or_create_signing_key(self.config.signing_key_path)
+        return HubTransport(
+            self.hub,
+            node_id=entry.expected_identity,
+            node_key=entry.signing_key,
+            signer=self._signer,
+        )
 
     @property
     def identity(self) -> str:
@@ -113,6 +142,8 @@ class Federation:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for client in self.clients.values():
             client.close()
+        if self.hub is not None:
+            self.hub.close()
 
     def __enter__(self) -> Federation:
         return self
@@ -123,6 +154,8 @@ class Federation:
 
 def failure_outcome(exc: TiakiError) -> tuple[NodeStatus, str]:
     """What became of a node's part, decided by the error's type, never its words."""
+    if isinstance(exc, RequestExpiredError):
+        return NodeStatus.UNREACHABLE, exc.message.splitlines()[0][:300]
     if isinstance(exc, DeadlineExceededError):
         return NodeStatus.UNREACHABLE, "unreachable: no answer before the deadline"
     if isinstance(exc, BusyError):

@@ -62,7 +62,13 @@ def federation_targets(path: Path) -> list[Target]:
     if config.tls is None:
         raise SystemExit(f"{path}: has no tls section; health over mTLS needs one")
     tls = (config.tls.ca, config.tls.cert, config.tls.key)
-    return [Target(n.name, n.address, tls, n.expected_identity) for n in config.nodes]
+    # A node reached through the hub has no address to check: the hub's roster says
+    # when it last pulled ('tiaki nodes').
+    return [
+        Target(n.name, n.address, tls, n.expected_identity)
+        for n in config.nodes
+        if n.address is not None
+    ]
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -43,6 +43,9 @@ class Caller:
     identity: str
     fingerprint: str | None  # sha256 of the verified certificate, hex
     verified: bool  # True when the identity comes from a verified certificate
+    # Set for work relayed by a hub: the key whose signature on the envelope checked.
+    # Such a caller is admitted only by a grant naming that key.
+    signing_key: str | None = None
 
 
 def _first(auth: dict[str, list[bytes]], key: str) -> str | None:
@@ -62,7 +65,14 @@ def _certificate_identity(pem: str) -> tuple[str | None, str]:
 
 
 def caller_of(context: grpc.ServicerContext) -> Caller:
-    """The caller of this call; refuses (PERMISSION_DENIED) a TLS peer that names nobody."""
+    """The caller of this call; refuses (PERMISSION_DENIED) a TLS peer that names nobody.
+
+    Work relayed by a hub carries its caller already: the signer of its envelope
+    (``node.hub_link``), never the hub.
+    """
+    relayed = getattr(context, "relayed_caller", None)
+    if isinstance(relayed, Caller):
+        return relayed
     auth = context.auth_context()
     if _first(auth, "transport_security_type") == "ssl":
         pem = _first(auth, "x509_pem_cert")
@@ -90,7 +100,12 @@ def caller_of(context: grpc.ServicerContext) -> Caller:
 
 
 def _names(grant: CoordinatorGrant | AuditorGrant, caller: Caller) -> bool:
-    """Does the policy entry name this caller, by certificate identity or fingerprint?"""
+    """Does the policy entry name this caller, by certificate identity or fingerprint?
+
+    A caller relayed by a hub is named only by the signing key in a coordinator's grant.
+    """
+    if caller.signing_key is not None:
+        return isinstance(grant, CoordinatorGrant) and grant.signing_key == caller.signing_key
     by_name = grant.identity is not None and grant.identity == caller.identity
     by_print = (
         grant.normalised_fingerprint is not None

@@ -222,6 +222,34 @@ class TlsSettings(StrictModel):
     client_ca: Path
 
 
+class HubLinkSettings(StrictModel):
+    """Where this node dials out to carry work through a hub, and how it knows the hub.
+
+    ``server_name`` is the identity the hub's certificate must name (it must
+    also be in ``policy.hubs``); ``cert`` and ``key`` are this node's client
+    certificate for the hub (naming this node's id), ``ca`` the CA that signed
+    the hub's.
+    """
+
+    address: str
+    server_name: str = Field(min_length=1, max_length=253)
+    ca: Path
+    cert: Path
+    key: Path
+    wait_seconds: int = Field(default=25, ge=1, le=25)
+    # How far this node's clock may be from a coordinator's: an envelope is acted on
+    # up to this long after its not_after, and refused if issued this far ahead.
+    skew_seconds: int = Field(default=300, ge=0, le=3600)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+            raise ValueError(f"hub address {v!r} must be host:port, e.g. hub.example.nz:50060")
+        return v
+
+
 class ServerSettings(StrictModel):
     address: str = "127.0.0.1:50051"
     max_workers: int = Field(default=8, ge=1, le=256)
@@ -230,6 +258,10 @@ class ServerSettings(StrictModel):
     # Connections are re-made (with a fresh TLS handshake) at least this often.
     max_connection_age_seconds: float = Field(default=300.0, ge=1, le=86_400)
     tls: TlsSettings | None = None
+    # Dial out to a hub for work (a node behind NAT); it may also listen.
+    hub: HubLinkSettings | None = None
+    # False: open no port at all (only with a hub).
+    listen: bool = True
 
     @field_validator("address")
     @classmethod
@@ -268,6 +300,11 @@ class NodePaths:
         return self.data_dir / "secure_sessions.sqlite"
 
     @property
+    def hub_inbox(self) -> Path:
+        """Outcomes of work relayed by a hub, kept by work id until the hub has them."""
+        return self.data_dir / "hub_inbox.sqlite"
+
+    @property
     def signing_key(self) -> Path:
         """The Ed25519 key that signs ledger exports."""
         return self.data_dir / "signing.key"
@@ -285,6 +322,20 @@ class NodeConfig(StrictModel):
     server: ServerSettings = ServerSettings()
     schema_: Schema = Field(alias="schema")
     policy: Policy
+
+    @model_validator(mode="after")
+    def _hub_allowed(self) -> NodeConfig:
+        hub = self.server.hub
+        if hub is None:
+            if not self.server.listen:
+                raise ValueError("server.listen is false but there is no server.hub to dial")
+            return self
+        if hub.server_name not in self.policy.hubs:
+            raise ValueError(
+                f"server.hub.server_name {hub.server_name!r} is not in policy.hubs; list the "
+                "hubs this node may carry work through"
+            )
+        return self
 
     @model_validator(mode="after")
     def _not_its_own_peer(self) -> NodeConfig:
@@ -324,18 +375,29 @@ def load_config(path: Path) -> NodeConfig:
 
     update: dict[str, Any] = {}
     tls = config.server.tls
+    hub = config.server.hub
     try:
         update["data_dir"] = beside(path, config.data_dir)
+        server: dict[str, Any] = {}
         if tls is not None:
-            resolved = TlsSettings(
+            server["tls"] = TlsSettings(
                 cert=beside(path, tls.cert),
                 key=beside(path, tls.key),
                 client_ca=beside(path, tls.client_ca),
             )
-            update["server"] = config.server.model_copy(update={"tls": resolved})
+        if hub is not None:
+            server["hub"] = hub.model_copy(
+                update={
+                    "ca": beside(path, hub.ca),
+                    "cert": beside(path, hub.cert),
+                    "key": beside(path, hub.key),
+                }
+            )
+        if server:
+            update["server"] = config.server.model_copy(update=server)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    if tls is not None and not config.policy.coordinators:
+    if (tls is not None or hub is not None) and not config.policy.coordinators:
         raise ConfigError(
             f"{path}: policy.coordinators: with TLS on, list the coordinators allowed to ask "
             "(by certificate identity or fingerprint); nobody else is served"

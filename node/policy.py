@@ -89,11 +89,24 @@ class CoordinatorGrant(_NamedCaller):
 
     kinds: tuple[QueryKind, ...] | None = None
     budget_cap: Fraction | None = None
+    # The Ed25519 key this coordinator signs envelopes with when it asks through a
+    # hub ("ed25519:<base64>", its `tiaki ledger key`); None: it may not ask that way.
+    signing_key: str | None = None
 
     @field_validator("budget_cap", mode="before")
     @classmethod
     def _cap(cls, v: Any) -> Fraction | None:
         return None if v is None else config_amount(v, "budget cap")
+
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_public_key(v)
+            except SigningKeyError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
 
 class SecurePeer(StrictModel):
@@ -180,6 +193,8 @@ class Policy(StrictModel):
     coordinators: tuple[CoordinatorGrant, ...] = ()
     auditors: tuple[AuditorGrant, ...] = ()
     secure_aggregation: SecureAggregationPolicy | None = None  # None: no part in secure sums
+    # Hubs this node may carry work through, by the identity their certificates name.
+    hubs: tuple[str, ...] = ()
 
     @field_validator("per_query_max", mode="before")
     @classmethod

@@ -387,6 +387,7 @@ class RunningNode:
     port: int
     service: NodeService
     health: health.HealthServicer
+    servicer: NodeServicer  # also runs the work a hub relays (node.hub_link)
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -427,6 +428,13 @@ def server_options(max_connection_age_seconds: float = 300.0) -> list[tuple[str,
     ]
 
 
+def gatekeeper_for(service: NodeService) -> Gatekeeper:
+    """The policy in force at each call: a reloaded policy applies to the next one."""
+    return Gatekeeper(
+        lambda: service.config.policy, service.config.server.max_concurrent_per_identity
+    )
+
+
 def create_server(
     service: NodeService,
     address: str | None = None,
@@ -445,11 +453,9 @@ def create_server(
         options=server_options(service.config.server.max_connection_age_seconds),
         maximum_concurrent_rpcs=service.config.server.max_workers * 8,
     )
-    # The policy in force at each call: a reloaded policy applies to the next one.
-    gatekeeper = Gatekeeper(
-        lambda: service.config.policy, service.config.server.max_concurrent_per_identity
-    )
-    server.add_generic_rpc_handlers((_node_handlers(NodeServicer(service, gatekeeper)),))
+    gatekeeper = gatekeeper_for(service)
+    servicer = NodeServicer(service, gatekeeper)
+    server.add_generic_rpc_handlers((_node_handlers(servicer),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if credentials is None:
@@ -458,7 +464,9 @@ def create_server(
         port = server.add_secure_port(bind, credentials)
     if port == 0:
         raise OSError(f"could not bind {bind}")
-    running = RunningNode(server=server, port=port, service=service, health=health_servicer)
+    running = RunningNode(
+        server=server, port=port, service=service, health=health_servicer, servicer=servicer
+    )
     running.set_serving(False)
     server.start()
     try:

@@ -181,6 +181,7 @@ def policy_record(
                 grant.normalised_fingerprint,
                 grant.budget_cap,
                 None if grant.kinds is None else tuple(k.value for k in grant.kinds),
+                grant.signing_key,
             )
             for grant in grants
         ),

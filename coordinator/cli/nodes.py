@@ -119,14 +119,14 @@ def run_list(args: argparse.Namespace) -> Outcome:
         result = results[entry.name]
         if isinstance(result, str):
             infos[entry.name] = result
-            rows.append([entry.name, entry.address, "no", "", "", "", "", result])
+            rows.append([entry.name, entry.where, "no", "", "", "", "", result])
             continue
         info, budget = result
         assert reference is not None
         rows.append(
             [
                 entry.name,
-                entry.address,
+                entry.where,
                 "yes",
                 f"{info.definition.letter} ({_DEFINITION_WORDS[info.definition]})",
                 _compatibility(info, reference),

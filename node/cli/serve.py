@@ -19,8 +19,9 @@ from grpc_health.v1 import health_pb2_grpc
 from node import logs
 from node.config import ConfigError, NodeConfig, load_config
 from node.datadir_lock import DataDirBusy, DataDirLock
+from node.hub_link import HubLink, start_hub_link
 from node.ledger import LedgerError
-from node.server import RunningNode, create_server
+from node.server import NodeServicer, RunningNode, create_server, gatekeeper_for
 from node.service import NodeService, PolicyReloadError, open_service
 from node.tls import TlsError, server_credentials
 from tiaki.cli.exits import CommandError
@@ -170,8 +171,15 @@ def run(args: argparse.Namespace) -> Outcome:
     log_format = getattr(args, "log_format", "text")
     logs.configure(log_format, args.verbose)
     say = logs.Announcer(log_format)
-    credentials = credentials_for(
-        config, address, args.insecure, logs.Announcer(log_format, sys.stderr)
+    if not config.server.listen and args.health_address is not None:
+        raise CommandError(
+            "--health-address needs a listening node; this one only dials out to its hub "
+            "(server.listen is false)"
+        )
+    credentials = (
+        credentials_for(config, address, args.insecure, logs.Announcer(log_format, sys.stderr))
+        if config.server.listen
+        else None
     )
     lock = DataDirLock(config.data_dir)
     try:
@@ -193,18 +201,29 @@ def _serve(
     say: logs.Announcer,
 ) -> None:
     service = open_service(config)
-    try:
-        node = create_server(service, address, credentials)
-    except (OSError, RuntimeError) as exc:
-        service.close()
-        raise cannot_listen(address, exc) from None
+    node: RunningNode | None = None
+    if config.server.listen:
+        try:
+            node = create_server(service, address, credentials)
+        except (OSError, RuntimeError) as exc:
+            service.close()
+            raise cannot_listen(address, exc) from None
     health_server: grpc.Server | None = None
     health_address = ""
+    link: HubLink | None = None
     try:
-        if args.health_address is not None:
+        if args.health_address is not None and node is not None:
             health_server, health_address = start_health_server(node, args.health_address)
+        if config.server.hub is not None:
+            servicer = (
+                node.servicer
+                if node is not None
+                else NodeServicer(service, gatekeeper_for(service))
+            )
+            link = start_hub_link(service, servicer)
     except BaseException:
-        node.stop(grace=0)
+        if node is not None:
+            node.stop(grace=0)
         service.close()
         raise
     # Handlers before the "serving" line: whoever waits for it may signal at once.
@@ -224,13 +243,17 @@ def _serve(
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     dataset = service.datasets.current
-    bound = f"{address.rpartition(':')[0]}:{node.port}"
+    bound = f"{address.rpartition(':')[0]}:{node.port}" if node is not None else ""
+    where = [f"serving on {bound}"] if node is not None else []
+    if config.server.hub is not None:
+        where.append(f"taking work from hub {config.server.hub.address}")
     say(
-        f"node {config.node_id} serving on {bound} "
+        f"node {config.node_id} {' and '.join(where)} "
         f"({dataset.n_records} records, {dataset.n_clients} clients, version {dataset.version})",
         event="serving",
         node_id=config.node_id,
         address=bound,
+        hub=config.server.hub.address if config.server.hub is not None else "",
         records=dataset.n_records,
         clients=dataset.n_clients,
         dataset_version=dataset.version,
@@ -252,7 +275,10 @@ def _serve(
             version = service.datasets.current.version
             say(f"records reloaded: version {version}", event="reloaded", dataset_version=version)
     say("stopping: letting in-flight queries finish", event="stopping")
-    node.stop()
+    if link is not None:
+        link.stop()
+    if node is not None:
+        node.stop()
     if health_server is not None:
         health_server.stop(0).wait()
     service.close()

@@ -261,6 +261,16 @@ class DeadlineExceededError(NodeUnreachableError):
     reason = "DEADLINE_EXCEEDED"
 
 
+class RequestExpiredError(DeadlineExceededError):
+    """A request relayed by a hub reached its node after its deadline, or never did.
+
+    The node did nothing and spent nothing (an expired envelope is refused
+    before any work); asking again is a new request.
+    """
+
+    reason = "EXPIRED"
+
+
 class UnsupportedCallError(TiakiError):
     """The node's tiaki predates the call: it does not offer it."""
 

@@ -82,14 +82,20 @@ class GrantRecord:
     fingerprint: str | None
     budget_cap: Fraction | None
     kinds: tuple[str, ...] | None
+    # The key its envelopes through a hub are signed with; the body has no such key
+    # when None (grants chained before hubs read the same).
+    signing_key: str | None = None
 
     def body(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "identity": self.identity,
             "fingerprint": self.fingerprint,
             "budget_cap": f.opt(self.budget_cap),
             "kinds": None if self.kinds is None else list(self.kinds),
         }
+        if self.signing_key is not None:
+            body["signing_key"] = self.signing_key
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> GrantRecord:
@@ -99,6 +105,7 @@ class GrantRecord:
             f.optional_text(body, "fingerprint"),
             f.optional_amount(body, "budget_cap"),
             kinds,
+            f.optional_text(body, "signing_key"),
         )
 
 

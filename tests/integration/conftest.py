@@ -22,6 +22,7 @@ from node.service import open_service
 from node.synth import write_csv
 from node.tls import server_credentials
 from tests.conftest import FederationPki
+from tests.integration.hub_support import hub_factory as hub_factory  # a fixture
 from tiaki.budget import BudgetStatus
 from tiaki.errors import TiakiError
 from tiaki.wire_errors import status_code_of

@@ -396,11 +396,12 @@ def test_the_ledger_commits_to_answers_so_other_readers_cannot_brute_force_them(
 
     with guarded.client("coordinator-a") as asker:
         asker.query(count("0.5"), query_id="secret", analyst="jo")
-        raw = asker._stub.Query(  # the asker's own copy, bytes and all (a free replay)
+        raw = asker._call(  # the asker's own copy, bytes and all (a free replay)
+            "Query",
             pb.QueryRequest(
                 query_id="secret", analyst="jo", kind=pb.COUNT, cost=pb.PrivacyCost(epsilon="0.5")
             ),
-            timeout=10,
+            pb.QueryResponse,
         )
     with guarded.client("coordinator-b") as reader:  # another coordinator reads the export
         export = parse_export(list(reader.export_ledger()), "export")
@@ -427,11 +428,12 @@ def test_the_ledger_commits_to_answers_so_other_readers_cannot_brute_force_them(
     assert receipts.commitment_of(raw) == committed["response_commitment"]
     # Another identity asking under the same id gets its own answer, never this salt.
     with guarded.client("coordinator-b") as other:
-        theirs = other._stub.Query(
+        theirs = other._call(
+            "Query",
             pb.QueryRequest(
                 query_id="secret", analyst="x", kind=pb.COUNT, cost=pb.PrivacyCost(epsilon="0.5")
             ),
-            timeout=10,
+            pb.QueryResponse,
         )
     assert not theirs.replayed and theirs.commitment_salt != raw.commitment_salt
 

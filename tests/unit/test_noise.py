@@ -295,6 +295,8 @@ SECRETS_ALLOWED = {
     "node/server.py",  # random references for internal-error messages
     "protos/tiaki/files.py",  # unguessable temporary file names while writing keys
     "coordinator/secure_sum.py",  # random session ids, never noise
+    "node/hub_link.py",  # jitter for reconnecting to a hub, never noise
+    "protos/tiaki/envelopes.py",  # envelope nonces, never noise
     # Secure aggregation draws key material and polynomial coefficients, never
     # noise: the noise of every release still comes only from OpenDP.
     "protos/tiaki/secagg/shamir.py",  # mask seeds, private keys, Shamir coefficients

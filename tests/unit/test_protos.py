@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ("node_pb2.py", "node_pb2_grpc.py", "node_pb2.pyi")
+PROTOS = ("node", "hub")
+GENERATED = tuple(
+    f"{p}{suffix}" for p in PROTOS for suffix in ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")
+)
 
 
 def test_generated_code_matches_proto(tmp_path: Path) -> None:
@@ -20,7 +23,7 @@ def test_generated_code_matches_proto(tmp_path: Path) -> None:
             f"--python_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
             f"--pyi_out={tmp_path}",
-            str(ROOT / "protos" / "tiaki" / "v1" / "node.proto"),
+            *(str(ROOT / "protos" / "tiaki" / "v1" / f"{p}.proto") for p in PROTOS),
         ],
         check=True,
     )
@@ -35,3 +38,7 @@ def test_generated_code_imports_as_tiaki_v1() -> None:
 
     assert node_pb2.DESCRIPTOR.package == "tiaki.v1"
     assert hasattr(node_pb2_grpc, "NodeStub")
+    from tiaki.v1 import hub_pb2, hub_pb2_grpc
+
+    assert hub_pb2.DESCRIPTOR.package == "tiaki.v1"
+    assert hasattr(hub_pb2_grpc, "HubStub")

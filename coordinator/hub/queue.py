@@ -1,0 +1,206 @@
+"""The hub's durable queue of work items: one SQLite file, every change committed at once.
+
+An item is ``queued`` when submitted, ``leased`` while a node holds it (for
+``lease_seconds``; a lease that ends without an outcome puts it back in the
+queue), ``done`` once its node pushed an outcome, and ``expired`` when its
+envelope's ``not_after`` (plus :data:`EXPIRY_GRACE_SECONDS`, room for the
+node's clock-skew allowance) passed first. The queue holds only what it relays
+(signed envelopes and signed outcomes, which it cannot read or alter unseen)
+and when each node last pulled. WAL journal: a hub killed at any moment
+restarts with every item it acknowledged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# A node may act on an envelope up to its skew allowance after not_after; the hub
+# keeps offering it that long, then reports it expired.
+EXPIRY_GRACE_SECONDS = 300
+# Done and expired items are kept this long for a coordinator to collect, then dropped.
+KEEP_SECONDS = 7 * 24 * 3600
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS work (
+        work_id     TEXT PRIMARY KEY,
+        node_id     TEXT NOT NULL,
+        envelope    BLOB NOT NULL,
+        not_after   INTEGER NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('queued', 'leased', 'done', 'expired')),
+        attempt     INTEGER NOT NULL DEFAULT 0,
+        lease_until REAL,
+        outcome     BLOB,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS work_by_node ON work (node_id, state)",
+    """CREATE TABLE IF NOT EXISTS pulls (
+        node_id   TEXT PRIMARY KEY,
+        last_pull REAL NOT NULL
+    )""",
+)
+
+
+@dataclass(frozen=True)
+class Leased:
+    work_id: str
+    attempt: int
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class ItemState:
+    state: str  # queued, leased, done, expired, or unknown
+    outcome: bytes | None = None
+
+
+@dataclass(frozen=True)
+class NodeQueue:
+    node_id: str
+    last_pull: float | None
+    waiting: int  # queued or leased
+
+
+class WorkQueue:
+    """The hub's items and pulls. Safe to share between threads (one connection, a lock)."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL, not FULL: a commit survives the hub being killed (it is in the WAL),
+        # though not a power cut; both ends resend then (the same envelope, the
+        # same work id; the stored outcome), so at-least-once delivery holds.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._write() as db:
+            for statement in SCHEMA:
+                db.execute(statement)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------ coordinators
+
+    def submit(self, items: Sequence[tuple[str, str, bytes, int]]) -> None:
+        """Queue (work id, node id, envelope, not_after) items in one commit; a work id
+        already known is left as it is (the same envelope sent again)."""
+        now = self._clock()
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO work (work_id, node_id, envelope, not_after, state, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                [(w, n, e, a, now, now) for w, n, e, a in items],
+            )
+            self._expire(db, now)
+
+    def state(self, work_id: str) -> ItemState:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state, outcome FROM work WHERE work_id = ?", (work_id,)
+            ).fetchone()
+        if row is None:
+            return ItemState("unknown")
+        return ItemState(str(row[0]), None if row[1] is None else bytes(row[1]))
+
+    # ------------------------------------------------------------ nodes
+
+    def lease(self, node_id: str, lease_seconds: float, max_items: int) -> list[Leased]:
+        """Up to ``max_items`` items for ``node_id``: queued ones, and leases that ran out."""
+        now = self._clock()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO pulls (node_id, last_pull) VALUES (?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET last_pull = excluded.last_pull",
+                (node_id, now),
+            )
+            self._expire(db, now)
+            rows = db.execute(
+                "SELECT work_id, attempt, envelope FROM work WHERE node_id = ? AND "
+                "(state = 'queued' OR (state = 'leased' AND lease_until <= ?)) "
+                "ORDER BY created_at LIMIT ?",
+                (node_id, now, max_items),
+            ).fetchall()
+            for work_id, _, _ in rows:
+                db.execute(
+                    "UPDATE work SET state = 'leased', attempt = attempt + 1, lease_until = ?, "
+                    "updated_at = ? WHERE work_id = ?",
+                    (now + lease_seconds, now, work_id),
+                )
+        return [Leased(str(w), int(a) + 1, bytes(e)) for w, a, e in rows]
+
+    def complete(self, work_id: str, node_id: str, outcome: bytes) -> bool:
+        """Keep ``node_id``'s outcome for its item; False if it is not that node's item.
+
+        The first outcome stands: a repeat (a re-push after a reconnect) is
+        accepted and changes nothing. An outcome for an item the hub already
+        reported expired is kept too: the node's word on what it did wins.
+        """
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT node_id, state FROM work WHERE work_id = ?", (work_id,)
+            ).fetchone()
+            if row is None or row[0] != node_id:
+                return False
+            if row[1] != "done":
+                db.execute(
+                    "UPDATE work SET state = 'done', outcome = ?, lease_until = NULL, "
+                    "updated_at = ? WHERE work_id = ?",
+                    (outcome, now, work_id),
+                )
+        return True
+
+    def record_pull(self, node_id: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO pulls (node_id, last_pull) VALUES (?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET last_pull = excluded.last_pull",
+                (node_id, self._clock()),
+            )
+
+    def nodes(self, roster: Sequence[str]) -> list[NodeQueue]:
+        """Each rostered node: when it last pulled, and how many items wait for it."""
+        with self._lock:
+            pulls = dict(self._db.execute("SELECT node_id, last_pull FROM pulls").fetchall())
+            waiting = dict(
+                self._db.execute(
+                    "SELECT node_id, COUNT(*) FROM work WHERE state IN ('queued', 'leased') "
+                    "GROUP BY node_id"
+                ).fetchall()
+            )
+        return [NodeQueue(n, pulls.get(n), int(waiting.get(n, 0))) for n in roster]
+
+    # ------------------------------------------------------------ upkeep
+
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        db.execute(
+            "UPDATE work SET state = 'expired', lease_until = NULL, updated_at = ? "
+            "WHERE state IN ('queued', 'leased') AND not_after + ? < ?",
+            (now, EXPIRY_GRACE_SECONDS, now),
+        )
+        db.execute(
+            "DELETE FROM work WHERE state IN ('done', 'expired') AND updated_at < ?",
+            (now - KEEP_SECONDS,),
+        )

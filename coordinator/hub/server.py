@@ -1,0 +1,310 @@
+"""The hub's gRPC face, on ``grpc.aio``: thousands of held Pull and Collect calls, no thread each.
+
+Every call is admitted by the caller's verified certificate alone (under
+``insecure``, by the claim in the ``tiaki-coordinator`` metadata): a node may
+pull and push only for the node id its certificate names, and only if that id
+is on the roster; a coordinator may submit and collect only if it is listed.
+The hub reads of an envelope only which node it is for and when it expires;
+it never checks a signature (it holds no keys) because it trusts nothing it
+relays: the node and the coordinator check each other's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+from coordinator.hub.config import HubConfig
+from coordinator.hub.queue import WorkQueue
+from tiaki.certs import CertError, identity_of
+from tiaki.metadata import IDENTITY_METADATA_KEY
+from tiaki.v1 import hub_pb2 as hub
+from tiaki.v1 import hub_pb2_grpc
+
+log = logging.getLogger("tiaki.hub")
+
+MAX_WAIT_SECONDS = 25  # under common load balancers' 60 s idle limit, with room to spare
+RECHECK_SECONDS = 5.0  # a held call looks again this often (lease ends, expiry)
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+SERVICE_NAME = "tiaki.v1.Hub"
+
+
+def server_options() -> list[tuple[str, Any]]:
+    """Keepalive the nodes' pings can meet without a GOAWAY ("too_many_pings").
+
+    Nodes ping every 30 s (see ``node.hub_link``); the hub accepts pings as
+    often as every 20 s with or without calls in flight, so a node's ping never
+    counts as abuse, and pings itself every 60 s to find dead peers.
+    """
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+class Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _peer_identity(context: grpc.aio.ServicerContext, insecure: bool) -> str:
+    auth = context.auth_context()
+    if auth.get("transport_security_type") == [b"ssl"]:
+        pem = (auth.get("x509_pem_cert") or [b""])[0]
+        try:
+            return identity_of(pem)
+        except (CertError, ValueError):
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED, "your certificate names no identity"
+            ) from None
+    if insecure:
+        for key, value in context.invocation_metadata() or ():
+            if key == IDENTITY_METADATA_KEY and isinstance(value, str) and value.isprintable():
+                return value.strip()[:128]
+    raise Refused(grpc.StatusCode.PERMISSION_DENIED, "the hub admits callers by certificate")
+
+
+@dataclass
+class _Waiters:
+    """Events that wake held calls: one per node (new work), one per work id (an outcome)."""
+
+    nodes: dict[str, asyncio.Event] = field(default_factory=dict)
+    work: dict[str, asyncio.Event] = field(default_factory=dict)
+    polling: dict[str, int] = field(default_factory=dict)
+
+    def node(self, node_id: str) -> asyncio.Event:
+        return self.nodes.setdefault(node_id, asyncio.Event())
+
+    def item(self, work_id: str) -> asyncio.Event:
+        return self.work.setdefault(work_id, asyncio.Event())
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=max(0.0, seconds))
+
+
+class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
+    def __init__(self, config: HubConfig, queue: WorkQueue) -> None:
+        self._config = config
+        self._queue = queue
+        self._roster = frozenset(config.nodes)
+        self._coordinators = frozenset(config.coordinators)
+        self._waiters = _Waiters()
+
+    # ------------------------------------------------------------ admission
+
+    def _node(self, context: grpc.aio.ServicerContext) -> str:
+        identity = _peer_identity(context, self._config.insecure)
+        if identity not in self._roster:
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{identity!r} is not a node on this hub's roster",
+            )
+        return identity
+
+    def _coordinator(self, context: grpc.aio.ServicerContext) -> str:
+        identity = _peer_identity(context, self._config.insecure)
+        if identity not in self._coordinators:
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{identity!r} is not a coordinator this hub admits",
+            )
+        return identity
+
+    # ------------------------------------------------------------ nodes
+
+    async def Pull(self, request: hub.PullRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def run() -> hub.PullResponse:
+            node_id = self._node(context)
+            wait = min(request.wait_seconds, MAX_WAIT_SECONDS)
+            limit = min(request.max_items or self._config.max_items, self._config.max_items)
+            deadline = time.monotonic() + wait
+            event = self._waiters.node(node_id)
+            self._waiters.polling[node_id] = self._waiters.polling.get(node_id, 0) + 1
+            try:
+                while True:
+                    event.clear()
+                    leased = self._queue.lease(node_id, self._config.lease_seconds, limit)
+                    left = deadline - time.monotonic()
+                    if leased or left <= 0:
+                        break
+                    await _wait(event, min(left, RECHECK_SECONDS))
+            finally:
+                self._waiters.polling[node_id] -= 1
+            return hub.PullResponse(
+                items=[
+                    hub.WorkItem(
+                        work_id=item.work_id,
+                        attempt=item.attempt,
+                        envelope=hub.SignedEnvelope.FromString(item.envelope),
+                    )
+                    for item in leased
+                ]
+            )
+
+        return await _answer(context, "Pull", run)
+
+    async def Push(self, request: hub.PushRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def run() -> hub.PushResponse:
+            node_id = self._node(context)
+            data = request.outcome.SerializeToString(deterministic=True)
+            if not self._queue.complete(request.work_id, node_id, data):
+                raise Refused(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no work item {request.work_id[:64]!r} for {node_id!r}",
+                )
+            self._waiters.item(request.work_id).set()
+            return hub.PushResponse()
+
+        return await _answer(context, "Push", run)
+
+    # ------------------------------------------------------------ coordinators
+
+    async def Submit(self, request: hub.SubmitRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def run() -> hub.SubmitResponse:
+            self._coordinator(context)
+            items = []
+            for signed in request.envelopes:
+                try:
+                    envelope = hub.Envelope.FromString(signed.envelope)
+                except DecodeError:
+                    raise Refused(
+                        grpc.StatusCode.INVALID_ARGUMENT, "an envelope is not a tiaki.v1.Envelope"
+                    ) from None
+                if envelope.node_id not in self._roster:
+                    raise Refused(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"{envelope.node_id[:64]!r} is not a node on this hub's roster",
+                    )
+                work_id = hashlib.sha256(signed.envelope).hexdigest()
+                items.append(
+                    (work_id, envelope.node_id, signed.SerializeToString(), envelope.not_after)
+                )
+            self._queue.submit(items)
+            for _, node_id, _, _ in items:
+                self._waiters.node(node_id).set()
+            return hub.SubmitResponse(work_ids=[w for w, _, _, _ in items])
+
+        return await _answer(context, "Submit", run)
+
+    async def Collect(self, request: hub.CollectRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def run() -> hub.CollectResponse:
+            self._coordinator(context)
+            wait = min(request.wait_seconds, MAX_WAIT_SECONDS)
+            deadline = time.monotonic() + wait
+            work_ids = list(dict.fromkeys(request.work_ids))
+            while True:
+                events = [self._waiters.item(w) for w in work_ids]
+                for event in events:
+                    event.clear()
+                ready = [c for c in (self._collected(w) for w in work_ids) if c is not None]
+                left = deadline - time.monotonic()
+                if ready or left <= 0 or not work_ids:
+                    for w in (c.work_id for c in ready):
+                        self._waiters.work.pop(w, None)
+                    return hub.CollectResponse(ready=ready)
+                waits = [asyncio.ensure_future(e.wait()) for e in events]
+                _, pending = await asyncio.wait(
+                    waits, timeout=min(left, RECHECK_SECONDS), return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+
+        return await _answer(context, "Collect", run)
+
+    def _collected(self, work_id: str) -> hub.Collected | None:
+        item = self._queue.state(work_id)
+        if item.state == "done" and item.outcome is not None:
+            return hub.Collected(
+                work_id=work_id, outcome=hub.SignedOutcome.FromString(item.outcome)
+            )
+        if item.state == "expired":
+            return hub.Collected(work_id=work_id, expired=True)
+        if item.state == "unknown":
+            return hub.Collected(work_id=work_id, unknown=True)
+        return None
+
+    async def ListNodes(
+        self, request: hub.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async def run() -> hub.ListNodesResponse:
+            self._coordinator(context)
+            return hub.ListNodesResponse(
+                nodes=[
+                    hub.HubNode(
+                        node_id=n.node_id,
+                        last_pull=int(n.last_pull or 0),
+                        polling=self._waiters.polling.get(n.node_id, 0) > 0,
+                        queued=n.waiting,
+                    )
+                    for n in self._queue.nodes(sorted(self._roster))
+                ]
+            )
+
+        return await _answer(context, "ListNodes", run)
+
+
+async def _answer(
+    context: grpc.aio.ServicerContext, what: str, run: Callable[[], Awaitable[Any]]
+) -> Any:
+    try:
+        return await run()
+    except Refused as exc:
+        log.info("%s refused: %s", what, exc.message)
+        await context.abort(exc.code, exc.message)
+    except Exception:
+        log.exception("%s failed", what)
+        await context.abort(grpc.StatusCode.INTERNAL, "the hub failed; see its log")
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+@dataclass
+class RunningHub:
+    server: grpc.aio.Server
+    port: int
+    queue: WorkQueue
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.server.stop(grace)
+        self.queue.close()
+
+
+async def start_hub(
+    config: HubConfig,
+    address: str | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> RunningHub:
+    """Bind ``address`` (the config's by default; port 0 picks one), open the queue, start."""
+    queue = WorkQueue(config.queue)
+    server = grpc.aio.server(options=server_options())
+    hub_pb2_grpc.add_HubServicer_to_server(HubServicer(config, queue), server)
+    bind = address or config.address
+    port = (
+        server.add_secure_port(bind, credentials)
+        if credentials is not None
+        else server.add_insecure_port(bind)
+    )
+    if port == 0:
+        queue.close()
+        raise OSError(f"could not bind {bind}")
+    await server.start()
+    return RunningHub(server, port, queue)

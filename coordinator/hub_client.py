@@ -1,0 +1,183 @@
+"""Reaching a node through the hub: the same calls, as signed envelopes and signed outcomes.
+
+A :class:`HubTransport` is what a :class:`~coordinator.client.NodeClient`
+uses for a node marked ``via: hub``. Each call is sealed in an envelope
+signed with this coordinator's signing key (the one its ledger exports are
+signed with, which the NGO pinned in its grant), submitted to the hub, and
+its outcome collected and opened with the node's pinned ledger key. The
+outcome must answer exactly the envelope sent; a refusal comes back as the
+status the node would have sent directly, and turns into the same typed
+error. An outcome that does not check is an error of its own: the hub (or
+someone on the way) changed it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from tiaki.envelopes import EnvelopeError, open_outcome, seal_envelope, work_id_of
+from tiaki.errors import (
+    DeadlineExceededError,
+    NodeUnreachableError,
+    RequestExpiredError,
+    TiakiError,
+)
+from tiaki.metadata import IDENTITY_METADATA_KEY
+from tiaki.signing import SigningKey
+from tiaki.v1 import hub_pb2 as hub
+from tiaki.v1 import hub_pb2_grpc
+from tiaki.wire_errors import from_rpc_error
+
+M = TypeVar("M", bound=Message)
+COLLECT_WAIT_SECONDS = 25
+
+
+class RelayedStatus(grpc.RpcError):  # type: ignore[misc]
+    """A node's refusal relayed in an outcome, shaped like the failed call it stands for."""
+
+    def __init__(self, outcome: hub.Outcome) -> None:
+        super().__init__(outcome.message)
+        self._outcome = outcome
+
+    def code(self) -> grpc.StatusCode:
+        for code in grpc.StatusCode:
+            if code.value[0] == self._outcome.code:
+                return code
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return str(self._outcome.message)
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        status = bytes(self._outcome.status)
+        return (("grpc-status-details-bin", status),) if status else ()
+
+
+class HubChannel:
+    """One connection to the hub, shared by every node reached through it."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        identity: str,
+        credentials: grpc.ChannelCredentials | None,
+        server_name: str | None,
+    ) -> None:
+        self.address = address
+        self._metadata = ((IDENTITY_METADATA_KEY, identity),)
+        options: list[tuple[str, Any]] = [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        self.stub = hub_pb2_grpc.HubStub(self._channel)
+
+    def call(self, method: str, request: Message, timeout: float) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"hub {self.address}") from None
+
+    def nodes(self, timeout: float = 10.0) -> Sequence[hub.HubNode]:
+        reply = self.call("ListNodes", hub.ListNodesRequest(), timeout)
+        return tuple(reply.nodes)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class HubTransport:
+    """One node's calls through the hub: seal, submit, collect, open, decode."""
+
+    def __init__(
+        self, channel: HubChannel, *, node_id: str, node_key: str, signer: SigningKey
+    ) -> None:
+        self._hub = channel
+        self._node_id = node_id
+        self._node_key = node_key
+        self._signer = signer
+
+    def _outcome(self, method: str, request: Message, timeout: float) -> hub.Outcome:
+        issued = int(time.time())
+        deadline = time.monotonic() + timeout
+        signed = seal_envelope(
+            self._signer,
+            node_id=self._node_id,
+            method=method,
+            payload=request.SerializeToString(),
+            issued_at=issued,
+            not_after=issued + max(1, int(timeout)),
+        )
+        work_id = work_id_of(signed)
+        submit = hub.SubmitRequest(envelopes=[signed])
+        self._hub.call("Submit", submit, min(timeout, 30.0))
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceededError(
+                    f"no outcome from {self._node_id} through the hub before the deadline "
+                    "(the node may be offline; the hub keeps the request until it expires)"
+                )
+            wait = int(min(COLLECT_WAIT_SECONDS, max(1.0, left)))
+            reply = self._hub.call(
+                "Collect", hub.CollectRequest(work_ids=[work_id], wait_seconds=wait), wait + 10.0
+            )
+            for ready in reply.ready:
+                if ready.work_id != work_id:
+                    continue
+                if ready.unknown:  # the hub lost it (a power cut): the same envelope again
+                    self._hub.call("Submit", submit, min(left, 30.0))
+                    break
+                if ready.expired:
+                    raise RequestExpiredError(
+                        f"expired: {self._node_id} did not take the request before its "
+                        "deadline; nothing was done or spent"
+                    )
+                try:
+                    return open_outcome(ready.outcome, self._node_key, signed)
+                except EnvelopeError as exc:
+                    raise NodeUnreachableError(
+                        f"the hub relayed an outcome that does not check ({exc.message}); "
+                        "nothing from it was used"
+                    ) from None
+
+    def unary(self, method: str, request: Message, reply: type[M], timeout: float) -> M:
+        outcome = self._outcome(method, request, timeout)
+        if outcome.expired:
+            raise RequestExpiredError(
+                f"expired: {self._node_id} refused the request as past its deadline "
+                f"({outcome.message}); nothing was done or spent"
+            )
+        if outcome.code != 0:
+            raise RelayedStatus(outcome)
+        if len(outcome.replies) != 1:
+            raise NodeUnreachableError("the node's relayed outcome has no single reply")
+        try:
+            return reply.FromString(outcome.replies[0])
+        except DecodeError:
+            raise NodeUnreachableError("the node's relayed reply does not decode") from None
+
+    def stream(self, method: str, request: Message, reply: type[M], timeout: float) -> Iterator[M]:
+        outcome = self._outcome(method, request, timeout)
+        if outcome.code != 0:
+            raise RelayedStatus(outcome)
+        for data in outcome.replies:
+            yield reply.FromString(data)
+
+    def close(self) -> None:
+        """The hub's channel is shared: the federation closes it."""
+
+
+__all__ = ["HubChannel", "HubTransport", "RelayedStatus", "RequestExpiredError", "TiakiError"]

@@ -1,0 +1,207 @@
+"""Nodes behind NAT: a real hub, nodes that only dial out, the coordinator's own client.
+
+Every node here opens no port: it pulls signed work from the hub over mutual
+TLS, runs it through its own servicer and pushes back signed outcomes. The
+coordinator reaches it with the same NodeClient calls as a direct node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import load_federation
+from coordinator.fanout import Federation
+from coordinator.federated import ask_federation
+from coordinator.mirror import MirrorLedger
+from tests.conftest import FederationPki
+from tests.integration.hub_support import (
+    COORDINATOR,
+    HubNode,
+    HubThread,
+    coordinator_key,
+    start_hub_node,
+    write_hub_federation,
+)
+from tiaki.budget import PrivacyDefinition
+from tiaki.envelopes import seal_envelope, work_id_of
+from tiaki.errors import (
+    NodeUnreachableError,
+    PolicyViolationError,
+)
+from tiaki.query import PrivacyCost, Query, QueryKind
+from tiaki.signing import create_signing_key
+from tiaki.v1 import hub_pb2 as hub
+from tiaki.v1 import node_pb2 as pb
+
+COUNT = Query(
+    QueryKind.COUNT, PrivacyCost(PrivacyDefinition.PURE, Fraction(1, 2)), group_by=("region",)
+)
+
+
+@pytest.fixture
+def relayed(
+    tmp_path: Path, pki: FederationPki, hub_factory: Callable[..., HubThread], synth_csv: Path
+) -> Iterator[tuple[HubThread, HubNode, Path]]:
+    hub_thread = hub_factory(("ngo-nat",))
+    signer = coordinator_key(tmp_path)
+    node = start_hub_node(
+        tmp_path, pki, hub_thread.address, "ngo-nat", synth_csv, signer=signer.public_text
+    )
+    fed = write_hub_federation(
+        tmp_path / "federation.yaml",
+        pki,
+        hub_thread.address,
+        {"ngo-nat": node.service.signing_key.public_text},
+    )
+    try:
+        yield hub_thread, node, fed
+    finally:
+        node.stop()
+
+
+def test_a_node_with_no_port_answers_through_the_hub_and_is_charged_once(
+    relayed: tuple[HubThread, HubNode, Path],
+) -> None:
+    _, node, fed = relayed
+    config = load_federation(fed)
+    with Federation(config) as federation:
+        client = federation.clients["ngo-nat"]
+        info = client.info()
+        assert info.node_id == "ngo-nat"
+        first = client.query(COUNT, query_id="q-hub-1", analyst="ana")
+        again = client.query(COUNT, query_id="q-hub-1", analyst="ana")
+        assert not first.replayed and again.replayed
+        assert [c.value for c in again.cells] == [c.value for c in first.cells]  # same noise
+        lines = list(client.export_ledger())
+        assert lines and '"type":"charge"' in "".join(lines).replace(" ", "")
+    assert node.budget_spent() == Fraction(1, 2)
+    (entry,) = node.service.ledger.entries()
+    # The signer's grant names it: the ledger records the coordinator, never the hub.
+    assert entry.identity == COORDINATOR and entry.query_id == "q-hub-1"
+
+
+def test_a_federation_question_reaches_a_hub_node_like_any_other(
+    relayed: tuple[HubThread, HubNode, Path],
+) -> None:
+    _, node, fed = relayed
+    config = load_federation(fed)
+    with Federation(config) as federation, MirrorLedger(config.ledger) as mirror:
+        answer = ask_federation(federation, COUNT, analyst="ana", mirror=mirror)
+    assert answer.released and answer.answered_nodes == ("ngo-nat",)
+    assert answer.total_charged == Fraction(1, 2) == node.budget_spent()
+
+
+def test_an_envelope_altered_on_the_way_is_refused_and_spends_nothing(
+    relayed: tuple[HubThread, HubNode, Path], tmp_path: Path
+) -> None:
+    _, node, fed = relayed
+    config = load_federation(fed)
+    signer = coordinator_key(tmp_path)
+    with Federation(config) as federation:
+        channel = federation.clients["ngo-nat"]._transport._hub  # type: ignore[attr-defined]
+        now = int(time.time())
+        request = pb.QueryRequest(
+            query_id="q-forged", analyst="ana", kind=pb.COUNT, cost=pb.PrivacyCost(epsilon="0.5")
+        )
+        signed = seal_envelope(
+            signer, node_id="ngo-nat", method="Query", payload=request.SerializeToString(),
+            issued_at=now, not_after=now + 30,
+        )  # fmt: skip
+        # A hub that raises the cost: one byte of the payload changed.
+        altered = hub.SignedEnvelope(
+            envelope=signed.envelope.replace(b"0.5", b"1.5"), signature=signed.signature
+        )
+        work_id = channel.call("Submit", hub.SubmitRequest(envelopes=[altered]), 10).work_ids[0]
+        assert work_id == work_id_of(altered)
+        outcome = _collect(channel, work_id)
+        assert outcome.code == 7  # PERMISSION_DENIED
+        assert "signature does not check" in outcome.message
+    assert node.budget_spent() == 0 and not node.service.ledger.entries()
+
+
+def _collect(channel: object, work_id: str) -> hub.Outcome:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        reply = channel.call(  # type: ignore[attr-defined]
+            "Collect", hub.CollectRequest(work_ids=[work_id], wait_seconds=5), 15
+        )
+        for ready in reply.ready:
+            return hub.Outcome.FromString(ready.outcome.outcome)
+    raise AssertionError("no outcome")
+
+
+def test_an_outcome_that_is_not_the_nodes_is_refused_by_the_coordinator(
+    relayed: tuple[HubThread, HubNode, Path], tmp_path: Path
+) -> None:
+    _, _, fed = relayed
+    config = load_federation(fed)
+    impostor = create_signing_key(tmp_path / "impostor.key").public_text
+    wrong = config.model_copy(
+        update={"nodes": (config.nodes[0].model_copy(update={"signing_key": impostor}),)}
+    )
+    with Federation(wrong) as federation, pytest.raises(NodeUnreachableError, match="not signed"):
+        federation.clients["ngo-nat"].info()
+
+
+def test_a_signer_the_policy_does_not_list_is_refused_before_any_work(
+    tmp_path: Path, pki: FederationPki, hub_factory: Callable[..., HubThread], synth_csv: Path
+) -> None:
+    hub_thread = hub_factory(("ngo-nat",))
+    coordinator_key(tmp_path)  # the federation's key exists, but the NGO listed no key
+    node = start_hub_node(tmp_path, pki, hub_thread.address, "ngo-nat", synth_csv, signer=None)
+    try:
+        fed = write_hub_federation(
+            tmp_path / "federation.yaml",
+            pki,
+            hub_thread.address,
+            {"ngo-nat": node.service.signing_key.public_text},
+        )
+        with (
+            Federation(load_federation(fed)) as federation,
+            pytest.raises(PolicyViolationError, match="does not accept requests"),
+        ):
+            federation.clients["ngo-nat"].query(COUNT, query_id="q-1", analyst="ana")
+        assert node.budget_spent() == 0
+    finally:
+        node.stop()
+
+
+def test_a_request_past_its_deadline_is_refused_unspent_and_said_expired(
+    tmp_path: Path, pki: FederationPki, hub_factory: Callable[..., HubThread], synth_csv: Path
+) -> None:
+    hub_thread = hub_factory(("ngo-nat",))
+    signer = coordinator_key(tmp_path)
+    # No skew allowance, and a coordinator whose deadline is already behind the node's clock.
+    node = start_hub_node(
+        tmp_path, pki, hub_thread.address, "ngo-nat", synth_csv,
+        signer=signer.public_text, skew_seconds=0,
+    )  # fmt: skip
+    try:
+        fed = write_hub_federation(
+            tmp_path / "federation.yaml",
+            pki,
+            hub_thread.address,
+            {"ngo-nat": node.service.signing_key.public_text},
+        )
+        with Federation(load_federation(fed)) as federation:
+            channel = federation.clients["ngo-nat"]._transport._hub  # type: ignore[attr-defined]
+            now = int(time.time())
+            request = pb.QueryRequest(
+                query_id="q-late", analyst="ana", kind=pb.COUNT,
+                cost=pb.PrivacyCost(epsilon="0.5"),
+            )  # fmt: skip
+            late = seal_envelope(
+                signer, node_id="ngo-nat", method="Query", payload=request.SerializeToString(),
+                issued_at=now - 120, not_after=now - 60,
+            )  # fmt: skip
+            work_id = channel.call("Submit", hub.SubmitRequest(envelopes=[late]), 10).work_ids[0]
+            outcome = _collect(channel, work_id)
+            assert outcome.expired and outcome.code == 4  # DEADLINE_EXCEEDED
+        assert node.budget_spent() == 0
+    finally:
+        node.stop()
