@@ -276,13 +276,20 @@ class HubLink:
         self.last_pull: float | None = None
         self.connected = threading.Event()
         self._jitter = secrets.SystemRandom()  # spreads reconnects out; never noise
+        self._open_channel: grpc.Channel | None = None
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the work in hand is pushed (or kept for later); close the inbox."""
+        """Stop after the work in hand is pushed (or kept for later); close the inbox.
+
+        A Pull held open is cancelled (closing the channel ends it at once).
+        """
         self._stop.set()
+        channel = self._open_channel
+        if channel is not None:
+            channel.close()
         self._thread.join(timeout + self._settings.wait_seconds + PULL_GRACE_SECONDS)
         self._worker.inbox.close()
 
@@ -300,6 +307,9 @@ class HubLink:
         while not self._stop.is_set():
             try:
                 with self._channel() as channel:
+                    self._open_channel = channel
+                    grpc.channel_ready_future(channel).result(timeout=PULL_GRACE_SECONDS)
+                    self.connected.set()
                     stub = hub_pb2_grpc.HubStub(channel)
                     self._push_unpushed(stub)
                     while not self._stop.is_set():
@@ -315,9 +325,19 @@ class HubLink:
                     code.name if code is not None else "?",
                     extra={"outcome": "hub-unreachable"},
                 )
+            except grpc.FutureTimeoutError:
+                self.connected.clear()
+                log.warning(
+                    "hub %s: no connection within %d s; retrying",
+                    self._settings.address,
+                    PULL_GRACE_SECONDS,
+                    extra={"outcome": "hub-unreachable"},
+                )
             except OSError as exc:
                 self.connected.clear()
                 log.error("cannot read the hub's TLS files: %s", exc)
+            if self._stop.is_set():
+                break
             # Full jitter: a hub that comes back is not met by every node at once.
             self._stop.wait(self._jitter.uniform(0, backoff))
             backoff = min(BACKOFF_MOST, backoff * 2)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from coordinator.cli.common import add_config_argument, open_federation
 from coordinator.client import NodeClient
 from coordinator.config import add_node
-from coordinator.fanout import failure_reason
+from coordinator.fanout import Federation, failure_reason
 from tiaki.budget import BudgetStatus, PrivacyDefinition, display_amount
 from tiaki.cli.exits import CommandError, ExitCode
 from tiaki.cli.program import Subcommands, runs
@@ -30,7 +31,21 @@ def register(sub: Subcommands) -> None:
     nodes_sub = p.add_subparsers(dest="nodes_command", metavar="SUBCOMMAND")
     add = nodes_sub.add_parser("add", help="add or update a node in the federation file")
     add.add_argument("name", help="a short name for the node, e.g. ngo-a")
-    add.add_argument("address", help="host:port of the node")
+    add.add_argument("address", nargs="?", help="host:port of the node (none with --via-hub)")
+    add.add_argument(
+        "--via-hub",
+        metavar="HUB_HOST:PORT",
+        help="the node dials out to this hub instead of listening (it is behind NAT); give "
+        "its --signing-key too",
+    )
+    add.add_argument(
+        "--hub-server-name", help="with --via-hub: identity the hub's certificate must carry"
+    )
+    add.add_argument(
+        "--signing-key",
+        help="with --via-hub: the node's ledger key (ed25519:..., from 'tiaki-node info'); "
+        "its answers through the hub are checked against it",
+    )
     add.add_argument("--analyst", help="your name, when this creates the file")
     add.add_argument(
         "--server-name", help="identity the node's certificate must carry (default: NAME)"
@@ -52,6 +67,13 @@ def run_add(args: argparse.Namespace) -> Text:
     if any(tls_parts) and not all(tls_parts):
         raise CommandError("--tls-ca, --tls-cert and --tls-key go together")
     tls = dict(zip(("ca", "cert", "key"), tls_parts, strict=True)) if all(tls_parts) else None
+    if (args.address is None) == (args.via_hub is None):
+        raise CommandError("give the node's address, or --via-hub HUB_HOST:PORT (not both)")
+    hub = None
+    if args.via_hub is not None:
+        hub = {"address": args.via_hub}
+        if args.hub_server_name:
+            hub["server_name"] = args.hub_server_name
     new = add_node(
         args.config,
         args.name,
@@ -60,9 +82,12 @@ def run_add(args: argparse.Namespace) -> Text:
         server_name=args.server_name,
         tls=tls,
         insecure=args.insecure,
+        hub=hub,
+        signing_key=args.signing_key,
     )
     verb = "added" if new else "updated"
-    return Text.lines(f"{verb} node {args.name} at {args.address} in {args.config}")
+    where = f"at {args.address}" if args.address else f"via hub {args.via_hub}"
+    return Text.lines(f"{verb} node {args.name} {where} in {args.config}")
 
 
 def _schema_signature(info: NodeInfo) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -77,6 +102,34 @@ def _compatibility(info: NodeInfo, reference: NodeInfo) -> str:
     if differing:
         return "differs: " + ", ".join(differing[:4]) + ("..." if len(differing) > 4 else "")
     return "yes"
+
+
+def _hub_polls(federation: Federation) -> dict[str, str]:
+    """For nodes reached through the hub: when each last pulled, as the hub saw it."""
+    if federation.hub is None:
+        return {}
+    try:
+        seen = {n.node_id: n for n in federation.hub.nodes()}
+    except TiakiError as exc:
+        return {
+            e.name: f"; hub: {failure_reason(exc)}"
+            for e in federation.config.nodes
+            if e.via == "hub"
+        }
+    now = time.time()
+    words = {}
+    for entry in federation.config.nodes:
+        if entry.via != "hub":
+            continue
+        node = seen.get(entry.expected_identity)
+        if node is None or not node.last_pull:
+            words[entry.name] = "; via hub, never polled"
+        else:
+            state = "polling now" if node.polling else "not polling"
+            words[entry.name] = (
+                f"; via hub, last poll {max(0, now - node.last_pull):.0f} s ago ({state})"
+            )
+    return words
 
 
 def _secure_words(info: NodeInfo) -> str:
@@ -103,6 +156,7 @@ def run_list(args: argparse.Namespace) -> Outcome:
 
     with federation:
         results = dict(federation.each(probe))
+        polls = _hub_polls(federation)
     # The reference schema is the one most reachable nodes share (ties: file order),
     # not whichever node happened to answer first.
     infos_in_order = [r[0] for e in config.nodes if isinstance(r := results[e.name], tuple)]
@@ -119,7 +173,9 @@ def run_list(args: argparse.Namespace) -> Outcome:
         result = results[entry.name]
         if isinstance(result, str):
             infos[entry.name] = result
-            rows.append([entry.name, entry.where, "no", "", "", "", "", result])
+            rows.append(
+                [entry.name, entry.where, "no", "", "", "", "", result + polls.get(entry.name, "")]
+            )
             continue
         info, budget = result
         assert reference is not None
@@ -132,7 +188,7 @@ def run_list(args: argparse.Namespace) -> Outcome:
                 _compatibility(info, reference),
                 f"{display_amount(budget.available)} ({budget.current.label})",
                 _secure_words(info),
-                f"{info.node_id}, data {info.dataset_version[:10]}",
+                f"{info.node_id}, data {info.dataset_version[:10]}" + polls.get(entry.name, ""),
             ]
         )
     table = Table(

@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from coordinator.config import load_federation
 from coordinator.fanout import Federation
@@ -205,3 +207,82 @@ def test_a_request_past_its_deadline_is_refused_unspent_and_said_expired(
         assert node.budget_spent() == 0
     finally:
         node.stop()
+
+
+def test_the_cli_adds_a_hub_node_asks_it_and_shows_when_it_last_polled(
+    relayed: tuple[HubThread, HubNode, Path], tmp_path: Path, pki: FederationPki, cli: Any
+) -> None:
+    hub_thread, node, _ = relayed
+    fed = tmp_path / "made-by-cli.yaml"
+    tls = pki.federation_tls(COORDINATOR)
+    made = cli(
+        "nodes", "add", "ngo-nat", "--via-hub", hub_thread.address,
+        "--hub-server-name", "tiaki-hub",
+        "--signing-key", node.service.signing_key.public_text,
+        "--analyst", "ana", "--tls-ca", tls["ca"], "--tls-cert", tls["cert"],
+        "--tls-key", tls["key"], "--config", fed,
+    )  # fmt: skip
+    assert made.code == 0, made.err
+    assert "via hub" in made.out
+    # The coordinator signs with the key beside its mirror; the NGO granted that key.
+    raw = yaml.safe_load(fed.read_text(encoding="utf-8"))
+    raw["signing_key"] = str(tmp_path / "coordinator-signing.key")
+    raw["identity"] = COORDINATOR
+    fed.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    asked = cli("query", "count", "--by", "region", "--epsilon", "0.5", "--format", "json",
+                "--config", fed)  # fmt: skip
+    assert asked.code == 0, asked.err
+    assert asked.json()["coverage"]["answered"] == ["ngo-nat"]
+    listed = cli("nodes", "--config", fed)
+    assert listed.code == 0, listed.err
+    assert "via hub, last poll" in listed.out and "ngo-nat via hub" in listed.out
+    assert node.budget_spent() == Fraction(1, 2)
+
+
+def test_a_secure_sum_runs_through_the_hub_as_it_does_direct(
+    tmp_path: Path, pki: FederationPki, hub_factory: Callable[..., HubThread], synth_csv: Path
+) -> None:
+    from coordinator.secure_question import ask_secure
+    from tiaki.signing import create_signing_key as make_key
+
+    names = ("ngo-h1", "ngo-h2", "ngo-h3")
+    hub_thread = hub_factory(names)
+    signer = coordinator_key(tmp_path)
+    # Each node's ledger key made first (where the node will find it), so each can pin the others.
+    keys = {n: make_key(tmp_path / n / "data" / "signing.key").public_text for n in names}
+    nodes = []
+    try:
+        for name in names:
+            secure = {
+                "peers": [{"node_id": o, "signing_key": k} for o, k in keys.items() if o != name],
+                "min_cohort": 3,
+                "colluders": 0,
+                "worst_case": {"per_query": "10", "lifetime": "100"},
+            }
+            nodes.append(
+                start_hub_node(
+                    tmp_path,
+                    pki,
+                    hub_thread.address,
+                    name,
+                    synth_csv,
+                    signer=signer.public_text,
+                    policy={"privacy_definition": "zcdp", "secure_aggregation": secure},
+                )
+            )
+        fed = write_hub_federation(tmp_path / "federation.yaml", pki, hub_thread.address, keys)
+        config = load_federation(fed)
+        query = Query(
+            QueryKind.COUNT, PrivacyCost(PrivacyDefinition.ZCDP, Fraction(1, 2)),
+            group_by=("region",),
+        )  # fmt: skip
+        with Federation(config) as federation, MirrorLedger(config.ledger) as mirror:
+            answer = ask_secure(federation, query, analyst="ana", mirror=mirror)
+        assert answer.released and answer.secure is not None and answer.secure.summed == 3
+        for node in nodes:
+            assert node.budget_spent() == Fraction(1, 2)
+            (entry,) = node.service.ledger.entries()
+            assert entry.secure_session is not None and entry.identity == COORDINATOR
+    finally:
+        for node in nodes:
+            node.stop()
