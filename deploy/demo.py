@@ -17,6 +17,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,6 +46,18 @@ def tiaki(*args: str, refused: bool = False) -> None:
         raise SystemExit(f"unexpected exit code {done.returncode} from tiaki {shown}")
 
 
+def node_yaml(node: local_federation.RunningNgo) -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(node.config.read_text(encoding="utf-8"))
+    return raw
+
+
+def set_identity(path: Path, identity: str) -> None:
+    """The name the NGOs granted the ministry (and its signing key) under."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["identity"] = identity
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+
+
 def write_trusted_keys(nodes: list[local_federation.RunningNgo]) -> None:
     """The public keys each party handed the evaluator (in life: by a channel of their own)."""
     keys = {
@@ -61,33 +76,31 @@ def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
     step(
-        "1. A federation CA certifies three NGO nodes and the ministry; each NGO generates "
-        "synthetic records, writes its node config, imports, and serves over mutual TLS"
+        "1. A federation CA certifies three NGO nodes, the ministry and its hub; each NGO "
+        "generates synthetic records, writes its node config, imports, and serves over mutual "
+        "TLS (NGO C, behind NAT, opens no port: it dials out to the hub)"
     )
-    nodes = local_federation.start(WORK, secure=True)
+    # NGO C has no open port at all: it dials out to the ministry's hub.
+    nodes = local_federation.start(WORK, secure=True, hub_nodes=("ngo-c",))
     try:
         for node in nodes:
+            where = f"serving on {node.address}" if node.address else "dialling out to the hub"
             print(
-                f"  {node.spec.name}: {node.spec.clients} clients (seed {node.spec.seed}), "
-                f"serving on {node.address}"
+                f"  {node.spec.name}: {node.spec.clients} clients (seed {node.spec.seed}), {where}"
             )
         step("2. The ministry builds its federation file and checks every node")
         ca, cert, key = local_federation.coordinator_tls(WORK / "pki")
+        tls = ("--analyst", "msd-analyst", "--tls-ca", ca, "--tls-cert", cert, "--tls-key", key)
         for node in nodes:
-            tiaki(
-                "nodes",
-                "add",
-                node.spec.name,
-                node.address,
-                "--analyst",
-                "msd-analyst",
-                "--tls-ca",
-                ca,
-                "--tls-cert",
-                cert,
-                "--tls-key",
-                key,
-            )
+            if node.address:
+                tiaki("nodes", "add", node.spec.name, node.address, *tls)
+            else:  # the NGO gave its ledger key; the ministry checks its answers against it
+                hub_address = node_yaml(node)["server"]["hub"]["address"]
+                ledger_key = load_signing_key(node.config.parent / "data" / "signing.key")
+                tiaki("nodes", "add", node.spec.name, "--via-hub", hub_address,
+                      "--hub-server-name", "tiaki-hub", "--signing-key", ledger_key.public_text,
+                      *tls)  # fmt: skip
+        set_identity(WORK / "federation.yaml", local_federation.COORDINATOR)
         tiaki("nodes")
         step("3. Before asking: what would it cost, and how accurate would it be?")
         question = ("count_clients", "--where", "service=family_violence", "--by", "region")

@@ -37,11 +37,16 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the deploy package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from coordinator.config import add_node, load_federation
+from deploy import local_hub
 from node.cli.main import main as node_cli
 from node.config import load_config
 from node.exports import node_signing_key
 from tiaki import certs
+from tiaki.signing import load_or_create_signing_key
 
 BIN = Path(sys.executable).parent
 COORDINATOR = "msd-coordinator"
@@ -78,7 +83,8 @@ class RunningNgo:
     spec: NgoSpec
     config: Path
     process: subprocess.Popen[bytes]
-    address: str
+    address: str  # "" for a node that only dials out to the hub
+    hub: subprocess.Popen[bytes] | None = None  # the hub it dials, stopped with it
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         if self.process.poll() is None:
@@ -197,6 +203,8 @@ def wait_serving(launched: Launched) -> str:
         match = re.search(r"serving on (\S+)", text)
         if match:
             return match.group(1)
+        if re.search(r"taking work from hub", text):
+            return ""  # dials out only: no address of its own
         code = launched.process.poll()
         if code is not None:
             raise RuntimeError(f"{launched.spec.name} exited ({code}): {text.strip()[-2000:]}")
@@ -254,11 +262,17 @@ def pin_peers(configs: Sequence[Path]) -> None:
 
 
 def start(
-    workdir: Path, specs: Sequence[NgoSpec] = DEFAULT_NGOS, *, secure: bool = False
+    workdir: Path,
+    specs: Sequence[NgoSpec] = DEFAULT_NGOS,
+    *,
+    secure: bool = False,
+    hub_nodes: Sequence[str] = (),
 ) -> list[RunningNgo]:
     """Set up what is missing, start every node, and return once all are SERVING.
 
     With ``secure``, the nodes account in zCDP and pin each other for secure sums.
+    The nodes named in ``hub_nodes`` open no port: a hub is started, and they
+    dial out to it (:mod:`deploy.local_hub`).
     """
     workdir = workdir.resolve()  # the pid check matches the config path in each command line
     workdir.mkdir(parents=True, exist_ok=True)
@@ -266,6 +280,16 @@ def start(
     configs = [prepare(workdir, spec, pki, "zcdp" if secure else "pure") for spec in specs]
     if secure:
         pin_peers(configs)
+    hub: subprocess.Popen[bytes] | None = None
+    if hub_nodes:
+        local_hub.hub_certificates(pki, list(hub_nodes))
+        hub, hub_address = local_hub.launch_hub(
+            local_hub.write_hub_config(workdir, pki, list(hub_nodes), COORDINATOR)
+        )
+        signer = local_hub.coordinator_signing_key(workdir)
+        for spec, config in zip(specs, configs, strict=True):
+            if spec.name in hub_nodes:
+                local_hub.dial_out(config, pki, hub_address, signer)
     launched: list[Launched] = []
     running: list[RunningNgo] = []
     try:
@@ -274,10 +298,11 @@ def start(
         # Started together, then waited for: the nodes load their records in parallel.
         for each in launched:
             address = wait_serving(each)
-            running.append(RunningNgo(each.spec, each.config, each.process, address))
-            wait_healthy(address, pki, each.spec.name)
+            running.append(RunningNgo(each.spec, each.config, each.process, address, hub))
+            if address:
+                wait_healthy(address, pki, each.spec.name)
     except BaseException:
-        stop([RunningNgo(each.spec, each.config, each.process, "") for each in launched])
+        stop([RunningNgo(each.spec, each.config, each.process, "", hub) for each in launched])
         raise
     return running
 
@@ -288,6 +313,11 @@ def stop(nodes: Sequence[RunningNgo]) -> None:
             node.process.send_signal(signal.SIGTERM)
     for node in nodes:
         node.stop()
+    hubs = {id(n.hub): n.hub for n in nodes if n.hub is not None}
+    for hub in hubs.values():
+        if hub.poll() is None:
+            hub.send_signal(signal.SIGTERM)
+        hub.wait(timeout=STOP_TIMEOUT)
 
 
 def write_federation(workdir: Path, nodes: Sequence[RunningNgo]) -> Path:
@@ -295,8 +325,21 @@ def write_federation(workdir: Path, nodes: Sequence[RunningNgo]) -> Path:
     path = workdir / "federation.yaml"
     ca, cert, key = coordinator_tls(workdir / "pki")
     for node in nodes:
-        add_node(path, node.spec.name, node.address, analyst=ANALYST,
+        if node.address:
+            add_node(path, node.spec.name, node.address, analyst=ANALYST,
+                     tls={"ca": ca, "cert": cert, "key": key})  # fmt: skip
+            continue
+        raw = yaml.safe_load(node.config.read_text(encoding="utf-8"))
+        hub = {"address": raw["server"]["hub"]["address"], "server_name": local_hub.HUB_NAME}
+        ledger_key = load_or_create_signing_key(node.config.parent / "data" / "signing.key")[0]
+        add_node(path, node.spec.name, None, analyst=ANALYST, hub=hub,
+                 signing_key=ledger_key.public_text,
                  tls={"ca": ca, "cert": cert, "key": key})  # fmt: skip
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if raw.get("identity") != COORDINATOR:
+        # Nodes grant the ministry by its certificate's name; say it the same way.
+        raw["identity"] = COORDINATOR
+        path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
 
 
@@ -330,14 +373,17 @@ def _ours(pid: int, config: Path) -> bool:
 
 
 def recorded(workdir: Path) -> list[tuple[str, Path, int]]:
-    """(name, config, pid) of every node with a pid file under ``workdir``."""
+    """(name, config, pid) of every node, and the hub, with a pid file under ``workdir``."""
     found = []
     for pidfile in sorted(workdir.glob(f"*/{PID_FILE}")):
         try:
             pid = int(pidfile.read_text(encoding="ascii").strip())
         except (OSError, ValueError):
             continue
-        found.append((pidfile.parent.name, pidfile.parent / "node.yaml", pid))
+        config = pidfile.parent / "node.yaml"
+        if not config.exists() and (pidfile.parent / "hub.yaml").exists():
+            config = pidfile.parent / "hub.yaml"
+        found.append((pidfile.parent.name, config, pid))
     return found
 
 
@@ -409,6 +455,12 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="nodes in zCDP that pin each other for secure sums",
             )
+            c.add_argument(
+                "--hub",
+                default="",
+                metavar="NAMES",
+                help="comma-separated nodes that open no port and dial out to a local hub",
+            )
     return p
 
 
@@ -425,10 +477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(_alive(pid) and _ours(pid, c) for _, c, pid in recorded(workdir)):
         print(f"nodes are already running under {workdir}; stop them first", file=sys.stderr)
         return 1
-    nodes = start(workdir, specs_for(args.nodes, args.clients), secure=args.secure)
+    hub_nodes = tuple(n for n in args.hub.split(",") if n)
+    nodes = start(
+        workdir, specs_for(args.nodes, args.clients), secure=args.secure, hub_nodes=hub_nodes
+    )
     federation = write_federation(workdir, nodes)
     for node in nodes:
-        print(f"{node.spec.name} serving on {node.address} ({node.config})", flush=True)
+        where = f"serving on {node.address}" if node.address else "dialling out to the hub"
+        print(f"{node.spec.name} {where} ({node.config})", flush=True)
     print(f"federation file: {federation}", flush=True)
     if args.command == "start":
         print(f"stop with: python {sys.argv[0]} stop --dir {args.dir}", flush=True)
