@@ -277,6 +277,7 @@ class HubLink:
         self.connected = threading.Event()
         self._jitter = secrets.SystemRandom()  # spreads reconnects out; never noise
         self._open_channel: grpc.Channel | None = None
+        self._ready: grpc.Future | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -287,6 +288,8 @@ class HubLink:
         A Pull held open is cancelled (closing the channel ends it at once).
         """
         self._stop.set()
+        if self._ready is not None:
+            self._ready.cancel()
         channel = self._open_channel
         if channel is not None:
             channel.close()
@@ -308,7 +311,10 @@ class HubLink:
             try:
                 with self._channel() as channel:
                     self._open_channel = channel
-                    grpc.channel_ready_future(channel).result(timeout=PULL_GRACE_SECONDS)
+                    self._ready = grpc.channel_ready_future(channel)
+                    if self._stop.is_set():
+                        break
+                    self._ready.result(timeout=PULL_GRACE_SECONDS)
                     self.connected.set()
                     stub = hub_pb2_grpc.HubStub(channel)
                     self._push_unpushed(stub)
@@ -325,7 +331,7 @@ class HubLink:
                     code.name if code is not None else "?",
                     extra={"outcome": "hub-unreachable"},
                 )
-            except grpc.FutureTimeoutError:
+            except (grpc.FutureTimeoutError, grpc.FutureCancelledError):
                 self.connected.clear()
                 log.warning(
                     "hub %s: no connection within %d s; retrying",
