@@ -19,6 +19,7 @@ from tiaki.certs import CertError
 from tiaki.cli.exits import ErrorRule, ErrorTable, ExitCode
 from tiaki.cli.program import Program, Subcommands, runs
 from tiaki.cli.views import Table, Text
+from tiaki.files import is_loopback
 
 EXIT_CODES = """exit codes:
   0  success
@@ -47,9 +48,9 @@ class CannotListen(Exception):
     pass
 
 
-async def _serve(config: HubConfig, address: str | None) -> None:
+async def _serve(config: HubConfig, address: str | None, health_address: str | None) -> None:
     try:
-        running = await start_hub(config, address, server_credentials(config))
+        running = await start_hub(config, address, server_credentials(config), health_address)
     except (OSError, RuntimeError) as exc:
         raise CannotListen(f"cannot listen on {address or config.address}: {exc}") from None
     stopping = asyncio.Event()
@@ -62,6 +63,12 @@ async def _serve(config: HubConfig, address: str | None) -> None:
         f"queue {config.queue})",
         flush=True,
     )
+    if health_address is not None:
+        print(
+            f"health service (plaintext, this host only) on "
+            f"{health_address.rpartition(':')[0]}:{running.health_port}",
+            flush=True,
+        )
     await stopping.wait()
     print("stopping", flush=True)
     await running.stop()
@@ -70,7 +77,12 @@ async def _serve(config: HubConfig, address: str | None) -> None:
 
 def run_serve(args: argparse.Namespace) -> Text:
     config = load_hub_config(args.config)
-    asyncio.run(_serve(config, args.address))
+    if args.health_address is not None and not is_loopback(args.health_address):
+        raise HubConfigError(
+            f"--health-address {args.health_address} is not a loopback address: the plaintext "
+            "health service is for this host only"
+        )
+    asyncio.run(_serve(config, args.address, args.health_address))
     return Text("")
 
 
@@ -98,6 +110,10 @@ def register(sub: Subcommands) -> None:
     serve = sub.add_parser("serve", help="run the hub until SIGTERM or Ctrl-C")
     serve.add_argument("--config", type=Path, default=Path("hub.yaml"), help="the hub's file")
     serve.add_argument("--address", help="host:port to listen on (default: the file's)")
+    serve.add_argument(
+        "--health-address",
+        help="also answer grpc.health.v1 in plaintext here (loopback only), e.g. 127.0.0.1:50061",
+    )
     runs(serve, run_serve)
     status = sub.add_parser("status", help="each rostered node: its last pull, what waits")
     status.add_argument("--config", type=Path, default=Path("hub.yaml"), help="the hub's file")

@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio
 
 from coordinator.hub.config import HubConfig
 from coordinator.hub.queue import WorkQueue
@@ -282,9 +284,15 @@ class RunningHub:
     server: grpc.aio.Server
     port: int
     queue: WorkQueue
+    health: Any
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         self.queue.close()
 
 
@@ -292,11 +300,19 @@ async def start_hub(
     config: HubConfig,
     address: str | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    health_address: str | None = None,
 ) -> RunningHub:
-    """Bind ``address`` (the config's by default; port 0 picks one), open the queue, start."""
+    """Bind ``address`` (the config's by default; port 0 picks one), open the queue, start.
+
+    The standard grpc.health.v1 service answers on the hub's port (behind its
+    mutual TLS) and, with ``health_address``, in plaintext on that loopback
+    address too, for a container's or a monitor's health check.
+    """
     queue = WorkQueue(config.queue)
     server = grpc.aio.server(options=server_options())
     hub_pb2_grpc.add_HubServicer_to_server(HubServicer(config, queue), server)
+    health = aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     bind = address or config.address
     port = (
         server.add_secure_port(bind, credentials)
@@ -307,4 +323,12 @@ async def start_hub(
         queue.close()
         raise OSError(f"could not bind {bind}")
     await server.start()
-    return RunningHub(server, port, queue)
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningHub(server, port, queue, health)
+    if health_address is not None:
+        running.health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health, running.health_server)
+        running.health_port = running.health_server.add_insecure_port(health_address)
+        await running.health_server.start()
+    return running

@@ -286,3 +286,38 @@ def test_a_secure_sum_runs_through_the_hub_as_it_does_direct(
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_the_hub_answers_the_standard_health_check_and_refuses_strangers(
+    pki: FederationPki, hub_factory: Callable[..., HubThread], tmp_path: Path
+) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from coordinator.hub_client import HubChannel
+    from tiaki.errors import TiakiError
+
+    hub_thread = hub_factory(("ngo-nat",))
+    options = [("grpc.ssl_target_name_override", "tiaki-hub")]
+    with grpc.secure_channel(
+        hub_thread.address, pki.channel_credentials(COORDINATOR), options=options
+    ) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    # A certificate from the same CA that names nobody on the roster gets no work and
+    # cannot submit any.
+    stranger = HubChannel(
+        hub_thread.address,
+        identity="coordinator-z",
+        credentials=pki.channel_credentials("coordinator-z"),
+        server_name="tiaki-hub",
+    )
+    try:
+        with pytest.raises(TiakiError, match="not a coordinator this hub admits"):
+            stranger.call("Submit", hub.SubmitRequest(), 5)
+        with pytest.raises(TiakiError, match="not a node on this hub's roster"):
+            stranger.call("Pull", hub.PullRequest(wait_seconds=1), 5)
+    finally:
+        stranger.close()

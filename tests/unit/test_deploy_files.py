@@ -22,6 +22,7 @@ import yaml
 
 from coordinator.cli.main import build_parser as coordinator_parser
 from coordinator.config import load_federation
+from coordinator.hub import cli as hub_cli
 from node.cli.main import build_parser as node_parser
 from node.config import load_config
 from tests.conftest import ROOT
@@ -112,8 +113,13 @@ class Dockerfile:
 DOCKERFILES = {
     "node": DEPLOY / "container" / "Dockerfile.node",
     "coordinator": DEPLOY / "container" / "Dockerfile.coordinator",
+    "hub": DEPLOY / "container" / "Dockerfile.hub",
 }
-ENTRYPOINT_PARSERS = {"tiaki-node": node_parser, "tiaki": coordinator_parser}
+ENTRYPOINT_PARSERS = {
+    "tiaki-node": node_parser,
+    "tiaki": coordinator_parser,
+    "tiaki-hub": lambda: hub_cli.PROGRAM.parser(),
+}
 
 
 @pytest.mark.parametrize("role", sorted(DOCKERFILES))
@@ -129,19 +135,21 @@ def test_dockerfile(role: str) -> None:
 
     entrypoint = image.exec_form("ENTRYPOINT")
     assert len(entrypoint) == 1 and entrypoint[0] in CONSOLE_SCRIPTS
-    assert entrypoint[0] == {"node": "tiaki-node", "coordinator": "tiaki"}[role]
+    assert entrypoint[0] == {"node": "tiaki-node", "coordinator": "tiaki", "hub": "tiaki-hub"}[role]
     cmd = image.exec_form("CMD")
     args = parses(ENTRYPOINT_PARSERS[entrypoint[0]](), cmd)
     if role == "node":
         assert args.config == LAYOUT.node_config
         assert image.one("EXPOSE") == str(SETUP.PORT)
+    if role == "hub":
+        assert str(args.config) == "/etc/tiaki/hub.yaml" and image.one("EXPOSE") == "50060"
 
     health = image.exec_form("HEALTHCHECK")
     assert health[:2] == ["python", "/opt/tiaki/healthcheck.py"]
     assert "/opt/tiaki/healthcheck.py" in image.copied_to("/opt/tiaki")
     checked = parse_health(health[2:])
-    if role == "node":
-        # The health port the check asks is the one the node is told to open.
+    if role in ("node", "hub"):
+        # The health port the check asks is the one the server is told to open.
         assert checked.address == args.health_address
         assert HEALTHCHECK.is_loopback(checked.address)
     else:
@@ -287,6 +295,27 @@ def unit_file(path: Path) -> dict[str, dict[str, list[str]]]:
         assert " #" not in value, f"{path}:{number}: systemd would read the comment as a value"
         current.setdefault(key, []).append(value)
     return sections
+
+
+def test_systemd_unit_for_the_hub_is_hardened_and_runs_the_hub() -> None:
+    unit = unit_file(DEPLOY / "systemd" / "tiaki-hub.service")
+    service = {key: values[-1] for key, values in unit["Service"].items()}
+    for key, value in {
+        "User": "tiaki",
+        "ProtectSystem": "strict",
+        "ReadWritePaths": DATA_DIR,
+        "NoNewPrivileges": "yes",
+        "CapabilityBoundingSet": "",
+        "MemoryDenyWriteExecute": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "Restart": "on-failure",
+    }.items():
+        assert service.get(key) == value, key
+    program, *argv = shlex.split(service["ExecStart"])
+    assert PurePosixPath(program).name == "tiaki-hub" and "tiaki-hub" in CONSOLE_SCRIPTS
+    args = parses(hub_cli.PROGRAM.parser(), argv)
+    assert args.command == "serve" and str(args.config) == "/etc/tiaki/hub.yaml"
+    assert HEALTHCHECK.is_loopback(args.health_address)
 
 
 def test_systemd_unit_is_hardened_and_runs_the_node() -> None:
