@@ -6,12 +6,14 @@ the paths they mount, write and protect are the ones the configs use.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import re
 import shlex
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -115,10 +117,16 @@ DOCKERFILES = {
     "coordinator": DEPLOY / "container" / "Dockerfile.coordinator",
     "hub": DEPLOY / "container" / "Dockerfile.hub",
 }
-ENTRYPOINT_PARSERS = {
+
+
+def hub_parser() -> argparse.ArgumentParser:
+    return hub_cli.PROGRAM.parser()
+
+
+ENTRYPOINT_PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "tiaki-node": node_parser,
     "tiaki": coordinator_parser,
-    "tiaki-hub": lambda: hub_cli.PROGRAM.parser(),
+    "tiaki-hub": hub_parser,
 }
 
 
