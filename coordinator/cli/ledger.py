@@ -112,6 +112,22 @@ def register(sub: Subcommands) -> None:
     )
     add_config_argument(verify)
     runs(verify, run_verify)
+    key = actions.add_parser(
+        "key",
+        help="print this coordinator's signing key (created on first use)",
+        description="The public half of the key that signs this coordinator's ledger "
+        "exports and the questions it sends through a hub. Give it to auditors, and to each "
+        "NGO behind NAT for its grant's signing_key.",
+    )
+    add_config_argument(key)
+    runs(key, run_key)
+
+
+def run_key(args: argparse.Namespace) -> Text:
+    config = load_federation(args.config)
+    key, created = load_or_create_signing_key(config.signing_key_path)
+    note = f" (created {config.signing_key_path})" if created else ""
+    return Text.lines(f"{key.public_text}{note}")
 
 
 def _entry_number(text: str) -> int:
