@@ -277,7 +277,6 @@ class HubLink:
         self.connected = threading.Event()
         self._jitter = secrets.SystemRandom()  # spreads reconnects out; never noise
         self._open_channel: grpc.Channel | None = None
-        self._ready: grpc.Future | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -288,8 +287,6 @@ class HubLink:
         A Pull held open is cancelled (closing the channel ends it at once).
         """
         self._stop.set()
-        if self._ready is not None:
-            self._ready.cancel()
         channel = self._open_channel
         if channel is not None:
             channel.close()
@@ -311,12 +308,12 @@ class HubLink:
             try:
                 with self._channel() as channel:
                     self._open_channel = channel
-                    self._ready = grpc.channel_ready_future(channel)
                     if self._stop.is_set():
                         break
-                    self._ready.result(timeout=PULL_GRACE_SECONDS)
-                    self.connected.set()
                     stub = hub_pb2_grpc.HubStub(channel)
+                    # A Pull that does not wait: it connects (or fails with the reason,
+                    # a refusing proxy's among them) and takes what is queued already.
+                    self._pull_once(stub, wait=0)
                     self._push_unpushed(stub)
                     while not self._stop.is_set():
                         self._pull_once(stub)
@@ -331,14 +328,6 @@ class HubLink:
                     code.name if code is not None else "?",
                     extra={"outcome": "hub-unreachable"},
                 )
-            except (grpc.FutureTimeoutError, grpc.FutureCancelledError):
-                self.connected.clear()
-                log.warning(
-                    "hub %s: no connection within %d s; retrying",
-                    self._settings.address,
-                    PULL_GRACE_SECONDS,
-                    extra={"outcome": "hub-unreachable"},
-                )
             except OSError as exc:
                 self.connected.clear()
                 log.error("cannot read the hub's TLS files: %s", exc)
@@ -348,8 +337,8 @@ class HubLink:
             self._stop.wait(self._jitter.uniform(0, backoff))
             backoff = min(BACKOFF_MOST, backoff * 2)
 
-    def _pull_once(self, stub: Any) -> None:
-        wait = self._settings.wait_seconds
+    def _pull_once(self, stub: Any, wait: int | None = None) -> None:
+        wait = self._settings.wait_seconds if wait is None else wait
         reply = stub.Pull(hub.PullRequest(wait_seconds=wait), timeout=wait + PULL_GRACE_SECONDS)
         self.last_pull = time.time()
         self.connected.set()
