@@ -321,3 +321,103 @@ def test_the_hub_answers_the_standard_health_check_and_refuses_strangers(
             stranger.call("Pull", hub.PullRequest(wait_seconds=1), 5)
     finally:
         stranger.close()
+
+
+def test_a_node_back_after_a_day_away_answers_what_is_still_due_and_never_what_expired(
+    tmp_path: Path, pki: FederationPki, hub_factory: Callable[..., HubThread], synth_csv: Path
+) -> None:
+    from coordinator.hub_client import HubChannel
+
+    hub_thread = hub_factory(("ngo-nat",))
+    signer = coordinator_key(tmp_path)
+    node = start_hub_node(
+        tmp_path, pki, hub_thread.address, "ngo-nat", synth_csv, signer=signer.public_text
+    )
+    node.link.stop(timeout=2)  # away
+    channel = HubChannel(
+        hub_thread.address,
+        identity=COORDINATOR,
+        credentials=pki.channel_credentials(COORDINATOR),
+        server_name="tiaki-hub",
+    )
+    try:
+        now = int(time.time())
+        day = 24 * 3600
+        envelopes = {}
+        # Asked over the last day; some with a deadline that has passed (beyond the
+        # node's 5-minute skew allowance), some still due.
+        for i, (issued, due) in enumerate(
+            [(now - day, now - day + 60), (now - 3600, now - 1200), (now - day, now + 600),
+             (now - 60, now + 3600)]
+        ):  # fmt: skip
+            request = pb.QueryRequest(
+                query_id=f"q-day-{i}", analyst="ana", kind=pb.COUNT,
+                cost=pb.PrivacyCost(epsilon="0.1"),
+            )  # fmt: skip
+            envelopes[i] = seal_envelope(
+                signer, node_id="ngo-nat", method="Query", payload=request.SerializeToString(),
+                issued_at=issued, not_after=due,
+            )  # fmt: skip
+        reply = channel.call("Submit", hub.SubmitRequest(envelopes=list(envelopes.values())), 10)
+        work = dict(zip(envelopes, reply.work_ids, strict=True))
+        from node.hub_link import start_hub_link
+        from node.server import NodeServicer, gatekeeper_for
+
+        # Back: the same node, its link again.
+        node.link = start_hub_link(
+            node.service, NodeServicer(node.service, gatekeeper_for(node.service))
+        )
+        done: dict[int, hub.Collected] = {}
+        deadline = time.monotonic() + 20
+        while len(done) < len(work) and time.monotonic() < deadline:
+            ready = channel.call(
+                "Collect",
+                hub.CollectRequest(work_ids=[w for i, w in work.items() if i not in done],
+                                   wait_seconds=3),
+                10,
+            )  # fmt: skip
+            for item in ready.ready:
+                done[next(i for i, w in work.items() if w == item.work_id)] = item
+        assert done[0].expired and done[1].expired  # dropped by the hub, never delivered
+        for i in (2, 3):
+            outcome = hub.Outcome.FromString(done[i].outcome.outcome)
+            assert outcome.code == 0, outcome.message
+        assert node.budget_spent() == Fraction(2, 10)
+        assert {e.query_id for e in node.service.ledger.entries()} == {"q-day-2", "q-day-3"}
+    finally:
+        channel.close()
+        node.stop()
+
+
+def test_a_hub_whose_certificate_names_another_is_refused_before_any_work(
+    tmp_path: Path, pki: FederationPki, synth_csv: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from coordinator.hub.config import HubConfig, HubTls
+
+    cert, key = pki.node("evil-hub")  # the same CA, another name
+    impostor = HubThread(
+        HubConfig(
+            address="127.0.0.1:0",
+            queue=tmp_path / "evil-queue.sqlite",
+            tls=HubTls(cert=cert, key=key, client_ca=pki.ca_cert),
+            nodes=("ngo-nat",),
+            coordinators=(COORDINATOR,),
+        )
+    )
+    caplog.set_level(logging.WARNING, logger="tiaki.node.hub")
+    try:
+        node = start_hub_node(
+            tmp_path, pki, impostor.address, "ngo-nat", synth_csv,
+            signer=coordinator_key(tmp_path).public_text, wait_connected=False,
+        )  # fmt: skip
+        try:
+            time.sleep(2)
+            assert not node.link.connected.is_set()
+            assert node.budget_spent() == 0 and not node.service.ledger.entries()
+            assert any("retrying" in r.getMessage() for r in caplog.records)
+        finally:
+            node.stop()
+    finally:
+        impostor.stop()
