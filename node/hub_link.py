@@ -331,6 +331,9 @@ class HubLink:
             except OSError as exc:
                 self.connected.clear()
                 log.error("cannot read the hub's TLS files: %s", exc)
+            except Exception:  # a fault of ours must not end the node's only way in
+                self.connected.clear()
+                log.exception("the hub link failed; reconnecting")
             if self._stop.is_set():
                 break
             # Full jitter: a hub that comes back is not met by every node at once.
