@@ -25,6 +25,7 @@ from pathlib import Path
 EXPIRY_GRACE_SECONDS = 300
 # Done and expired items are kept this long for a coordinator to collect, then dropped.
 KEEP_SECONDS = 7 * 24 * 3600
+UPKEEP_SECONDS = 1.0
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS work (
@@ -73,6 +74,7 @@ class WorkQueue:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self._clock = clock
+        self._last_upkeep = float("-inf")
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -118,11 +120,14 @@ class WorkQueue:
     def state(self, work_id: str) -> ItemState:
         with self._lock:
             row = self._db.execute(
-                "SELECT state, outcome FROM work WHERE work_id = ?", (work_id,)
+                "SELECT state, outcome, not_after FROM work WHERE work_id = ?", (work_id,)
             ).fetchone()
         if row is None:
             return ItemState("unknown")
-        return ItemState(str(row[0]), None if row[1] is None else bytes(row[1]))
+        state = str(row[0])
+        if state in ("queued", "leased") and row[2] + EXPIRY_GRACE_SECONDS < self._clock():
+            return ItemState("expired")  # marked so at the next upkeep; never leased again
+        return ItemState(state, None if row[1] is None else bytes(row[1]))
 
     # ------------------------------------------------------------ nodes
 
@@ -139,8 +144,8 @@ class WorkQueue:
             rows = db.execute(
                 "SELECT work_id, attempt, envelope FROM work WHERE node_id = ? AND "
                 "(state = 'queued' OR (state = 'leased' AND lease_until <= ?)) "
-                "ORDER BY created_at LIMIT ?",
-                (node_id, now, max_items),
+                "AND not_after + ? >= ? ORDER BY created_at LIMIT ?",
+                (node_id, now, EXPIRY_GRACE_SECONDS, now, max_items),
             ).fetchall()
             for work_id, _, _ in rows:
                 db.execute(
@@ -195,6 +200,10 @@ class WorkQueue:
     # ------------------------------------------------------------ upkeep
 
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        # Both statements scan the table: at most once a second, not on every call.
+        if now - self._last_upkeep < UPKEEP_SECONDS:
+            return
+        self._last_upkeep = now
         db.execute(
             "UPDATE work SET state = 'expired', lease_until = NULL, updated_at = ? "
             "WHERE state IN ('queued', 'leased') AND not_after + ? < ?",

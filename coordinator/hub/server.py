@@ -37,6 +37,9 @@ log = logging.getLogger("tiaki.hub")
 
 MAX_WAIT_SECONDS = 25  # under common load balancers' 60 s idle limit, with room to spare
 RECHECK_SECONDS = 5.0  # a held call looks again this often (lease ends, expiry)
+# A Collect with some outcomes ready waits this much longer for more, so that a
+# question to many nodes is collected in a few calls rather than one per node.
+BATCH_SECONDS = 0.02
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 SERVICE_NAME = "tiaki.v1.Hub"
 
@@ -84,19 +87,24 @@ def _peer_identity(context: grpc.aio.ServicerContext, insecure: bool) -> str:
     raise Refused(grpc.StatusCode.PERMISSION_DENIED, "the hub admits callers by certificate")
 
 
+@dataclass(eq=False)  # each held call is its own: compared and hashed by identity
+class _Collector:
+    """One held Collect: woken when an outcome it waits for is pushed, and told which."""
+
+    event: asyncio.Event
+    pushed: set[str]
+
+
 @dataclass
 class _Waiters:
-    """Events that wake held calls: one per node (new work), one per work id (an outcome)."""
+    """What wakes held calls: an event per node (new work), collectors per work id."""
 
     nodes: dict[str, asyncio.Event] = field(default_factory=dict)
-    work: dict[str, asyncio.Event] = field(default_factory=dict)
+    work: dict[str, set[_Collector]] = field(default_factory=dict)
     polling: dict[str, int] = field(default_factory=dict)
 
     def node(self, node_id: str) -> asyncio.Event:
         return self.nodes.setdefault(node_id, asyncio.Event())
-
-    def item(self, work_id: str) -> asyncio.Event:
-        return self.work.setdefault(work_id, asyncio.Event())
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
@@ -174,7 +182,9 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
                     grpc.StatusCode.NOT_FOUND,
                     f"no work item {request.work_id[:64]!r} for {node_id!r}",
                 )
-            self._waiters.item(request.work_id).set()
+            for collector in self._waiters.work.get(request.work_id, ()):
+                collector.pushed.add(request.work_id)
+                collector.event.set()
             return hub.PushResponse()
 
         return await _answer(context, "Push", run)
@@ -214,22 +224,42 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
             wait = min(request.wait_seconds, MAX_WAIT_SECONDS)
             deadline = time.monotonic() + wait
             work_ids = list(dict.fromkeys(request.work_ids))
-            while True:
-                events = [self._waiters.item(w) for w in work_ids]
-                for event in events:
-                    event.clear()
-                ready = [c for c in (self._collected(w) for w in work_ids) if c is not None]
-                left = deadline - time.monotonic()
-                if ready or left <= 0 or not work_ids:
-                    for w in (c.work_id for c in ready):
-                        self._waiters.work.pop(w, None)
-                    return hub.CollectResponse(ready=ready)
-                waits = [asyncio.ensure_future(e.wait()) for e in events]
-                _, pending = await asyncio.wait(
-                    waits, timeout=min(left, RECHECK_SECONDS), return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in pending:
-                    task.cancel()
+            collector = _Collector(asyncio.Event(), set())
+            for w in work_ids:
+                self._waiters.work.setdefault(w, set()).add(collector)
+            try:
+                # The first look, and every RECHECK_SECONDS, is at every item (an expiry
+                # sets no event); in between only at the items whose outcome came in.
+                look = work_ids
+                ready: list[hub.Collected] = []
+                first_ready: float | None = None
+                while True:
+                    ready += [c for c in (self._collected(w) for w in look) if c is not None]
+                    now = time.monotonic()
+                    if ready and first_ready is None:
+                        first_ready = now
+                    complete = len(ready) == len(work_ids)
+                    batched = first_ready is not None and now - first_ready >= BATCH_SECONDS
+                    if complete or batched or now >= deadline or not work_ids:
+                        return hub.CollectResponse(ready=ready)
+                    collector.event.clear()
+                    timeout = min(deadline - now, RECHECK_SECONDS)
+                    if first_ready is not None:
+                        timeout = min(timeout, first_ready + BATCH_SECONDS - now)
+                    await _wait(collector.event, timeout)
+                    if collector.pushed:
+                        look, collector.pushed = sorted(collector.pushed), set()
+                    elif first_ready is None:
+                        look = work_ids
+                    else:
+                        look = []
+            finally:
+                for w in work_ids:
+                    waiting = self._waiters.work.get(w)
+                    if waiting is not None:
+                        waiting.discard(collector)
+                        if not waiting:
+                            del self._waiters.work[w]
 
         return await _answer(context, "Collect", run)
 
