@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from tiaki.envelopes import EnvelopeError, open_outcome, seal_envelope, work_id_of
+from coordinator.hub_dispatch import HubDispatcher
+from tiaki.envelopes import EnvelopeError, open_outcome, seal_envelope
 from tiaki.errors import (
     DeadlineExceededError,
     NodeUnreachableError,
@@ -34,7 +35,6 @@ from tiaki.v1 import hub_pb2_grpc
 from tiaki.wire_errors import from_rpc_error
 
 M = TypeVar("M", bound=Message)
-COLLECT_WAIT_SECONDS = 25
 
 
 class RelayedStatus(grpc.RpcError):  # type: ignore[misc]
@@ -83,6 +83,10 @@ class HubChannel:
                 options.append(("grpc.ssl_target_name_override", server_name))
             self._channel = grpc.secure_channel(address, credentials, options=options)
         self.stub = hub_pb2_grpc.HubStub(self._channel)
+        self.dispatcher = HubDispatcher(self.call, self._collect_future)
+
+    def _collect_future(self, request: hub.CollectRequest, timeout: float) -> Any:
+        return self.stub.Collect.future(request, timeout=timeout, metadata=self._metadata)
 
     def call(self, method: str, request: Message, timeout: float) -> Any:
         try:
@@ -95,6 +99,7 @@ class HubChannel:
         return tuple(reply.nodes)
 
     def close(self) -> None:
+        self.dispatcher.close()
         self._channel.close()
 
 
@@ -120,38 +125,35 @@ class HubTransport:
             issued_at=issued,
             not_after=issued + max(1, int(timeout)),
         )
-        work_id = work_id_of(signed)
-        submit = hub.SubmitRequest(envelopes=[signed])
-        self._hub.call("Submit", submit, min(timeout, 30.0))
+        dispatcher = self._hub.dispatcher
+        dispatcher.submit(signed, min(timeout, 30.0))
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                ready = dispatcher.wait(signed, left)
+            except TimeoutError:
                 raise DeadlineExceededError(
                     f"no outcome from {self._node_id} through the hub before the deadline "
                     "(the node may be offline; the hub keeps the request until it expires)"
+                ) from None
+            if ready.unknown:  # the hub lost it (a power cut): the same envelope again
+                dispatcher.submit(signed, min(max(left, 1.0), 30.0))
+                time.sleep(0.1)
+                continue
+            if ready.expired:
+                raise RequestExpiredError(
+                    f"expired: {self._node_id} did not take the request before its "
+                    "deadline; nothing was done or spent"
                 )
-            wait = int(min(COLLECT_WAIT_SECONDS, max(1.0, left)))
-            reply = self._hub.call(
-                "Collect", hub.CollectRequest(work_ids=[work_id], wait_seconds=wait), wait + 10.0
-            )
-            for ready in reply.ready:
-                if ready.work_id != work_id:
-                    continue
-                if ready.unknown:  # the hub lost it (a power cut): the same envelope again
-                    self._hub.call("Submit", submit, min(left, 30.0))
-                    break
-                if ready.expired:
-                    raise RequestExpiredError(
-                        f"expired: {self._node_id} did not take the request before its "
-                        "deadline; nothing was done or spent"
-                    )
-                try:
-                    return open_outcome(ready.outcome, self._node_key, signed)
-                except EnvelopeError as exc:
-                    raise NodeUnreachableError(
-                        f"the hub relayed an outcome that does not check ({exc.message}); "
-                        "nothing from it was used"
-                    ) from None
+            try:
+                return open_outcome(ready.outcome, self._node_key, signed)
+            except EnvelopeError as exc:
+                raise NodeUnreachableError(
+                    f"the hub relayed an outcome that does not check ({exc.message}); "
+                    "nothing from it was used"
+                ) from None
 
     def unary(self, method: str, request: Message, reply: type[M], timeout: float) -> M:
         outcome = self._outcome(method, request, timeout)

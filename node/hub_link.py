@@ -31,7 +31,7 @@ import grpc
 from node.access import Caller
 from node.config import HubLinkSettings, NodeConfig
 from node.server import UNDECODABLE  # the servicer's own marker for bytes that do not decode
-from tiaki.envelopes import EnvelopeError, open_envelope, seal_outcome
+from tiaki.envelopes import EnvelopeError, open_envelope, seal_outcome, work_id_of
 from tiaki.signing import SigningKey, key_id
 from tiaki.v1 import hub_pb2 as hub
 from tiaki.v1 import hub_pb2_grpc
@@ -186,11 +186,14 @@ class HubWorker:
         self._clock = clock
 
     def handle(self, item: hub.WorkItem) -> hub.SignedOutcome:
-        stored = self.inbox.get(item.work_id)
+        # Kept under the envelope's own hash, not the id the hub sent with it: a hub
+        # cannot make one request's outcome stand for another's.
+        key = work_id_of(item.envelope)
+        stored = self.inbox.get(key)
         if stored is not None:
             return stored  # delivered again: the outcome already given, nothing re-run
         signed = seal_outcome(self._key, self.outcome(item.envelope))
-        self.inbox.put(item.work_id, signed)
+        self.inbox.put(key, signed)
         return signed
 
     def outcome(self, signed: hub.SignedEnvelope) -> hub.Outcome:
@@ -350,6 +353,8 @@ class HubLink:
             self._push(stub, item.work_id, outcome)
 
     def _push(self, stub: Any, work_id: str, outcome: hub.SignedOutcome) -> None:
+        """Push under the hub's work id; the inbox knows it by the envelope's own hash,
+        which is the same for a hub that behaves."""
         try:
             stub.Push(hub.PushRequest(work_id=work_id, outcome=outcome), timeout=30)
         except grpc.RpcError as exc:

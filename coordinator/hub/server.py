@@ -40,7 +40,8 @@ RECHECK_SECONDS = 5.0  # a held call looks again this often (lease ends, expiry)
 # A Collect with some outcomes ready waits this much longer for more, so that a
 # question to many nodes is collected in a few calls rather than one per node.
 BATCH_SECONDS = 0.02
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# A Push can carry a node's whole ledger export (one outcome, every line).
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 SERVICE_NAME = "tiaki.v1.Hub"
 
 
