@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -71,16 +72,22 @@ class Refused(Exception):
         self.message = message
 
 
+@functools.lru_cache(maxsize=4096)
+def _certificate_identity(pem: bytes) -> str | None:
+    """The identity a verified peer certificate names; parsed once per certificate."""
+    try:
+        return identity_of(pem)
+    except (CertError, ValueError):
+        return None
+
+
 def _peer_identity(context: grpc.aio.ServicerContext, insecure: bool) -> str:
     auth = context.auth_context()
     if auth.get("transport_security_type") == [b"ssl"]:
-        pem = (auth.get("x509_pem_cert") or [b""])[0]
-        try:
-            return identity_of(pem)
-        except (CertError, ValueError):
-            raise Refused(
-                grpc.StatusCode.PERMISSION_DENIED, "your certificate names no identity"
-            ) from None
+        identity = _certificate_identity((auth.get("x509_pem_cert") or [b""])[0])
+        if identity is None:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, "your certificate names no identity")
+        return identity
     if insecure:
         for key, value in context.invocation_metadata() or ():
             if key == IDENTITY_METADATA_KEY and isinstance(value, str) and value.isprintable():

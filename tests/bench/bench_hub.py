@@ -65,7 +65,7 @@ def node_names(count: int) -> list[str]:
 
 def simulate(root: Path, names: list[str], address: str, ready: object) -> None:
     """One process holding many node links: pull, answer with a signed canned reply, push."""
-    reply = pb.NodeInfo(node_id="sim").SerializeToString()
+    reply = pb.NodeInfo(node_id="sim", definition=pb.PURE_DP, per_query_max="1").SerializeToString()
     ca = (root / "ca" / "ca.crt").read_bytes()
     stop = threading.Event()
     connected = threading.Semaphore(0)
@@ -206,8 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         config, keys = setup(root, args.nodes)
         print(f"{args.nodes} node identities made in {time.monotonic() - t:.1f} s", flush=True)
+        # TIAKI_HUB_PROFILE=FILE runs the hub under cProfile, written to FILE on its exit.
+        profile = os.environ.get("TIAKI_HUB_PROFILE")
+        command = (
+            [sys.executable, "-m", "cProfile", "-o", profile, "-m", "coordinator.hub.cli"]
+            if profile
+            else [str(BIN / "tiaki-hub")]
+        )
         hub_proc = subprocess.Popen(
-            [str(BIN / "tiaki-hub"), "serve", "--config", str(config)],
+            [*command, "serve", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         assert hub_proc.stdout is not None
