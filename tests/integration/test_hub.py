@@ -126,15 +126,20 @@ def test_an_envelope_altered_on_the_way_is_refused_and_spends_nothing(
     assert node.budget_spent() == 0 and not node.service.ledger.entries()
 
 
-def _collect(channel: object, work_id: str) -> hub.Outcome:
+def _collected(channel: object, work_id: str) -> hub.Collected:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         reply = channel.call(  # type: ignore[attr-defined]
             "Collect", hub.CollectRequest(work_ids=[work_id], wait_seconds=5), 15
         )
         for ready in reply.ready:
-            return hub.Outcome.FromString(ready.outcome.outcome)
+            found: hub.Collected = ready
+            return found
     raise AssertionError("no outcome")
+
+
+def _collect(channel: object, work_id: str) -> hub.Outcome:
+    return hub.Outcome.FromString(_collected(channel, work_id).outcome.outcome)
 
 
 def test_an_outcome_that_is_not_the_nodes_is_refused_by_the_coordinator(
@@ -421,3 +426,62 @@ def test_a_hub_whose_certificate_names_another_is_refused_before_any_work(
             node.stop()
     finally:
         impostor.stop()
+
+
+def test_clock_skew_either_way_is_allowed_up_to_the_stated_allowance_and_no_more(
+    relayed: tuple[HubThread, HubNode, Path], tmp_path: Path
+) -> None:
+    _, node, fed = relayed
+    signer = coordinator_key(tmp_path)
+    allowance = 300  # the node's skew_seconds (hub_support's default)
+    with Federation(load_federation(fed)) as federation:
+        channel = federation.clients["ngo-nat"]._transport._hub  # type: ignore[attr-defined]
+        now = int(time.time())
+        cases = {
+            # The coordinator's clock is behind: its deadline passed a little for the node.
+            "behind-within": (now - 200, now - allowance + 60, 0),
+            "behind-beyond": (now - 900, now - allowance - 60, 4),  # DEADLINE_EXCEEDED
+            # Ahead: issued "in the future" for the node.
+            "ahead-within": (now + allowance - 60, now + allowance + 60, 0),
+            "ahead-beyond": (now + allowance + 120, now + allowance + 300, 9),  # PRECONDITION
+        }
+        for name, (issued, due, code) in cases.items():
+            request = pb.QueryRequest(
+                query_id=f"q-{name}", analyst="ana", kind=pb.COUNT,
+                cost=pb.PrivacyCost(epsilon="0.1"),
+            )  # fmt: skip
+            signed = seal_envelope(
+                signer, node_id="ngo-nat", method="Query", payload=request.SerializeToString(),
+                issued_at=issued, not_after=due,
+            )  # fmt: skip
+            work_id = channel.call("Submit", hub.SubmitRequest(envelopes=[signed]), 10).work_ids[0]
+            ready = _collected(channel, work_id)
+            if ready.expired:  # the hub dropped it itself (past not_after plus its grace)
+                assert code == 4, name
+                continue
+            outcome = hub.Outcome.FromString(ready.outcome.outcome)
+            assert outcome.code == code, (name, outcome.message)
+    # Only the two within the allowance were answered, and charged.
+    assert {e.query_id for e in node.service.ledger.entries()} == {
+        "q-behind-within", "q-ahead-within"
+    }  # fmt: skip
+    assert node.budget_spent() == Fraction(2, 10)
+
+
+def test_budget_and_ledger_fetch_through_the_hub_as_for_a_direct_node(
+    relayed: tuple[HubThread, HubNode, Path], tmp_path: Path, cli: Any
+) -> None:
+    _, _, fed = relayed
+    asked = cli("query", "count", "--epsilon", "0.5", "--config", fed)
+    assert asked.code == 0, asked.err
+    budget = cli("budget", "--config", fed)
+    assert budget.code == 0, budget.err
+    assert "ngo-nat" in budget.out and "0.5" in budget.out
+    fetched = cli("ledger", "fetch", "--out-dir", tmp_path / "audit", "--config", fed)
+    assert fetched.code == 0, fetched.err
+    assert (tmp_path / "audit" / "ngo-nat.jsonl").exists()
+    verified = cli(
+        "audit", "verify", tmp_path / "audit" / "ngo-nat.jsonl",
+        tmp_path / "audit" / "coordinator.jsonl",
+    )  # fmt: skip
+    assert verified.code == 0, verified.out + verified.err
