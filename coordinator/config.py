@@ -262,7 +262,9 @@ def add_node(
         fields["signing_key"] = signing_key
     for n in nodes:
         if n.get("name") == name:
-            n.clear()  # re-added: this description replaces the old one whole
+            # What it is not any more goes (an address, or being reached via the hub);
+            # everything else it had (a server name, a pinned key) stays unless replaced.
+            n.pop("via" if "address" in fields else "address", None)
             n.update(fields)
             new = False
     if new:

@@ -260,3 +260,26 @@ def test_the_template_s_commented_secure_aggregation_example_is_valid(tmp_path: 
     secure = load_config(path).policy.secure_aggregation
     assert secure is not None and [p.node_id for p in secure.peers] == ["ngo-b", "ngo-c"]
     assert (secure.worst_case.per_query, secure.worst_case.lifetime) == (Fraction(5), Fraction(100))
+
+
+def test_re_adding_a_node_keeps_what_it_had_and_drops_what_it_no_longer_is(
+    tmp_path: Path,
+) -> None:
+    from coordinator.config import add_node, load_federation
+
+    path = tmp_path / "federation.yaml"
+    add_node(
+        path, "ngo-a", "127.0.0.1:5", analyst="ana", server_name="ngo-a.example", insecure=True
+    )
+    add_node(path, "ngo-a", "127.0.0.1:6")  # a new address: the server name stays
+    (entry,) = load_federation(path).nodes
+    assert (entry.address, entry.server_name, entry.via) == (
+        "127.0.0.1:6",
+        "ngo-a.example",
+        "direct",
+    )
+    key = "ed25519:T4GRJrjDeBCRF88wmQpfm1Nn0jCgqHV7oPDIIaBmPSE="
+    add_node(path, "ngo-a", None, hub={"address": "127.0.0.1:7"}, signing_key=key)
+    (entry,) = load_federation(path).nodes
+    assert (entry.address, entry.via, entry.signing_key) == (None, "hub", key)
+    assert entry.server_name == "ngo-a.example"
