@@ -280,6 +280,8 @@ class HubLink:
         self.connected = threading.Event()
         self._jitter = secrets.SystemRandom()  # spreads reconnects out; never noise
         self._open_channel: grpc.Channel | None = None
+        # Outcomes to deliver with the next Pull (already in the inbox).
+        self._outgoing: list[tuple[str, hub.SignedOutcome]] = []
 
     def start(self) -> None:
         self._thread.start()
@@ -314,10 +316,12 @@ class HubLink:
                     if self._stop.is_set():
                         break
                     stub = hub_pb2_grpc.HubStub(channel)
-                    # A Pull that does not wait: it connects (or fails with the reason,
+                    # Outcomes the hub may not have (a Push or a Pull that failed) first;
+                    # then a Pull that does not wait: it connects (or fails with the reason,
                     # a refusing proxy's among them) and takes what is queued already.
-                    self._pull_once(stub, wait=0)
+                    self._outgoing = []
                     self._push_unpushed(stub)
+                    self._pull_once(stub, wait=0)
                     while not self._stop.is_set():
                         self._pull_once(stub)
                         backoff = BACKOFF_FIRST
@@ -344,13 +348,21 @@ class HubLink:
             backoff = min(BACKOFF_MOST, backoff * 2)
 
     def _pull_once(self, stub: Any, wait: int | None = None) -> None:
+        """One Pull, carrying the outcomes of the last one's items (stored in the inbox
+        first, so a Pull that fails loses none: they are pushed after the reconnect)."""
         wait = self._settings.wait_seconds if wait is None else wait
-        reply = stub.Pull(hub.PullRequest(wait_seconds=wait), timeout=wait + PULL_GRACE_SECONDS)
+        carried, self._outgoing = self._outgoing, []
+        request = hub.PullRequest(
+            wait_seconds=wait,
+            outcomes=[hub.PushRequest(work_id=w, outcome=o) for w, o in carried],
+        )
+        reply = stub.Pull(request, timeout=wait + PULL_GRACE_SECONDS)
+        for work_id, _ in carried:
+            self._worker.inbox.pushed(work_id)
         self.last_pull = time.time()
         self.connected.set()
         for item in reply.items:
-            outcome = self._worker.handle(item)
-            self._push(stub, item.work_id, outcome)
+            self._outgoing.append((item.work_id, self._worker.handle(item)))
 
     def _push(self, stub: Any, work_id: str, outcome: hub.SignedOutcome) -> None:
         """Push under the hub's work id; the inbox knows it by the envelope's own hash,

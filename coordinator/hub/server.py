@@ -153,6 +153,8 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
     async def Pull(self, request: hub.PullRequest, context: grpc.aio.ServicerContext) -> Any:
         async def run() -> hub.PullResponse:
             node_id = self._node(context)
+            for pushed in request.outcomes:  # an unknown item is the node's stale copy: no error
+                self._complete(node_id, pushed)
             wait = min(request.wait_seconds, MAX_WAIT_SECONDS)
             limit = min(request.max_items or self._config.max_items, self._config.max_items)
             deadline = time.monotonic() + wait
@@ -184,18 +186,24 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
     async def Push(self, request: hub.PushRequest, context: grpc.aio.ServicerContext) -> Any:
         async def run() -> hub.PushResponse:
             node_id = self._node(context)
-            data = request.outcome.SerializeToString(deterministic=True)
-            if not self._queue.complete(request.work_id, node_id, data):
+            if not self._complete(node_id, request):
                 raise Refused(
                     grpc.StatusCode.NOT_FOUND,
                     f"no work item {request.work_id[:64]!r} for {node_id!r}",
                 )
-            for collector in self._waiters.work.get(request.work_id, ()):
-                collector.pushed.add(request.work_id)
-                collector.event.set()
             return hub.PushResponse()
 
         return await _answer(context, "Push", run)
+
+    def _complete(self, node_id: str, pushed: hub.PushRequest) -> bool:
+        """Keep a node's outcome and wake whoever collects it; False if not its item."""
+        data = pushed.outcome.SerializeToString(deterministic=True)
+        if not self._queue.complete(pushed.work_id, node_id, data):
+            return False
+        for collector in self._waiters.work.get(pushed.work_id, ()):
+            collector.pushed.add(pushed.work_id)
+            collector.event.set()
+        return True
 
     # ------------------------------------------------------------ coordinators
 

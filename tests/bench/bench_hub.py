@@ -21,6 +21,7 @@ memory (``/proc``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import os
 import statistics
@@ -79,27 +80,28 @@ def simulate(root: Path, names: list[str], address: str, ready: object) -> None:
         with grpc.secure_channel(address, credentials, options=options) as channel:
             stub = hub_pb2_grpc.HubStub(channel)
             first = True
+            outgoing: list[hub.PushRequest] = []
             while not stop.is_set():
+                # As a node does: the last items' outcomes ride on the next Pull.
+                request = hub.PullRequest(wait_seconds=0 if first else 25, outcomes=outgoing)
                 try:
-                    got = stub.Pull(hub.PullRequest(wait_seconds=0 if first else 25), timeout=40)
+                    got = stub.Pull(request, timeout=40)
                 except grpc.RpcError:
                     time.sleep(0.5)
                     continue
+                outgoing = []
                 if first:
                     connected.release()
                     first = False
                 for item in got.items:
-                    import hashlib
-
                     outcome = hub.Outcome(
                         envelope_sha256=hashlib.sha256(item.envelope.envelope).digest(),
                         node_id=name,
                         code=0,
                         replies=[reply],
                     )
-                    stub.Push(
-                        hub.PushRequest(work_id=item.work_id, outcome=seal_outcome(key, outcome)),
-                        timeout=30,
+                    outgoing.append(
+                        hub.PushRequest(work_id=item.work_id, outcome=seal_outcome(key, outcome))
                     )
 
     threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in names]

@@ -69,12 +69,14 @@ class WorkItem(_message.Message):
     def __init__(self, work_id: _Optional[str] = ..., attempt: _Optional[int] = ..., envelope: _Optional[_Union[SignedEnvelope, _Mapping]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("wait_seconds", "max_items")
+    __slots__ = ("wait_seconds", "max_items", "outcomes")
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     wait_seconds: int
     max_items: int
-    def __init__(self, wait_seconds: _Optional[int] = ..., max_items: _Optional[int] = ...) -> None: ...
+    outcomes: _containers.RepeatedCompositeFieldContainer[PushRequest]
+    def __init__(self, wait_seconds: _Optional[int] = ..., max_items: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[PushRequest, _Mapping]]] = ...) -> None: ...
 
 class PullResponse(_message.Message):
     __slots__ = ("items",)
