@@ -66,6 +66,7 @@ from coordinator.results import (
     NodeOutcome,
     NodeStatus,
 )
+from coordinator.secure_output import secure_doc, secure_lines
 from tiaki.answer import Answer
 from tiaki.budget import display_amount, format_amount
 from tiaki.errors import TiakiError
@@ -256,35 +257,6 @@ def _charges_line(answer: FederatedAnswer) -> str:
     return "charged (each node accounts for its own clients): " + ", ".join(parts)
 
 
-def secure_lines(answer: FederatedAnswer) -> list[str]:
-    """How a secure answer was made, in words: the session, the noise, each node's charges."""
-    secure = answer.secure
-    if secure is None:
-        return []
-    lines = [
-        f"asked as a secure sum (session {secure.session_id}): {secure.size} members, "
-        f"{secure.threshold} inputs needed, assuming up to {secure.colluders} colluding with "
-        f"the coordinator, so at least {secure.honest} honest noise shares in any total; no "
-        "node's own answer was seen by anyone.",
-    ]
-    if secure.summed:
-        lines.append(
-            f"{secure.summed} inputs summed, with one noise: its standard deviation is "
-            f"{secure.error_ratio:.2f}× that of one central release of the pooled data."
-        )
-    symbol = answer.query.cost.definition.symbol
-    if secure.charges:
-        parts = [
-            f"{node} {symbol} {display_amount(agg)} (worst case {display_amount(worst)})"
-            for node, (agg, worst) in secure.charges.items()
-        ]
-        lines.append(
-            "guarantee per node, aggregate if the secure sum holds, and worst case (its share "
-            "alone): " + ", ".join(parts)
-        )
-    return lines
-
-
 def federated_table(answer: FederatedAnswer) -> str:
     """A readable table of the combined cells and what happened at each node."""
     lines: list[str] = [answer_title(answer), ""]
@@ -410,21 +382,7 @@ def federated_json(answer: FederatedAnswer) -> str:
         "note": DP_NOISE_ONLY,
     }
     if answer.secure is not None:
-        s = answer.secure
-        doc["secure"] = {
-            "session_id": s.session_id,
-            "members": s.size,
-            "threshold": s.threshold,
-            "colluders": s.colluders,
-            "honest": s.honest,
-            "summed": s.summed,
-            "error_ratio": _finite(s.error_ratio),
-            "charges": {
-                node: {"aggregate": format_amount(agg), "worst_case": format_amount(worst)}
-                for node, (agg, worst) in s.charges.items()
-            },
-            "stopped": s.stopped or None,
-        }
+        doc["secure"] = secure_doc(answer.secure)
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
 
 
