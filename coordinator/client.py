@@ -67,6 +67,20 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def open_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    server_name: str | None,
+    options: Sequence[tuple[str, object]],
+) -> grpc.Channel:
+    """A channel to ``address``: mutual TLS expecting ``server_name`` in the peer's
+    certificate, or plaintext (loopback development) without ``credentials``."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=list(options))
+    named = [*options, ("grpc.ssl_target_name_override", server_name)] if server_name else options
+    return grpc.secure_channel(address, credentials, options=list(named))
+
+
 class DirectTransport:
     """A gRPC channel to the node's own port (mutual TLS, or a loopback claim)."""
 
@@ -78,16 +92,8 @@ class DirectTransport:
         server_name: str | None,
     ) -> None:
         self._metadata = ((IDENTITY_METADATA_KEY, identity),)
-        options: list[tuple[str, object]] = [
-            ("grpc.keepalive_time_ms", 60_000),
-            ("grpc.keepalive_timeout_ms", 20_000),
-        ]
-        if credentials is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
-            if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
-            self._channel = grpc.secure_channel(address, credentials, options=options)
+        options = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
+        self._channel = open_channel(address, credentials, server_name, options)
         self._stub = node_pb2_grpc.NodeStub(self._channel)
 
     def unary(self, method: str, request: Message, reply: type[M], timeout: float) -> M:

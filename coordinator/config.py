@@ -16,8 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tiaki.files import beside, describe_validation_error, read_yaml
-from tiaki.signing import SigningKeyError, parse_public_key
+from tiaki.files import beside, check_host_port, describe_validation_error, read_yaml
+from tiaki.signing import checked_public_key
 
 DEFAULT_SIGNING_KEY = "coordinator-signing.key"
 
@@ -31,10 +31,7 @@ class _Strict(BaseModel):
 
 
 def _check_address(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
-        raise ValueError(f"address {value!r} must be host:port, e.g. 127.0.0.1:50051")
-    return value
+    return check_host_port(value, "127.0.0.1:50051", listening=False)
 
 
 class NodeEntry(_Strict):
@@ -60,12 +57,7 @@ class NodeEntry(_Strict):
     @field_validator("signing_key")
     @classmethod
     def _key(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                parse_public_key(v)
-            except SigningKeyError as exc:
-                raise ValueError(str(exc)) from None
-        return v
+        return None if v is None else checked_public_key(v)
 
     @model_validator(mode="after")
     def _reachable(self) -> NodeEntry:

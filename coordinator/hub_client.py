@@ -20,13 +20,13 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from coordinator.client import open_channel
 from coordinator.hub_dispatch import HubDispatcher
 from tiaki.envelopes import EnvelopeError, open_outcome, seal_envelope
 from tiaki.errors import (
     DeadlineExceededError,
     NodeUnreachableError,
     RequestExpiredError,
-    TiakiError,
 )
 from tiaki.metadata import IDENTITY_METADATA_KEY
 from tiaki.signing import SigningKey
@@ -71,17 +71,12 @@ class HubChannel:
     ) -> None:
         self.address = address
         self._metadata = ((IDENTITY_METADATA_KEY, identity),)
-        options: list[tuple[str, Any]] = [
+        options: list[tuple[str, object]] = [
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ]
-        if credentials is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
-            if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
-            self._channel = grpc.secure_channel(address, credentials, options=options)
+        self._channel = open_channel(address, credentials, server_name, options)
         self.stub = hub_pb2_grpc.HubStub(self._channel)
         self.dispatcher = HubDispatcher(self.call, self._collect_future)
 
@@ -182,4 +177,4 @@ class HubTransport:
         """The hub's channel is shared: the federation closes it."""
 
 
-__all__ = ["HubChannel", "HubTransport", "RelayedStatus", "RequestExpiredError", "TiakiError"]
+__all__ = ["HubChannel", "HubTransport", "RelayedStatus"]

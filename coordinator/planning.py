@@ -14,12 +14,14 @@ denominator is at least as large.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from coordinator.client import NodeClient
 from coordinator.combine import ratio_half_width, summed_noise_half_width
 from coordinator.fanout import Federation, Preflight, preflight
+from tiaki.budget import display_amount
 from tiaki.errors import InvalidQueryError, TiakiError
 from tiaki.node_info import NodePlan
 from tiaki.query import PrivacyCost, Query, QueryKind
@@ -117,6 +119,26 @@ def _plans_at(federation: Federation, query: Query) -> list[NodePlan]:
 def choose_cost(federation: Federation, query: Query, target: float, ceiling: Fraction) -> Query:
     """The cheapest cost (on a 1/10000 grid, up to ``ceiling``) whose planned half-width
     is at most ``target``. Spends nothing."""
+
+    def half_width(at: Query) -> float | None:
+        return expected_half_width(query.kind, _plans_at(federation, at))[0]
+
+    return cheapest_cost(query, target, ceiling, half_width)
+
+
+def cheapest_cost(
+    query: Query,
+    target: float,
+    ceiling: Fraction,
+    half_width: Callable[[Query], float | None],
+    asked: str = "",
+) -> Query:
+    """The cheapest cost on the :data:`COST_STEP` grid, up to ``ceiling``, at which
+    ``half_width`` (the planned 95% half-width of ``query`` at that cost, None if it
+    cannot be planned) is at most ``target``: a bisection, as the width falls with cost.
+
+    ``asked`` names how the question would be asked, for the refusal ("as a secure sum").
+    """
     if query.kind not in ADDITIVE:
         raise InvalidQueryError(
             "--target-ci needs a count, count_clients, sum or histogram: the interval of a "
@@ -129,14 +151,15 @@ def choose_cost(federation: Federation, query: Query, target: float, ceiling: Fr
         return replace(query, cost=PrivacyCost(query.cost.definition, steps * COST_STEP))
 
     def reaches(steps: int) -> bool:
-        width, _ = expected_half_width(query.kind, _plans_at(federation, at(steps)))
+        width = half_width(at(steps))
         return width is not None and width <= target
 
     high = int(ceiling / COST_STEP)
     if high < 1 or not reaches(high):
         raise InvalidQueryError(
-            f"no cost up to the nodes' per-query maximum ({float(ceiling):g}) reaches a 95% "
-            f"half-width of {target:g}; ask a coarser question or accept a wider interval"
+            f"no cost up to the nodes' per-query maximum ({display_amount(ceiling)}) reaches "
+            f"a 95% half-width of {target:g}{f' {asked}' if asked else ''}; ask a coarser "
+            "question or accept a wider interval"
         )
     low = 0  # invariant: reaches(high) and not reaches(low) (cost 0 never does)
     while high - low > 1:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from fractions import Fraction
 
 from coordinator.client import NodeClient
 from coordinator.combine import Z_95
 from coordinator.fanout import Federation, failure_outcome
-from coordinator.planning import COST_STEP
+from coordinator.planning import cheapest_cost
 from coordinator.results import (
     NodeStatus,
 )
@@ -38,7 +38,7 @@ from tiaki.distributed_noise import (
 )
 from tiaki.errors import InvalidQueryError, TiakiError
 from tiaki.node_info import NodeInfo, NodePlan, SecureAggregationInfo
-from tiaki.query import PrivacyCost, Query, QueryKind
+from tiaki.query import Query
 
 DEFAULT_SESSION_SECONDS = 300
 
@@ -294,41 +294,12 @@ def choose_secure_cost(
 ) -> Query:
     """The cheapest ρ (on the planner's grid, up to ``ceiling``) whose secure sum has a
     95% half-width of at most ``target`` in every cell. Spends nothing."""
-    if query.kind not in (
-        QueryKind.COUNT,
-        QueryKind.COUNT_CLIENTS,
-        QueryKind.SUM,
-        QueryKind.HISTOGRAM,
-    ):
-        raise SecureQuestionError(
-            "--target-ci needs a count, count_clients, sum or histogram: the interval of a "
-            "mean or proportion depends on its denominator, which is data"
-        )
-    if not math.isfinite(target) or target <= 0:
-        raise SecureQuestionError("--target-ci must be a positive number")
 
-    def at(steps: int) -> Query:
-        return replace(query, cost=PrivacyCost(query.cost.definition, steps * COST_STEP))
+    def half_width(at: Query) -> float:
+        plan = plan_secure(federation, at, dropouts=dropouts, colluders=colluders)
+        return max(plan.half_widths())
 
-    def reaches(steps: int) -> bool:
-        plan = plan_secure(federation, at(steps), dropouts=dropouts, colluders=colluders)
-        return max(plan.half_widths()) <= target
-
-    high = int(ceiling / COST_STEP)
-    if high < 1 or not reaches(high):
-        raise SecureQuestionError(
-            f"no cost up to the nodes' per-query maximum ({float(ceiling):g}) gives a secure "
-            f"sum a 95% half-width of {target:g}; ask a coarser question or accept a wider "
-            "interval"
-        )
-    low = 0
-    while high - low > 1:
-        mid = (low + high) // 2
-        if reaches(mid):
-            high = mid
-        else:
-            low = mid
-    return at(high)
+    return cheapest_cost(query, target, ceiling, half_width, "as a secure sum")
 
 
 def _reasons(excluded: Mapping[str, tuple[NodeStatus, str]]) -> str:

@@ -26,7 +26,7 @@ from node.policy import Policy as Policy
 from node.policy import SecureAggregationPolicy as SecureAggregationPolicy
 from node.policy import SecurePeer as SecurePeer
 from node.policy import WorstCaseCaps as WorstCaseCaps
-from tiaki.files import beside, describe_validation_error, read_yaml
+from tiaki.files import beside, check_host_port, describe_validation_error, read_yaml
 
 
 class ConfigError(Exception):
@@ -244,10 +244,7 @@ class HubLinkSettings(StrictModel):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-            raise ValueError(f"hub address {v!r} must be host:port, e.g. hub.example.nz:50060")
-        return v
+        return check_host_port(v, "hub.example.nz:50060")
 
 
 class ServerSettings(StrictModel):
@@ -266,11 +263,7 @@ class ServerSettings(StrictModel):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        numeric = port.isascii() and port.isdigit()  # str.isdigit alone admits other scripts
-        if not sep or not host or not numeric or not 0 <= int(port) <= 65535:
-            raise ValueError(f"address {v!r} must be host:port, e.g. 127.0.0.1:50051")
-        return v
+        return check_host_port(v, "127.0.0.1:50051")
 
 
 @dataclass(frozen=True)

@@ -97,12 +97,6 @@ class RelayedCall:
         self.status = status
         raise _Aborted
 
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return {}
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
 
 class Inbox:
     """Outcomes by work id, kept until the hub has them and a while after (a repeat)."""

@@ -20,7 +20,7 @@ from tiaki.budget import AmountError, PrivacyDefinition, parse_amount
 from tiaki.files import scalar_text
 from tiaki.query import QueryKind
 from tiaki.secagg.session import MAX_MEMBERS
-from tiaki.signing import SigningKeyError, parse_public_key
+from tiaki.signing import checked_public_key
 
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -101,12 +101,7 @@ class CoordinatorGrant(_NamedCaller):
     @field_validator("signing_key")
     @classmethod
     def _signing_key(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                parse_public_key(v)
-            except SigningKeyError as exc:
-                raise ValueError(str(exc)) from None
-        return v
+        return None if v is None else checked_public_key(v)
 
 
 class SecurePeer(StrictModel):
@@ -118,11 +113,7 @@ class SecurePeer(StrictModel):
     @field_validator("signing_key")
     @classmethod
     def _key(cls, v: str) -> str:
-        try:
-            parse_public_key(v)
-        except SigningKeyError as exc:
-            raise ValueError(str(exc)) from None
-        return v
+        return checked_public_key(v)
 
 
 class WorstCaseCaps(StrictModel):

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tiaki.files import beside, describe_validation_error, read_yaml
+from tiaki.files import beside, check_host_port, describe_validation_error, read_yaml
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -48,10 +48,7 @@ class HubConfig(_Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-            raise ValueError(f"address {v!r} must be host:port, e.g. 0.0.0.0:50060")
-        return v
+        return check_host_port(v, "0.0.0.0:50060")
 
     @field_validator("nodes", "coordinators")
     @classmethod

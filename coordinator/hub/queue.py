@@ -177,14 +177,6 @@ class WorkQueue:
                 )
         return True
 
-    def record_pull(self, node_id: str) -> None:
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO pulls (node_id, last_pull) VALUES (?, ?) "
-                "ON CONFLICT (node_id) DO UPDATE SET last_pull = excluded.last_pull",
-                (node_id, self._clock()),
-            )
-
     def nodes(self, roster: Sequence[str]) -> list[NodeQueue]:
         """Each rostered node: when it last pulled, and how many items wait for it."""
         with self._lock:

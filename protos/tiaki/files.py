@@ -36,6 +36,17 @@ def describe_validation_error(error: Any, extra: dict[str, str] | None = None) -
     return f"{loc or '(top level)'}: {msg}"
 
 
+def check_host_port(value: str, example: str, *, listening: bool = True) -> str:
+    """``value`` if it is ``host:port`` (ASCII digits; port 0 only for an address to
+    listen on, where it picks a free port); ValueError naming ``example`` if not."""
+    host, sep, port = value.rpartition(":")
+    numeric = port.isascii() and port.isdigit()  # str.isdigit alone admits other scripts
+    lowest = 0 if listening else 1
+    if not sep or not host or not numeric or not lowest <= int(port) <= 65535:
+        raise ValueError(f"address {value!r} must be host:port, e.g. {example}")
+    return value
+
+
 def is_loopback(address: str) -> bool:
     """Whether ``host:port`` names this machine only (plaintext is allowed only there)."""
     host = address.rpartition(":")[0].strip("[]")

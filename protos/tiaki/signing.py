@@ -48,6 +48,16 @@ def parse_public_key(text: str) -> ed25519.Ed25519PublicKey:
         raise SigningKeyError(f"{text!r:.80} is not a valid Ed25519 public key") from None
 
 
+def checked_public_key(text: str) -> str:
+    """``text`` if it is an ``ed25519:<base64>`` public key; ValueError (for config
+    validators, which report it beside the key's name) if not."""
+    try:
+        parse_public_key(text)
+    except SigningKeyError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
 def key_id(public_text: str) -> str:
     """A short, stable name for a public key, for people to compare by eye."""
     return hashlib.sha256(public_text.encode("ascii", "replace")).hexdigest()[:16]

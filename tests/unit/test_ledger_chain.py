@@ -176,3 +176,22 @@ def test_verify_names_what_was_tampered_with(
     _tamper(path, *statements)
     with make(path) as ledger, pytest.raises(LedgerError, match=message):
         ledger.verify()
+
+
+def test_a_grants_signing_key_for_relayed_questions_is_chained_with_the_policy() -> None:
+    from node.spending import policy_record
+
+    key = "ed25519:T4GRJrjDeBCRF88wmQpfm1Nn0jCgqHV7oPDIIaBmPSE="
+    budget = BudgetPolicy.model_validate({"limit": "5", "period": "none"})
+    grants = (
+        CoordinatorGrant(identity="msd", signing_key=key),
+        CoordinatorGrant(identity="direct-only"),
+    )
+    record = policy_record(
+        node_id="ngo-a", definition=PrivacyDefinition.PURE, budget=budget,
+        per_query_max=Fraction(1), grants=grants,
+    )  # fmt: skip
+    relayed, direct = record.body()["coordinators"]
+    assert relayed["signing_key"] == key  # an auditor sees which key may ask through a hub
+    assert "signing_key" not in direct  # and a grant without one reads as before hubs
+    assert PolicyRecord.from_body(record.body()) == record
