@@ -9,9 +9,11 @@ with the node's address on it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import grpc
 from google.protobuf.message import Message
@@ -55,6 +57,44 @@ def new_query_id() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True)
+class NodeCall(Generic[T]):
+    """One unary Node RPC: its request, and how its reply becomes a contract type.
+
+    Described rather than made, so that a fan-out can start many at once
+    (:meth:`NodeClient.start`) and a client can make one (:meth:`NodeClient.run`)
+    with the same code.
+    """
+
+    method: str
+    request: Message
+    reply: type[Message]
+    decode: Callable[[Any], T]
+
+
+def info_call() -> NodeCall[NodeInfo]:
+    return NodeCall("GetInfo", pb.GetInfoRequest(), pb.NodeInfo, node_info_from_proto)
+
+
+def budget_call() -> NodeCall[BudgetStatus]:
+    return NodeCall("GetBudget", pb.GetBudgetRequest(), pb.BudgetReport, budget_from_proto)
+
+
+def plan_call(query: Query, query_id: str = "") -> NodeCall[NodePlan]:
+    """What ``query`` would cost the node (spends nothing); with ``query_id``, whether
+    asking under it would replay an answer this coordinator already holds (free)."""
+    request = query_to_proto(query, query_id=query_id, analyst="")
+    return NodeCall("Plan", request, pb.QueryPlan, node_plan_from_proto)
+
+
+def query_call(query: Query, *, query_id: str, analyst: str) -> NodeCall[Answer]:
+    return raw_query_call(query_to_proto(query, query_id=query_id, analyst=analyst))
+
+
+def raw_query_call(request: pb.QueryRequest) -> NodeCall[Answer]:
+    return NodeCall("Query", request, pb.QueryResponse, answer_from_proto)
+
+
 class Transport(Protocol):
     """How a NodeClient reaches its node: dialled directly, or through a hub."""
 
@@ -65,6 +105,21 @@ class Transport(Protocol):
     ) -> Iterator[M]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class StartingTransport(Protocol):
+    """A transport that starts a call and says later how it ended (a hub's: every call in
+    flight shares one Submit and one Collect, and none needs a thread to wait)."""
+
+    def begin(
+        self,
+        method: str,
+        request: Message,
+        reply: type[M],
+        timeout: float,
+        then: Callable[[M | BaseException], None],
+    ) -> None: ...
 
 
 def open_channel(
@@ -133,21 +188,57 @@ class NodeClient:
         self._transport: Transport = transport or DirectTransport(
             address, identity, credentials, server_name
         )
+        # Looked up once: a check against a runtime protocol is slow, and asked per call.
+        self._starts = isinstance(self._transport, StartingTransport)
 
     def _call(self, method: str, request: Message, reply: type[M]) -> M:
         try:
             return self._transport.unary(method, request, reply, self.timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.address) from None
-        except TiakiError as exc:
-            exc.node = self.address
-            raise
+        except (grpc.RpcError, TiakiError) as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> TiakiError:
+        """A failed call as the typed error it stands for, naming this node."""
+        if isinstance(exc, grpc.RpcError):
+            return from_rpc_error(exc, self.address)
+        assert isinstance(exc, TiakiError)
+        exc.node = self.address
+        return exc
+
+    def run(self, call: NodeCall[T]) -> T:
+        return call.decode(self._call(call.method, call.request, call.reply))
+
+    @property
+    def starts_without_a_thread(self) -> bool:
+        """Whether :meth:`start` can be used: the transport starts calls itself."""
+        return self._starts
+
+    def start(self, call: NodeCall[T]) -> Future[T]:
+        """The call under way, without a thread: for a transport that can (a hub's).
+        The future holds the decoded reply or the typed error, as :meth:`run` would."""
+        transport = self._transport
+        assert isinstance(transport, StartingTransport)  # see starts_without_a_thread
+        result: Future[T] = Future()
+
+        def settled(reply: Any) -> None:
+            if isinstance(reply, (grpc.RpcError, TiakiError)):
+                result.set_exception(self._error(reply))
+            elif isinstance(reply, BaseException):  # not the node's word: the caller's to see
+                result.set_exception(reply)
+            else:
+                try:
+                    result.set_result(call.decode(reply))
+                except Exception as exc:  # a reply that does not convert
+                    result.set_exception(exc)
+
+        transport.begin(call.method, call.request, call.reply, self.timeout, settled)
+        return result
 
     def info(self) -> NodeInfo:
-        return node_info_from_proto(self._call("GetInfo", pb.GetInfoRequest(), pb.NodeInfo))
+        return self.run(info_call())
 
     def budget(self) -> BudgetStatus:
-        return budget_from_proto(self._call("GetBudget", pb.GetBudgetRequest(), pb.BudgetReport))
+        return self.run(budget_call())
 
     def plan(self, query: Query, query_id: str = "") -> NodePlan:
         """The node's own account of what ``query`` would cost; spends nothing.
@@ -155,16 +246,14 @@ class NodeClient:
         With ``query_id``, the plan also says whether asking under that id
         would replay an answer this coordinator already holds (free).
         """
-        request = query_to_proto(query, query_id=query_id, analyst="")
-        return node_plan_from_proto(self._call("Plan", request, pb.QueryPlan))
+        return self.run(plan_call(query, query_id))
 
     def query(self, query: Query, *, query_id: str, analyst: str) -> Answer:
-        request = query_to_proto(query, query_id=query_id, analyst=analyst)
-        return self.query_raw(request)
+        return self.run(query_call(query, query_id=query_id, analyst=analyst))
 
     def query_raw(self, request: pb.QueryRequest) -> Answer:
         """Send a request exactly as given (tests use it to send malformed ones)."""
-        return answer_from_proto(self._call("Query", request, pb.QueryResponse))
+        return self.run(raw_query_call(request))
 
     def export_ledger(self, from_seq: int = 0) -> Iterator[str]:
         """The node's signed ledger export, one line at a time (each without its newline).

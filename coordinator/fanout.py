@@ -16,10 +16,19 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from coordinator.client import NodeClient, channel_credentials, connection_failure
+from coordinator.client import (
+    NodeCall,
+    NodeClient,
+    budget_call,
+    channel_credentials,
+    connection_failure,
+    plan_call,
+    query_call,
+)
 from coordinator.config import FederationConfig, NodeEntry
 from coordinator.hub_client import HubChannel, HubTransport
 from coordinator.results import NodeOutcome, NodeStatus
+from tiaki.answer import Answer
 from tiaki.budget import BudgetStatus, display_amount
 from tiaki.certs import identity_of
 from tiaki.errors import (
@@ -75,6 +84,13 @@ def coordinator_identity(config: FederationConfig) -> str:
     return config.identity
 
 
+def pool_size(direct: int, through_hub: int) -> int:
+    """Threads for the fan-out: up to 64 for nodes dialled direct (each thread is busy in
+    its call), and one for each node through the hub (its thread only waits, and every
+    call in flight at once shares one Submit and one Collect)."""
+    return max(1, min(64, direct) + through_hub)
+
+
 class Federation:
     """Clients for every node of a federation file, closed together."""
 
@@ -100,7 +116,10 @@ class Federation:
                     credentials=credentials,
                     server_name=e.expected_identity,
                 )
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(64, len(entries))))
+        through_hub = sum(1 for e in entries if e.via == "hub")
+        self._pool = ThreadPoolExecutor(
+            max_workers=pool_size(len(entries) - through_hub, through_hub)
+        )
 
     def _through_hub(self, entry: NodeEntry, credentials: Any) -> HubTransport:
         hub_entry = self.config.hub
@@ -138,6 +157,14 @@ class Federation:
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         return self._pool.submit(fn, *args, **kwargs)
 
+    def start(self, name: str, call: NodeCall[T]) -> Future[T]:
+        """One call to one node, under way: through the hub without a thread (calls in
+        flight together share one Submit and one Collect), direct in the pool's."""
+        client = self.clients[name]
+        if client.starts_without_a_thread:
+            return client.start(call)
+        return self._pool.submit(client.run, call)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for client in self.clients.values():
@@ -172,14 +199,21 @@ def failure_reason(exc: TiakiError) -> str:
     return failure_outcome(exc)[1]
 
 
-def _preflight_one(name: str, client: NodeClient, query: Query, query_id: str) -> Preflight:
-    try:
-        plan = client.plan(query, query_id)
-        # Nodes report their budget inside the plan; one round trip serves both.
-        budget = plan.budget if plan.budget is not None else client.budget()
-    except TiakiError as exc:
-        status, reason = failure_outcome(exc)
+def _preflight_one(
+    name: str, plan: NodePlan | TiakiError, budget: BudgetStatus | TiakiError | None
+) -> Preflight:
+    failure = plan if isinstance(plan, TiakiError) else budget
+    if isinstance(failure, TiakiError):
+        status, reason = failure_outcome(failure)
         return Preflight(name, None, None, status, reason)
+    assert isinstance(plan, NodePlan)
+    # Nodes report their budget inside the plan; one round trip serves both.
+    left = plan.budget if plan.budget is not None else budget
+    assert isinstance(left, BudgetStatus)
+    return _affordable(name, plan, left)
+
+
+def _affordable(name: str, plan: NodePlan, budget: BudgetStatus) -> Preflight:
     cost = plan.charge.amount
     if plan.replay:  # already answered under this id: the node replays it for free
         return Preflight(name, plan, budget, None)
@@ -194,40 +228,119 @@ def _preflight_one(name: str, client: NodeClient, query: Query, query_id: str) -
     return Preflight(name, plan, budget, None)
 
 
+def _settled(future: Future[Any]) -> Any:
+    """The future's result, or the typed error it failed with."""
+    try:
+        return future.result()
+    except TiakiError as exc:
+        return exc
+
+
 def preflight(federation: Federation, query: Query, query_id: str = "") -> dict[str, Preflight]:
     """Plan and budget from every node, concurrently. Spends nothing anywhere.
 
     With ``query_id``, a node that already answered this question under it is
     ready whatever its budget: asking again replays the answer for free.
     """
-    results = dict(federation.each(lambda name, c: _preflight_one(name, c, query, query_id)))
-    return {name: results[name] for name in federation.names}
+    names = federation.names
+    started = {name: federation.start(name, plan_call(query, query_id)) for name in names}
+    plans = {name: _settled(future) for name, future in started.items()}
+    # A node whose plan did not carry its budget is asked for it (older nodes).
+    asked = {
+        name: federation.start(name, budget_call())
+        for name, plan in plans.items()
+        if isinstance(plan, NodePlan) and plan.budget is None
+    }
+    budgets = {name: _settled(future) for name, future in asked.items()}
+    return {name: _preflight_one(name, plans[name], budgets.get(name)) for name in names}
 
 
 def ask_node(
-    client: NodeClient, name: str, query: Query, *, query_id: str, analyst: str, retries: int
+    client: NodeClient,
+    name: str,
+    query: Query,
+    *,
+    query_id: str,
+    analyst: str,
+    retries: int,
+    attempts_made: int = 0,
+    started: float | None = None,
 ) -> NodeOutcome:
-    """Ask one node, retrying transient failures with the same query id."""
-    started = time.monotonic()
-    attempt = 0
+    """Ask one node, retrying transient failures with the same query id.
+
+    ``attempts_made`` and ``started`` carry on after attempts made elsewhere
+    (:func:`start_ask`'s first one), waiting before the next as between any two.
+    """
+    started = time.monotonic() if started is None else started
+    attempt = attempts_made
     while True:
+        if attempt:
+            time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
         attempt += 1
         try:
             answer = client.query(query, query_id=query_id, analyst=analyst)
         except TiakiError as exc:
             status, reason = failure_outcome(exc)
             if status is NodeStatus.UNREACHABLE and attempt <= retries:
-                time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
                 continue
             return NodeOutcome(
                 name, status, reason, None, None, attempt, time.monotonic() - started
             )
-        return NodeOutcome(
-            name,
-            NodeStatus.REPLAYED if answer.replayed else NodeStatus.ANSWERED,
-            "",
-            answer.charged.amount,
-            answer,
-            attempt,
-            time.monotonic() - started,
+        return _answered(name, answer, attempt, started)
+
+
+def _answered(name: str, answer: Answer, attempt: int, started: float) -> NodeOutcome:
+    return NodeOutcome(
+        name,
+        NodeStatus.REPLAYED if answer.replayed else NodeStatus.ANSWERED,
+        "",
+        answer.charged.amount,
+        answer,
+        attempt,
+        time.monotonic() - started,
+    )
+
+
+def start_ask(
+    federation: Federation, name: str, query: Query, *, query_id: str, analyst: str, retries: int
+) -> Future[NodeOutcome]:
+    """:func:`ask_node` under way. A node through the hub is asked without a thread
+    (all of them in one Submit); only a retry, which waits first, takes one."""
+    client = federation.clients[name]
+    if not client.starts_without_a_thread:
+        return federation.submit(
+            ask_node, client, name, query, query_id=query_id, analyst=analyst, retries=retries
         )
+    started = time.monotonic()
+    result: Future[NodeOutcome] = Future()
+
+    def first(answer: Future[Answer]) -> None:
+        try:
+            result.set_result(_answered(name, answer.result(), 1, started))
+            return
+        except TiakiError as exc:
+            status, reason = failure_outcome(exc)
+        except Exception as exc:  # not the node's answer: for whoever waits on it
+            result.set_exception(exc)
+            return
+        if status is not NodeStatus.UNREACHABLE or retries < 1:
+            elapsed = time.monotonic() - started
+            result.set_result(NodeOutcome(name, status, reason, None, None, 1, elapsed))
+            return
+        again = federation.submit(
+            ask_node, client, name, query,
+            query_id=query_id, analyst=analyst, retries=retries, attempts_made=1, started=started,
+        )  # fmt: skip
+        again.add_done_callback(lambda done: _pass_on(done, result))
+
+    federation.start(name, query_call(query, query_id=query_id, analyst=analyst)).add_done_callback(
+        first
+    )
+    return result
+
+
+def _pass_on(done: Future[T], to: Future[T]) -> None:
+    try:
+        to.set_result(done.result())
+    except Exception as exc:
+        to.set_exception(exc)

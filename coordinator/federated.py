@@ -8,7 +8,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 
 from coordinator.client import new_query_id
 from coordinator.combine import UNRELIABLE_SHARE, combine_outcomes, combine_secure
-from coordinator.fanout import Federation, Preflight, ask_node, preflight
+from coordinator.fanout import Federation, Preflight, preflight, start_ask
 from coordinator.mirror import SECURE_TOTAL, MirrorLedger
 from coordinator.results import (
     CombinedCell,
@@ -98,14 +98,8 @@ def ask_federation(
 
     retries = federation.config.defaults.retries
     futures = {
-        federation.submit(
-            ask_node,
-            federation.clients[name],
-            name,
-            query,
-            query_id=query_id,
-            analyst=analyst,
-            retries=retries,
+        start_ask(
+            federation, name, query, query_id=query_id, analyst=analyst, retries=retries
         ): name
         for name in ready
     }

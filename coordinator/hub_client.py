@@ -14,7 +14,8 @@ someone on the way) changed it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import grpc
@@ -22,7 +23,7 @@ from google.protobuf.message import DecodeError, Message
 
 from coordinator.client import open_channel
 from coordinator.hub_dispatch import HubDispatcher
-from tiaki.envelopes import EnvelopeError, open_outcome, seal_envelope
+from tiaki.envelopes import EnvelopeError, open_outcome, seal_envelope, work_id_of
 from tiaki.errors import (
     DeadlineExceededError,
     NodeUnreachableError,
@@ -109,7 +110,40 @@ class HubTransport:
         self._node_key = node_key
         self._signer = signer
 
-    def _outcome(self, method: str, request: Message, timeout: float) -> hub.Outcome:
+    def begin(
+        self,
+        method: str,
+        request: Message,
+        reply: type[M],
+        timeout: float,
+        then: Callable[[M | BaseException], None],
+    ) -> None:
+        """Start the call: sealed and queued at once; ``then`` is called once with the
+        node's reply, or the error it stands for. No thread waits for it."""
+        self._begin(method, request, timeout, lambda o: self._reply(o, reply), then)
+
+    def unary(self, method: str, request: Message, reply: type[M], timeout: float) -> M:
+        done: Future[M] = Future()
+        self.begin(method, request, reply, timeout, lambda r: _settle(done, r))
+        return done.result()
+
+    def stream(self, method: str, request: Message, reply: type[M], timeout: float) -> Iterator[M]:
+        done: Future[hub.Outcome] = Future()
+        self._begin(method, request, timeout, lambda o: o, lambda r: _settle(done, r))
+        outcome = done.result()
+        if outcome.code != 0:
+            raise RelayedStatus(outcome)
+        for data in outcome.replies:
+            yield reply.FromString(data)
+
+    def _begin(
+        self,
+        method: str,
+        request: Message,
+        timeout: float,
+        convert: Callable[[hub.Outcome], Any],
+        then: Callable[[Any], None],
+    ) -> None:
         issued = int(time.time())
         deadline = time.monotonic() + timeout
         signed = seal_envelope(
@@ -120,38 +154,55 @@ class HubTransport:
             issued_at=issued,
             not_after=issued + max(1, int(timeout)),
         )
-        dispatcher = self._hub.dispatcher
-        dispatcher.submit(signed, min(timeout, 30.0))
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise TimeoutError
-                ready = dispatcher.wait(signed, left)
-            except TimeoutError:
-                raise DeadlineExceededError(
-                    f"no outcome from {self._node_id} through the hub before the deadline "
-                    "(the node may be offline; the hub keeps the request until it expires)"
-                ) from None
-            if ready.unknown:  # the hub lost it (a power cut): the same envelope again
-                dispatcher.submit(signed, min(max(left, 1.0), 30.0))
-                time.sleep(0.1)
-                continue
-            if ready.expired:
-                raise RequestExpiredError(
-                    f"expired: {self._node_id} did not take the request before its "
-                    "deadline; nothing was done or spent"
-                )
-            try:
-                return open_outcome(ready.outcome, self._node_key, signed)
-            except EnvelopeError as exc:
-                raise NodeUnreachableError(
-                    f"the hub relayed an outcome that does not check ({exc.message}); "
-                    "nothing from it was used"
-                ) from None
+        work_id = work_id_of(signed)
 
-    def unary(self, method: str, request: Message, reply: type[M], timeout: float) -> M:
-        outcome = self._outcome(method, request, timeout)
+        def ask() -> None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                then(self._no_outcome())
+                return
+            self._hub.dispatcher.start(signed, work_id, left, arrived)
+
+        def arrived(ready: hub.Collected | BaseException) -> None:
+            if isinstance(ready, TimeoutError):
+                then(self._no_outcome())
+                return
+            if isinstance(ready, BaseException):
+                then(ready)
+                return
+            if ready.unknown:  # the hub lost it (a power cut): the same envelope again
+                ask()
+                return
+            try:
+                converted = convert(self._opened(ready, signed))
+            except Exception as exc:  # the call's own error, for whoever waits on it
+                then(exc)
+                return
+            then(converted)
+
+        ask()
+
+    def _no_outcome(self) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"no outcome from {self._node_id} through the hub before the deadline "
+            "(the node may be offline; the hub keeps the request until it expires)"
+        )
+
+    def _opened(self, ready: hub.Collected, signed: hub.SignedEnvelope) -> hub.Outcome:
+        if ready.expired:
+            raise RequestExpiredError(
+                f"expired: {self._node_id} did not take the request before its "
+                "deadline; nothing was done or spent"
+            )
+        try:
+            return open_outcome(ready.outcome, self._node_key, signed)
+        except EnvelopeError as exc:
+            raise NodeUnreachableError(
+                f"the hub relayed an outcome that does not check ({exc.message}); "
+                "nothing from it was used"
+            ) from None
+
+    def _reply(self, outcome: hub.Outcome, reply: type[M]) -> M:
         if outcome.expired:
             raise RequestExpiredError(
                 f"expired: {self._node_id} refused the request as past its deadline "
@@ -166,15 +217,15 @@ class HubTransport:
         except DecodeError:
             raise NodeUnreachableError("the node's relayed reply does not decode") from None
 
-    def stream(self, method: str, request: Message, reply: type[M], timeout: float) -> Iterator[M]:
-        outcome = self._outcome(method, request, timeout)
-        if outcome.code != 0:
-            raise RelayedStatus(outcome)
-        for data in outcome.replies:
-            yield reply.FromString(data)
-
     def close(self) -> None:
         """The hub's channel is shared: the federation closes it."""
+
+
+def _settle(future: Future[Any], outcome: Any) -> None:
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 __all__ = ["HubChannel", "HubTransport", "RelayedStatus"]

@@ -1,4 +1,4 @@
-"""A node behind NAT: it dials out to a hub, pulls signed work, runs it as if called directly.
+"""A node behind NAT: it dials out to a hub, takes signed work, runs it as if called directly.
 
 The hub only carries work (``tiaki/v1/hub.proto``). Each item is checked here
 before anything runs: the envelope's signature over all its bytes, that it is
@@ -8,8 +8,8 @@ skew) nor issued too far ahead; then it runs through the node's own servicer
 envelope's signer as the caller: ``policy.coordinators`` is applied to the
 signer's key (a grant's ``signing_key``), never to the hub. What the servicer
 returns, or the status it refused with, becomes an outcome signed with the
-ledger key, kept in the node's inbox by work id before it is pushed, and
-pushed again after a reconnect until the hub has it. A repeat delivery gets
+ledger key, kept in the node's inbox by work id before it is sent, and sent
+again after a reconnect until the hub says it has stored it. A repeat delivery gets
 the stored outcome; a repeated query id is a free replay at the ledger anyway.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import secrets
 import sqlite3
 import threading
@@ -54,9 +55,13 @@ REQUESTS: dict[str, Any] = {
 }
 # The longest an envelope may be valid for: a coordinator asking for more is refused.
 MAX_ENVELOPE_SECONDS = 2 * 24 * 3600
-# A Pull is held at most wait_seconds by the hub; this much more and the call is
-# given up, so a connection that went silent is noticed within wait + this bound.
-PULL_GRACE_SECONDS = 10
+# The hub writes at least every wait_seconds; a call quiet this much longer is given
+# up, so a connection that went silent is noticed within wait + this bound.
+SILENCE_GRACE_SECONDS = 10
+WATCH_SECONDS = 0.5  # how often the silence is looked at
+# Items the node takes at a time: a few, so that a short question is not queued
+# behind a long one for long, and leases (60 s by default) do not run out unstarted.
+CREDIT = 4
 BACKOFF_FIRST, BACKOFF_MOST = 0.5, 60.0
 INBOX_KEEP_SECONDS = 3 * 24 * 3600
 
@@ -64,12 +69,14 @@ INBOX_KEEP_SECONDS = 3 * 24 * 3600
 def channel_options(settings: HubLinkSettings) -> list[tuple[str, Any]]:
     """Keepalive that survives load balancers and NATs, and never looks like abuse.
 
-    A ping every 30 s with or without a call in flight keeps the connection
-    warm under the shortest common idle limits (NATs and load balancers drop
-    idle flows after 60 s to 5 min); the hub accepts pings down to every 20 s,
-    so these never earn a GOAWAY "too_many_pings". A ping unanswered for 10 s
-    marks the connection dead. ``max_pings_without_data`` 0 lets the pings go
-    on between Pulls.
+    The hub writes on the call at least every ``wait_seconds`` (25 s by
+    default: under the 30 to 60 s idle limits of common proxies and load
+    balancers, which count data, not HTTP/2 pings). Beneath that, a ping every
+    30 s with or without a call in flight keeps the connection warm in NAT
+    tables (which drop idle flows after 60 s to 5 min); the hub accepts pings
+    down to every 20 s, so these never earn a GOAWAY "too_many_pings". A ping
+    unanswered for 10 s marks the connection dead. ``max_pings_without_data``
+    0 lets the pings go on while nothing else is sent.
     """
     return [
         ("grpc.ssl_target_name_override", settings.server_name),
@@ -260,9 +267,14 @@ class HubWorker:
 
 
 class HubLink:
-    """The node's connection out to its hub: pull, run, push, and again; reconnect on failure.
+    """The node's connection out to its hub: one Connect call, reconnected on failure.
 
-    Runs in a thread of its own; :meth:`stop` ends it within a Pull's wait.
+    Runs in a thread of its own. Items are run one at a time, in order, each
+    outcome stored in the inbox before it is sent; the hub acknowledges what it
+    has stored, and whatever it has not is sent again after a reconnect. The
+    hub writes at least every ``wait_seconds``; a call quiet for that plus
+    :data:`SILENCE_GRACE_SECONDS` is given up and made again, so a connection
+    gone silent is noticed within that bound. :meth:`stop` ends it at once.
     """
 
     def __init__(self, settings: HubLinkSettings, worker: HubWorker) -> None:
@@ -270,26 +282,24 @@ class HubLink:
         self._worker = worker
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tiaki-hub-link", daemon=True)
-        self.last_pull: float | None = None
+        self.last_heard: float | None = None
         self.connected = threading.Event()
         self._jitter = secrets.SystemRandom()  # spreads reconnects out; never noise
         self._open_channel: grpc.Channel | None = None
-        # Outcomes to deliver with the next Pull (already in the inbox).
-        self._outgoing: list[tuple[str, hub.SignedOutcome]] = []
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the work in hand is pushed (or kept for later); close the inbox.
+        """Stop after the item in hand is done (its outcome kept for later); close the inbox.
 
-        A Pull held open is cancelled (closing the channel ends it at once).
+        Closing the channel ends the open call at once.
         """
         self._stop.set()
         channel = self._open_channel
         if channel is not None:
             channel.close()
-        self._thread.join(timeout + self._settings.wait_seconds + PULL_GRACE_SECONDS)
+        self._thread.join(timeout + SILENCE_GRACE_SECONDS)
         self._worker.inbox.close()
 
     def _channel(self) -> grpc.Channel:
@@ -309,70 +319,113 @@ class HubLink:
                     self._open_channel = channel
                     if self._stop.is_set():
                         break
-                    stub = hub_pb2_grpc.HubStub(channel)
-                    # Outcomes the hub may not have (a Push or a Pull that failed) first;
-                    # then a Pull that does not wait: it connects (or fails with the reason,
-                    # a refusing proxy's among them) and takes what is queued already.
-                    self._outgoing = []
-                    self._push_unpushed(stub)
-                    self._pull_once(stub, wait=0)
-                    while not self._stop.is_set():
-                        self._pull_once(stub)
+                    if self._connect(hub_pb2_grpc.HubStub(channel)):
                         backoff = BACKOFF_FIRST
             except grpc.RpcError as exc:
-                self.connected.clear()
                 code = exc.code() if hasattr(exc, "code") else None
-                log.warning(
-                    "hub %s: %s (%s); retrying",
-                    self._settings.address,
-                    exc.details() if hasattr(exc, "details") else exc,
-                    code.name if code is not None else "?",
-                    extra={"outcome": "hub-unreachable"},
-                )
+                if not self._stop.is_set():
+                    log.warning(
+                        "hub %s: %s (%s); retrying",
+                        self._settings.address,
+                        exc.details() if hasattr(exc, "details") else exc,
+                        code.name if code is not None else "?",
+                        extra={"outcome": "hub-unreachable"},
+                    )
             except OSError as exc:
-                self.connected.clear()
                 log.error("cannot read the hub's TLS files: %s", exc)
             except Exception:  # a fault of ours must not end the node's only way in
-                self.connected.clear()
                 log.exception("the hub link failed; reconnecting")
+            self.connected.clear()
             if self._stop.is_set():
                 break
             # Full jitter: a hub that comes back is not met by every node at once.
             self._stop.wait(self._jitter.uniform(0, backoff))
             backoff = min(BACKOFF_MOST, backoff * 2)
 
-    def _pull_once(self, stub: Any, wait: int | None = None) -> None:
-        """One Pull, carrying the outcomes of the last one's items (stored in the inbox
-        first, so a Pull that fails loses none: they are pushed after the reconnect)."""
-        wait = self._settings.wait_seconds if wait is None else wait
-        carried, self._outgoing = self._outgoing, []
-        request = hub.PullRequest(
-            wait_seconds=wait,
-            outcomes=[hub.PushRequest(work_id=w, outcome=o) for w, o in carried],
+    def _connect(self, stub: Any) -> bool:
+        """One Connect call, until it fails or the node stops; True if the hub was heard.
+
+        The first message offers :data:`CREDIT` items and carries the outcomes
+        the hub may not have (sent before a call that failed). Each outcome
+        sent later gives the credit of its item back.
+        """
+        heartbeat = self._settings.wait_seconds
+        outbox: queue.Queue[hub.NodeMessage | None] = queue.Queue()
+        outbox.put(
+            hub.NodeMessage(
+                credit=CREDIT,
+                heartbeat_seconds=heartbeat,
+                outcomes=[
+                    hub.NodeOutcome(work_id=w, outcome=o) for w, o in self._worker.inbox.unpushed()
+                ],
+            )
         )
-        reply = stub.Pull(request, timeout=wait + PULL_GRACE_SECONDS)
-        for work_id, _ in carried:
-            self._worker.inbox.pushed(work_id)
-        self.last_pull = time.time()
-        self.connected.set()
-        for item in reply.items:
-            self._outgoing.append((item.work_id, self._worker.handle(item)))
-
-    def _push(self, stub: Any, work_id: str, outcome: hub.SignedOutcome) -> None:
-        """Push under the hub's work id; the inbox knows it by the envelope's own hash,
-        which is the same for a hub that behaves."""
-        try:
-            stub.Push(hub.PushRequest(work_id=work_id, outcome=outcome), timeout=30)
-        except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.NOT_FOUND:  # the hub dropped the item: keep nothing
+        watch = _Silence(heartbeat + SILENCE_GRACE_SECONDS)
+        call = stub.Connect(watch.requests(outbox, self._stop))
+        watch.call = call
+        heard = False
+        for message in call:
+            heard = True
+            watch.heard()
+            self.last_heard = time.time()
+            self.connected.set()
+            for work_id in message.stored:
                 self._worker.inbox.pushed(work_id)
-                return
-            raise
-        self._worker.inbox.pushed(work_id)
+            for item in message.items:
+                with watch.busy():
+                    outcome = self._worker.handle(item)
+                outbox.put(
+                    hub.NodeMessage(
+                        credit=1, outcomes=[hub.NodeOutcome(work_id=item.work_id, outcome=outcome)]
+                    )
+                )
+        return heard  # the hub ended the call (it is stopping): connect again
 
-    def _push_unpushed(self, stub: Any) -> None:
-        for work_id, outcome in self._worker.inbox.unpushed():
-            self._push(stub, work_id, outcome)
+
+class _Silence:
+    """Gives up on a call the hub has left quiet too long, from the thread that feeds it."""
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+        self.call: Any = None
+        self._last = time.monotonic()
+        self._busy = False
+
+    def heard(self) -> None:
+        self._last = time.monotonic()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """While the node works on an item it reads nothing: that is not the hub's silence."""
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+            self._last = time.monotonic()
+
+    def requests(
+        self, outbox: queue.Queue[hub.NodeMessage | None], stop: threading.Event
+    ) -> Iterator[hub.NodeMessage]:
+        while True:
+            try:
+                message = outbox.get(timeout=WATCH_SECONDS)
+            except queue.Empty:
+                quiet = time.monotonic() - self._last
+                if stop.is_set() or (not self._busy and quiet > self.bound):
+                    if not stop.is_set():
+                        log.warning(
+                            "the hub has been silent for %.0f s; reconnecting",
+                            quiet,
+                            extra={"outcome": "hub-unreachable"},
+                        )
+                    if self.call is not None:
+                        self.call.cancel()
+                    return
+                continue
+            if message is None:
+                return
+            yield message
 
 
 def start_hub_link(service: Any, servicer: Any) -> HubLink:

@@ -122,12 +122,13 @@ def _hub_polls(federation: Federation) -> dict[str, str]:
         if entry.via != "hub":
             continue
         node = seen.get(entry.expected_identity)
-        if node is None or not node.last_pull:
-            words[entry.name] = "; via hub, never polled"
+        if node is None or not node.last_seen:
+            words[entry.name] = "; via hub, never connected"
+        elif node.connected:
+            words[entry.name] = "; via hub, connected now"
         else:
-            state = "polling now" if node.polling else "not polling"
             words[entry.name] = (
-                f"; via hub, last poll {max(0, now - node.last_pull):.0f} s ago ({state})"
+                f"; via hub, not connected (last {max(0, now - node.last_seen):.0f} s ago)"
             )
     return words
 

@@ -96,14 +96,14 @@ def run_status(args: argparse.Namespace) -> Table:
         rows = [
             [
                 n.node_id,
-                "never" if n.last_pull is None else f"{now - n.last_pull:.0f} s ago",
+                "never" if n.last_seen is None else f"{max(0, now - n.last_seen):.0f} s ago",
                 str(n.waiting),
             ]
             for n in queue.nodes(config.nodes)
         ]
     finally:
         queue.close()
-    return Table(["node", "last pull", "waiting"], rows)
+    return Table(["node", "last connected", "waiting"], rows)
 
 
 def register(sub: Subcommands) -> None:
@@ -115,7 +115,7 @@ def register(sub: Subcommands) -> None:
         help="also answer grpc.health.v1 in plaintext here (loopback only), e.g. 127.0.0.1:50061",
     )
     runs(serve, run_serve)
-    status = sub.add_parser("status", help="each rostered node: its last pull, what waits")
+    status = sub.add_parser("status", help="each rostered node: when last connected, what waits")
     status.add_argument("--config", type=Path, default=Path("hub.yaml"), help="the hub's file")
     runs(status, run_status)
 

@@ -38,6 +38,10 @@ log = logging.getLogger("tiaki.hub")
 
 MAX_WAIT_SECONDS = 25  # under common load balancers' 60 s idle limit, with room to spare
 RECHECK_SECONDS = 5.0  # a held call looks again this often (lease ends, expiry)
+# Outcomes that arrive within this long of each other are stored in one commit.
+STORE_BATCH_SECONDS = 0.002
+SEEN_SECONDS = 30.0  # how fresh ``tiaki-hub status`` (which reads the queue file) is
+TICK_SECONDS = 1.0  # heartbeats and looks at the queue are this punctual
 # A Collect with some outcomes ready waits this much longer for more, so that a
 # question to many nodes is collected in a few calls rather than one per node.
 BATCH_SECONDS = 0.02
@@ -97,27 +101,31 @@ def _peer_identity(context: grpc.aio.ServicerContext, insecure: bool) -> str:
 
 @dataclass(eq=False)  # each held call is its own: compared and hashed by identity
 class _Collector:
-    """One held Collect: woken when an outcome it waits for is pushed, and told which."""
+    """One held Collect: woken when an outcome it waits for is stored, and handed it."""
 
     event: asyncio.Event
-    pushed: set[str]
+    pushed: dict[str, hub.Collected]
 
 
-@dataclass
-class _Waiters:
-    """What wakes held calls: an event per node (new work), collectors per work id."""
+@dataclass(eq=False)
+class _NodeLink:
+    """One node's open Connect call: what it will take, what to send it, what wakes it."""
 
-    nodes: dict[str, asyncio.Event] = field(default_factory=dict)
-    work: dict[str, set[_Collector]] = field(default_factory=dict)
-    polling: dict[str, int] = field(default_factory=dict)
-
-    def node(self, node_id: str) -> asyncio.Event:
-        return self.nodes.setdefault(node_id, asyncio.Event())
+    node_id: str
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    credit: int = 0  # items the node will take, beyond those on their way
+    ready: list[hub.WorkItem] = field(default_factory=list)  # leased, not yet written
+    stored: list[str] = field(default_factory=list)  # outcomes stored, not yet acknowledged
+    look: bool = True  # the queue may hold items for the node
+    closed: bool = False
+    heartbeat_due: float = 0.0  # monotonic: write (if only a heartbeat) by then
+    look_due: float = 0.0  # monotonic: look at the queue again (lease ends) by then
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=max(0.0, seconds))
+        async with asyncio.timeout(max(0.0, seconds)):
+            await event.wait()
 
 
 class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
@@ -126,7 +134,10 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
         self._queue = queue
         self._roster = frozenset(config.nodes)
         self._coordinators = frozenset(config.coordinators)
-        self._waiters = _Waiters()
+        self._links: dict[str, list[_NodeLink]] = {}
+        self._collectors: dict[str, set[_Collector]] = {}
+        self._storing: list[tuple[_NodeLink, hub.NodeOutcome]] = []
+        self._store_scheduled = False
 
     # ------------------------------------------------------------ admission
 
@@ -150,28 +161,104 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
 
     # ------------------------------------------------------------ nodes
 
-    async def Pull(self, request: hub.PullRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def run() -> hub.PullResponse:
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
             node_id = self._node(context)
-            for pushed in request.outcomes:  # an unknown item is the node's stale copy: no error
-                self._complete(node_id, pushed)
-            wait = min(request.wait_seconds, MAX_WAIT_SECONDS)
-            limit = min(request.max_items or self._config.max_items, self._config.max_items)
-            deadline = time.monotonic() + wait
-            event = self._waiters.node(node_id)
-            self._waiters.polling[node_id] = self._waiters.polling.get(node_id, 0) + 1
-            try:
-                while True:
-                    event.clear()
-                    leased = self._queue.lease(node_id, self._config.lease_seconds, limit)
-                    left = deadline - time.monotonic()
-                    if leased or left <= 0:
-                        break
-                    await _wait(event, min(left, RECHECK_SECONDS))
-            finally:
-                self._waiters.polling[node_id] -= 1
-            return hub.PullResponse(
-                items=[
+        except Refused as exc:
+            log.info("Connect refused: %s", exc.message)
+            await context.abort(exc.code, exc.message)
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return
+        heartbeat = min(first.heartbeat_seconds or MAX_WAIT_SECONDS, MAX_WAIT_SECONDS)
+        link = _NodeLink(node_id)
+        self._links.setdefault(node_id, []).append(link)
+        self._queue.seen([node_id])
+        self._take(link, first)
+        reader = asyncio.create_task(self._read(link, context))
+        try:
+            await self._send(link, context, heartbeat)
+        finally:
+            reader.cancel()
+            self._links[node_id].remove(link)
+            if not self._links[node_id]:
+                del self._links[node_id]
+            unsent = [item.work_id for item in link.ready]
+            if unsent:
+                self._queue.release(unsent)
+            self._queue.seen([node_id])
+
+    async def tick(self) -> None:
+        """Once a second: wake each link whose heartbeat or look at the queue is due (one
+        timer for all, not one per call); every SEEN_SECONDS, note the connected nodes
+        as seen, for ``tiaki-hub status``."""
+        seen = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            for links in self._links.values():
+                for link in links:
+                    if now >= link.heartbeat_due or (link.credit > 0 and now >= link.look_due):
+                        link.wake.set()
+            if now - seen >= SEEN_SECONDS and self._links:
+                self._queue.seen(list(self._links))
+                seen = now
+
+    async def _read(self, link: _NodeLink, context: grpc.aio.ServicerContext) -> None:
+        try:
+            while (message := await context.read()) is not grpc.aio.EOF:
+                self._take(link, message)
+        finally:
+            link.closed = True
+            link.wake.set()
+
+    def _take(self, link: _NodeLink, message: hub.NodeMessage) -> None:
+        link.credit = min(link.credit + message.credit, self._config.max_items)
+        if link.look:  # credit back, and the queue may hold more for it
+            link.wake.set()
+        if message.outcomes:
+            # An unknown item is the node's stale copy: acknowledged, so it is dropped.
+            self._storing += [(link, outcome) for outcome in message.outcomes]
+            if not self._store_scheduled:
+                self._store_scheduled = True
+                asyncio.get_running_loop().call_later(STORE_BATCH_SECONDS, self._store)
+
+    def _store(self) -> None:
+        """Keep the outcomes that came in, in one commit; then acknowledge each to its node
+        and hand it to whoever collects it."""
+        batch, self._storing, self._store_scheduled = self._storing, [], False
+        results = self._queue.complete(
+            [
+                (o.work_id, link.node_id, o.outcome.SerializeToString(deterministic=True))
+                for link, o in batch
+            ]
+        )
+        for (link, outcome), result in zip(batch, results, strict=True):
+            link.stored.append(outcome.work_id)
+            if result == "stored":
+                ready = hub.Collected(work_id=outcome.work_id, outcome=outcome.outcome)
+                for collector in self._collectors.get(outcome.work_id, ()):
+                    collector.pushed[outcome.work_id] = ready
+                    collector.event.set()
+
+    async def _send(
+        self, link: _NodeLink, context: grpc.aio.ServicerContext, heartbeat: float
+    ) -> None:
+        """Write work, acknowledgements and heartbeats to one node until its call ends."""
+        await context.write(hub.HubMessage())  # at once: the node knows it is admitted
+        # Due a tick early, as the tick may come up to a tick late: the node hears at
+        # least every ``heartbeat`` seconds.
+        every = max(TICK_SECONDS, heartbeat - TICK_SECONDS)
+        link.heartbeat_due = time.monotonic() + every
+        while not link.closed:
+            link.wake.clear()
+            now = time.monotonic()
+            if link.credit > 0 and (link.look or now >= link.look_due):
+                asked = link.credit
+                leased = self._queue.lease(link.node_id, self._config.lease_seconds, asked)
+                link.look, link.look_due = len(leased) == asked, now + RECHECK_SECONDS
+                link.credit -= len(leased)
+                link.ready += [
                     hub.WorkItem(
                         work_id=item.work_id,
                         attempt=item.attempt,
@@ -179,31 +266,15 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
                     )
                     for item in leased
                 ]
-            )
-
-        return await _answer(context, "Pull", run)
-
-    async def Push(self, request: hub.PushRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def run() -> hub.PushResponse:
-            node_id = self._node(context)
-            if not self._complete(node_id, request):
-                raise Refused(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"no work item {request.work_id[:64]!r} for {node_id!r}",
-                )
-            return hub.PushResponse()
-
-        return await _answer(context, "Push", run)
-
-    def _complete(self, node_id: str, pushed: hub.PushRequest) -> bool:
-        """Keep a node's outcome and wake whoever collects it; False if not its item."""
-        data = pushed.outcome.SerializeToString(deterministic=True)
-        if not self._queue.complete(pushed.work_id, node_id, data):
-            return False
-        for collector in self._waiters.work.get(pushed.work_id, ()):
-            collector.pushed.add(pushed.work_id)
-            collector.event.set()
-        return True
+            # Acknowledgements wait for the next message (work, or a heartbeat): one that
+            # never comes costs only a repeat, which the node sends and the hub ignores.
+            if link.ready or now >= link.heartbeat_due:
+                message = hub.HubMessage(items=link.ready, stored=link.stored)
+                link.ready, link.stored = [], []
+                await context.write(message)
+                link.heartbeat_due = time.monotonic() + every
+                continue
+            await link.wake.wait()  # by Submit, by the node's credit, by the tick, or closed
 
     # ------------------------------------------------------------ coordinators
 
@@ -224,15 +295,38 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
                         f"{envelope.node_id[:64]!r} is not a node on this hub's roster",
                     )
                 work_id = hashlib.sha256(signed.envelope).hexdigest()
-                items.append(
-                    (work_id, envelope.node_id, signed.SerializeToString(), envelope.not_after)
-                )
-            self._queue.submit(items)
-            for _, node_id, _, _ in items:
-                self._waiters.node(node_id).set()
+                items.append((work_id, envelope.node_id, signed, envelope.not_after))
+            self._hand_out(items)
             return hub.SubmitResponse(work_ids=[w for w, _, _, _ in items])
 
         return await _answer(context, "Submit", run)
+
+    def _hand_out(self, items: list[tuple[str, str, hub.SignedEnvelope, int]]) -> None:
+        """Store the items in one commit, and send each at once to its node if it is
+        connected and will take it; the rest wait in the queue for the node."""
+        unique = list({item[0]: item for item in items}.values())
+        handed: dict[str, _NodeLink] = {}
+        for work_id, node_id, _, _ in unique:
+            link = next((k for k in self._links.get(node_id, ()) if k.credit > 0), None)
+            if link is not None:
+                link.credit -= 1
+                handed[work_id] = link
+        new = self._queue.submit(
+            [(w, n, signed.SerializeToString(), a) for w, n, signed, a in unique],
+            handed,
+            self._config.lease_seconds,
+        )
+        for work_id, node_id, signed, _ in unique:
+            link = handed.get(work_id)
+            if link is not None and work_id in new:
+                link.ready.append(hub.WorkItem(work_id=work_id, attempt=1, envelope=signed))
+                link.wake.set()
+                continue
+            if link is not None:
+                link.credit += 1  # known already: it stays as it was
+            for waiting in self._links.get(node_id, ()):
+                waiting.look = True
+                waiting.wake.set()
 
     async def Collect(self, request: hub.CollectRequest, context: grpc.aio.ServicerContext) -> Any:
         async def run() -> hub.CollectResponse:
@@ -240,68 +334,67 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
             wait = min(request.wait_seconds, MAX_WAIT_SECONDS)
             deadline = time.monotonic() + wait
             work_ids = list(dict.fromkeys(request.work_ids))
-            collector = _Collector(asyncio.Event(), set())
+            collector = _Collector(asyncio.Event(), {})
             for w in work_ids:
-                self._waiters.work.setdefault(w, set()).add(collector)
+                self._collectors.setdefault(w, set()).add(collector)
             try:
-                # The first look, and every RECHECK_SECONDS, is at every item (an expiry
-                # sets no event); in between only at the items whose outcome came in.
-                look = work_ids
-                ready: list[hub.Collected] = []
+                # The first look, and every RECHECK_SECONDS until something is ready, is at
+                # every item in the queue (an expiry wakes no one); in between, outcomes
+                # are handed over as they are stored.
+                ready = self._collected(work_ids)
                 first_ready: float | None = None
                 while True:
-                    ready += [c for c in (self._collected(w) for w in look) if c is not None]
                     now = time.monotonic()
                     if ready and first_ready is None:
                         first_ready = now
                     complete = len(ready) == len(work_ids)
                     batched = first_ready is not None and now - first_ready >= BATCH_SECONDS
                     if complete or batched or now >= deadline or not work_ids:
-                        return hub.CollectResponse(ready=ready)
+                        return hub.CollectResponse(ready=list(ready.values()))
                     collector.event.clear()
                     timeout = min(deadline - now, RECHECK_SECONDS)
                     if first_ready is not None:
                         timeout = min(timeout, first_ready + BATCH_SECONDS - now)
                     await _wait(collector.event, timeout)
                     if collector.pushed:
-                        look, collector.pushed = sorted(collector.pushed), set()
+                        ready.update(collector.pushed)
+                        collector.pushed = {}
                     elif first_ready is None:
-                        look = work_ids
-                    else:
-                        look = []
+                        ready = self._collected(work_ids)
             finally:
                 for w in work_ids:
-                    waiting = self._waiters.work.get(w)
+                    waiting = self._collectors.get(w)
                     if waiting is not None:
                         waiting.discard(collector)
                         if not waiting:
-                            del self._waiters.work[w]
+                            del self._collectors[w]
 
         return await _answer(context, "Collect", run)
 
-    def _collected(self, work_id: str) -> hub.Collected | None:
-        item = self._queue.state(work_id)
-        if item.state == "done" and item.outcome is not None:
-            return hub.Collected(
-                work_id=work_id, outcome=hub.SignedOutcome.FromString(item.outcome)
-            )
-        if item.state == "expired":
-            return hub.Collected(work_id=work_id, expired=True)
-        if item.state == "unknown":
-            return hub.Collected(work_id=work_id, unknown=True)
-        return None
+    def _collected(self, work_ids: list[str]) -> dict[str, hub.Collected]:
+        ready = {}
+        for work_id, item in self._queue.states(work_ids).items():
+            if item.state == "done" and item.outcome is not None:
+                outcome = hub.SignedOutcome.FromString(item.outcome)
+                ready[work_id] = hub.Collected(work_id=work_id, outcome=outcome)
+            elif item.state == "expired":
+                ready[work_id] = hub.Collected(work_id=work_id, expired=True)
+            elif item.state == "unknown":
+                ready[work_id] = hub.Collected(work_id=work_id, unknown=True)
+        return ready
 
     async def ListNodes(
         self, request: hub.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def run() -> hub.ListNodesResponse:
             self._coordinator(context)
+            now = time.time()
             return hub.ListNodesResponse(
                 nodes=[
                     hub.HubNode(
                         node_id=n.node_id,
-                        last_pull=int(n.last_pull or 0),
-                        polling=self._waiters.polling.get(n.node_id, 0) > 0,
+                        last_seen=int(now if n.node_id in self._links else n.last_seen or 0),
+                        connected=n.node_id in self._links,
                         queued=n.waiting,
                     )
                     for n in self._queue.nodes(sorted(self._roster))
@@ -333,9 +426,12 @@ class RunningHub:
     health: Any
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
+    upkeep: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.upkeep is not None:
+            self.upkeep.cancel()
         await self.server.stop(grace)
         if self.health_server is not None:
             await self.health_server.stop(0)
@@ -356,7 +452,8 @@ async def start_hub(
     """
     queue = WorkQueue(config.queue)
     server = grpc.aio.server(options=server_options())
-    hub_pb2_grpc.add_HubServicer_to_server(HubServicer(config, queue), server)
+    servicer = HubServicer(config, queue)
+    hub_pb2_grpc.add_HubServicer_to_server(servicer, server)
     health = aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     bind = address or config.address
@@ -372,6 +469,7 @@ async def start_hub(
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningHub(server, port, queue, health)
+    running.upkeep = asyncio.create_task(servicer.tick())
     if health_address is not None:
         running.health_server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(health, running.health_server)

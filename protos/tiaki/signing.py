@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ def public_key_text(key: ed25519.Ed25519PublicKey) -> str:
     return PREFIX + base64.b64encode(_raw_public(key)).decode("ascii")
 
 
+@functools.lru_cache(maxsize=4096)  # a coordinator checks the same nodes' keys all day
 def parse_public_key(text: str) -> ed25519.Ed25519PublicKey:
     """Read ``ed25519:<base64>``; :class:`SigningKeyError` says what is wrong with it."""
     if not isinstance(text, str) or not text.startswith(PREFIX):
@@ -81,7 +83,7 @@ class SigningKey:
     path: Path
     private: ed25519.Ed25519PrivateKey
 
-    @property
+    @functools.cached_property
     def public_text(self) -> str:
         return public_key_text(self.private.public_key())
 

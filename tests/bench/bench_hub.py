@@ -7,8 +7,8 @@ Run with::
 A real ``tiaki-hub serve`` process holds N mutual-TLS connections from
 simulated nodes: ``--processes`` processes, each holding N / processes nodes,
 one channel and one thread each, every node with its own client certificate
-and ledger key. A simulated node is only its link: it long-polls, and answers
-each item with a canned reply in a real, signed outcome (no records, no
+and ledger key. A simulated node is only its link: it holds a Connect call
+open, and answers each item with a canned reply in a real, signed outcome (no records, no
 OpenDP: what is measured is the relay, not the nodes). The coordinator (this
 process) sends one question to every node at once: N envelopes, each signed,
 in one Submit; then Collects until every outcome is in, checking each
@@ -21,6 +21,7 @@ memory (``/proc``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import multiprocessing
 import os
@@ -33,8 +34,12 @@ import time
 from pathlib import Path
 
 import grpc
+import grpc.aio
 import yaml
 
+from coordinator.client import info_call
+from coordinator.config import load_federation
+from coordinator.fanout import Federation
 from coordinator.hub_client import HubChannel
 from tiaki import certs
 from tiaki.envelopes import open_outcome, seal_envelope, seal_outcome, work_id_of
@@ -65,52 +70,54 @@ def node_names(count: int) -> list[str]:
 
 
 def simulate(root: Path, names: list[str], address: str, ready: object) -> None:
-    """One process holding many node links: pull, answer with a signed canned reply, push."""
+    """One process holding many node links on one event loop: take an item, answer it with
+    a signed canned reply. (grpc.aio, not a thread per node: the simulated nodes share the
+    machine with the hub and the coordinator, and should take as little of it as they can.)"""
+    asyncio.run(_simulate(root, names, address, ready))
+
+
+async def _simulate(root: Path, names: list[str], address: str, ready: object) -> None:
     reply = pb.NodeInfo(node_id="sim", definition=pb.PURE_DP, per_query_max="1").SerializeToString()
     ca = (root / "ca" / "ca.crt").read_bytes()
-    stop = threading.Event()
-    connected = threading.Semaphore(0)
+    connected = asyncio.Semaphore(0)
 
-    def run(name: str) -> None:
+    async def run(name: str) -> None:
         key = load_signing_key(root / "keys" / f"{name}.key")
         cert = (root / "clients" / f"{name}.crt").read_bytes()
         private = (root / "clients" / f"{name}.key").read_bytes()
         credentials = grpc.ssl_channel_credentials(ca, private, cert)
         options = [("grpc.ssl_target_name_override", "tiaki-hub")]
-        with grpc.secure_channel(address, credentials, options=options) as channel:
+        first = True
+        async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
             stub = hub_pb2_grpc.HubStub(channel)
-            first = True
-            outgoing: list[hub.PushRequest] = []
-            while not stop.is_set():
-                # As a node does: the last items' outcomes ride on the next Pull.
-                request = hub.PullRequest(wait_seconds=0 if first else 25, outcomes=outgoing)
+            while True:
+                # As a node does: one Connect call; each outcome gives its item's credit back.
+                call = stub.Connect()
                 try:
-                    got = stub.Pull(request, timeout=40)
+                    await call.write(hub.NodeMessage(credit=4, heartbeat_seconds=25))
+                    while (message := await call.read()) is not grpc.aio.EOF:
+                        if first:
+                            first = False
+                            connected.release()
+                        for item in message.items:
+                            outcome = hub.Outcome(
+                                envelope_sha256=hashlib.sha256(item.envelope.envelope).digest(),
+                                node_id=name,
+                                code=0,
+                                replies=[reply],
+                            )
+                            answer = hub.NodeOutcome(
+                                work_id=item.work_id, outcome=seal_outcome(key, outcome)
+                            )
+                            await call.write(hub.NodeMessage(credit=1, outcomes=[answer]))
                 except grpc.RpcError:
-                    time.sleep(0.5)
-                    continue
-                outgoing = []
-                if first:
-                    connected.release()
-                    first = False
-                for item in got.items:
-                    outcome = hub.Outcome(
-                        envelope_sha256=hashlib.sha256(item.envelope.envelope).digest(),
-                        node_id=name,
-                        code=0,
-                        replies=[reply],
-                    )
-                    outgoing.append(
-                        hub.PushRequest(work_id=item.work_id, outcome=seal_outcome(key, outcome))
-                    )
+                    await asyncio.sleep(0.5)
 
-    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in names]
-    for t in threads:
-        t.start()
+    tasks = [asyncio.create_task(run(n)) for n in names]
     for _ in names:
-        connected.acquire()
+        await connected.acquire()
     ready.set()  # type: ignore[attr-defined]
-    stop.wait()
+    await asyncio.gather(*tasks)
 
 
 def setup(root: Path, count: int) -> tuple[Path, dict[str, str]]:
@@ -171,25 +178,36 @@ def ask_all(channel: HubChannel, signer: object, keys: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def ask_all_as_the_product_does(
-    channel: HubChannel, signer: object, keys: dict[str, str], pool: object
-) -> float:
-    """The same question the way the fan-out asks it: a NodeClient per node, in threads;
-    their Submits and Collects coalesced by the channel's dispatcher."""
-    from coordinator.client import NodeClient
-    from coordinator.hub_client import HubTransport
-
-    clients = [
-        NodeClient(
-            f"{name} via hub",
-            timeout=60,
-            transport=HubTransport(channel, node_id=name, node_key=key, signer=signer),  # type: ignore[arg-type]
-        )
-        for name, key in keys.items()
-    ]
+def ask_all_as_the_product_does(federation: Federation) -> float:
+    """The same question the way the fan-out asks it: ``Federation.start`` for each node of
+    a real federation file (through the hub: no thread per node; the calls in flight share
+    the dispatcher's Submits and Collects), each reply decoded as ``tiaki nodes`` does."""
     started = time.perf_counter()
-    list(pool.map(lambda c: c.info(), clients))  # type: ignore[attr-defined]
+    calls = [federation.start(name, info_call()) for name in federation.names]
+    for call in calls:
+        call.result()
     return time.perf_counter() - started
+
+
+def federation_file(root: Path, address: str, keys: dict[str, str]) -> Path:
+    path = root / "federation.yaml"
+    raw = {
+        "version": 1,
+        "analyst": "bench",
+        "identity": COORDINATOR,
+        "ledger": str(root / "coordinator-ledger.sqlite"),
+        "signing_key": str(root / "keys" / "sim-0000.key"),  # any Ed25519 key
+        "tls": {
+            "ca": str(root / "ca" / "ca.crt"),
+            "cert": str(root / "coordinator" / f"{COORDINATOR}.crt"),
+            "key": str(root / "coordinator" / f"{COORDINATOR}.key"),
+        },
+        "defaults": {"timeout_seconds": 60},
+        "hub": {"address": address, "server_name": "tiaki-hub"},
+        "nodes": [{"name": name, "via": "hub", "signing_key": key} for name, key in keys.items()],
+    }
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--through-client",
         action="store_true",
-        help="ask as the fan-out does (a NodeClient per node, 64 threads) instead of in batches",
+        help="ask as the fan-out does (Federation.start for each node of a federation file) "
+        "instead of in batches",
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tiaki-hub-bench-") as tmp:
@@ -222,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         assert hub_proc.stdout is not None
         line = hub_proc.stdout.readline()
         address = line.split("hub serving on ")[1].split()[0]
+        hub_log: list[str] = []  # drained, so that the hub never blocks writing its log
+        output = hub_proc.stdout
+        threading.Thread(target=lambda: hub_log.extend(output), daemon=True).start()
         rss_idle = rss_mb(hub_proc.pid)
         ctx = multiprocessing.get_context("spawn")
         names = node_names(args.nodes)
@@ -250,27 +272,29 @@ def main(argv: list[str] | None = None) -> int:
             ),
             server_name="tiaki-hub",
         )
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(max_workers=64)
+        federation = Federation(load_federation(federation_file(root, address, keys)))
 
         def one() -> float:
             if args.through_client:
-                return ask_all_as_the_product_does(channel, signer, keys, pool)
+                return ask_all_as_the_product_does(federation)
             return ask_all(channel, signer, keys)
 
         one()  # warm-up
         latencies = []
         hub_cpu0, own_cpu0 = cpu_seconds(hub_proc.pid), time.process_time()
+        sims_cpu0 = sum(cpu_seconds(p.pid) for p in procs if p.pid is not None)
         for _ in range(args.questions):
             latencies.append(one())
         hub_cpu = cpu_seconds(hub_proc.pid) - hub_cpu0
         own_cpu = time.process_time() - own_cpu0
+        sims_cpu = sum(cpu_seconds(p.pid) for p in procs if p.pid is not None) - sims_cpu0
         rss_busy = rss_mb(hub_proc.pid)
-        pool.shutdown()
+        federation.close()
         channel.close()
         hub_proc.terminate()
-        hub_proc.wait(30)
+        hub_proc.wait(60)
+        if os.environ.get("TIAKI_HUB_LOG"):
+            print("".join(hub_log[-40:]))
         for p in procs:
             p.kill()
         per_node = 1000 * (hub_cpu + own_cpu) / (args.questions * args.nodes)
@@ -282,14 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "| nodes connected | questions | dispatch p50 ms | dispatch p99 ms | hub CPU ms / "
             "question | coordinator CPU ms / question | coordinator + hub CPU ms / node | "
-            "hub RSS MB: idle / connected / busy |"
+            "hub RSS MB: idle / connected / busy | simulated nodes' CPU ms / question |"
         )
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         print(
             f"| {args.nodes:,} | {args.questions} | {1000 * statistics.median(latencies):,.0f} | "
             f"{1000 * p99:,.0f} | {1000 * hub_cpu / args.questions:,.0f} | "
             f"{1000 * own_cpu / args.questions:,.0f} | {per_node:.2f} | "
-            f"{rss_idle:.0f} / {rss_connected:.0f} / {rss_busy:.0f} |"
+            f"{rss_idle:.0f} / {rss_connected:.0f} / {rss_busy:.0f} | "
+            f"{1000 * sims_cpu / args.questions:,.0f} |"
         )
     return 0
 

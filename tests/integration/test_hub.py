@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
@@ -38,6 +39,7 @@ from tiaki.errors import (
 from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.signing import create_signing_key
 from tiaki.v1 import hub_pb2 as hub
+from tiaki.v1 import hub_pb2_grpc
 from tiaki.v1 import node_pb2 as pb
 
 COUNT = Query(
@@ -214,7 +216,7 @@ def test_a_request_past_its_deadline_is_refused_unspent_and_said_expired(
         node.stop()
 
 
-def test_the_cli_adds_a_hub_node_asks_it_and_shows_when_it_last_polled(
+def test_the_cli_adds_a_hub_node_asks_it_and_shows_it_connected(
     relayed: tuple[HubThread, HubNode, Path], tmp_path: Path, pki: FederationPki, cli: Any
 ) -> None:
     hub_thread, node, _ = relayed
@@ -240,7 +242,7 @@ def test_the_cli_adds_a_hub_node_asks_it_and_shows_when_it_last_polled(
     assert asked.json()["coverage"]["answered"] == ["ngo-nat"]
     listed = cli("nodes", "--config", fed)
     assert listed.code == 0, listed.err
-    assert "via hub, last poll" in listed.out and "ngo-nat via hub" in listed.out
+    assert "via hub, connected now" in listed.out and "ngo-nat via hub" in listed.out
     assert node.budget_spent() == Fraction(1, 2)
 
 
@@ -322,10 +324,18 @@ def test_the_hub_answers_the_standard_health_check_and_refuses_strangers(
     try:
         with pytest.raises(TiakiError, match="not a coordinator this hub admits"):
             stranger.call("Submit", hub.SubmitRequest(), 5)
-        with pytest.raises(TiakiError, match="not a node on this hub's roster"):
-            stranger.call("Pull", hub.PullRequest(wait_seconds=1), 5)
     finally:
         stranger.close()
+    with grpc.secure_channel(
+        hub_thread.address,
+        pki.channel_credentials("coordinator-z"),
+        options=[("grpc.ssl_target_name_override", "tiaki-hub")],
+    ) as channel:
+        call = hub_pb2_grpc.HubStub(channel).Connect(iter([hub.NodeMessage(credit=1)]), timeout=5)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(call)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "not a node on this hub's roster" in refused.value.details()
 
 
 def test_a_node_back_after_a_day_away_answers_what_is_still_due_and_never_what_expired(

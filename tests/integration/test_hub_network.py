@@ -3,11 +3,11 @@
 A fault-injecting relay sits between the node and the hub and goes silent
 (a blackhole: bytes held, connections left open) or kills connections that
 are idle; an HTTP CONNECT proxy carries the node's connection, with and
-without basic authentication, or refuses it. The node here pulls with
-``wait_seconds`` 2, so its bounds are scaled down: a silent connection is
-given up after wait + 10 s (with the default 25 s wait: 35 s), and a proxy
-idle limit of 3 s stands for the common 30 s one (the default 25 s Pull
-keeps bytes moving under it the same way).
+without basic authentication, or refuses it. The node here asks the hub for
+a heartbeat every 2 s (``wait_seconds``), so its bounds are scaled down: a
+silent connection is given up after wait + 10 s (with the default 25 s: 35 s),
+and a proxy idle limit of 3 s stands for the common 30 s one (the default 25 s
+heartbeat keeps bytes moving under it the same way).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from coordinator.config import load_federation
 from coordinator.fanout import Federation
-from node.hub_link import PULL_GRACE_SECONDS
+from node.hub_link import SILENCE_GRACE_SECONDS
 from tests.conftest import FederationPki
 from tests.integration.hub_support import (
     HubNode,
@@ -37,7 +37,7 @@ from tiaki.budget import PrivacyDefinition
 from tiaki.query import PrivacyCost, Query, QueryKind
 
 COUNT = Query(QueryKind.COUNT, PrivacyCost(PrivacyDefinition.PURE, Fraction(1, 10)))
-WAIT = 2  # the test nodes' Pull wait (hub_support)
+WAIT = 2  # the test nodes' heartbeat (hub_support's wait_seconds)
 
 
 def ask(fed: Path, query_id: str) -> None:
@@ -65,7 +65,7 @@ def federation_for(tmp_path: Path, pki: FederationPki, hub: HubThread, node: Hub
     )
 
 
-def test_a_silent_blackhole_mid_pull_is_noticed_in_bound_and_the_node_reconnects(
+def test_a_silent_blackhole_mid_call_is_noticed_in_bound_and_the_node_reconnects(
     tmp_path: Path, pki: FederationPki, hub_thread: HubThread, synth_csv: Path
 ) -> None:
     proxy = FaultProxy(("127.0.0.1", hub_thread.running.port))
@@ -75,7 +75,7 @@ def test_a_silent_blackhole_mid_pull_is_noticed_in_bound_and_the_node_reconnects
         ask(fed, "q-before")
         proxy.blackhole(True)
         cut = time.monotonic()
-        bound = WAIT + PULL_GRACE_SECONDS + 2
+        bound = WAIT + SILENCE_GRACE_SECONDS + 2
         while node.link.connected.is_set() and time.monotonic() - cut < bound + 5:
             time.sleep(0.1)
         noticed = time.monotonic() - cut
@@ -101,7 +101,7 @@ def test_a_proxy_that_kills_idle_connections_causes_no_failures(
             ask(fed, f"q-idle-{i}")
             time.sleep(WAIT * 1.5)  # longer than the proxy's idle limit between questions
         assert node.budget_spent() == Fraction(3, 10)
-        assert proxy.idle_kills == 0  # the held Pulls kept the connection busy
+        assert proxy.idle_kills == 0  # the hub's heartbeats kept the connection busy
     finally:
         node.stop()
         proxy.close()

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -296,7 +297,8 @@ def test_a_lease_that_runs_out_is_delivered_again_and_answered_from_the_inbox(
         channel.close()
 
 
-def node_stub_pull(pki: FederationPki, address: str) -> hub.PullResponse:
+def node_stub_pull(pki: FederationPki, address: str) -> hub.HubMessage:
+    """Connect as the node, take one item, and go (no outcome): the lease is left to run out."""
     import grpc
 
     from tiaki.v1 import hub_pb2_grpc
@@ -308,7 +310,18 @@ def node_stub_pull(pki: FederationPki, address: str) -> hub.PullResponse:
     with grpc.secure_channel(
         address, credentials, options=[("grpc.ssl_target_name_override", HUB_NAME)]
     ) as chan:
-        reply: hub.PullResponse = hub_pb2_grpc.HubStub(chan).Pull(
-            hub.PullRequest(wait_seconds=5), timeout=15
-        )
-        return reply
+        gone = threading.Event()
+
+        def requests() -> Iterator[hub.NodeMessage]:
+            yield hub.NodeMessage(credit=1, heartbeat_seconds=5)
+            gone.wait(15)
+
+        call = hub_pb2_grpc.HubStub(chan).Connect(requests(), timeout=15)
+        try:
+            for message in call:
+                if message.items:
+                    return message
+        finally:
+            gone.set()
+            call.cancel()
+    raise AssertionError("the hub sent no item")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tiaki/v1/hub.proto\x12\x08tiaki.v1\"\x85\x01\n\x08\x45nvelope\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\tissued_at\x18\x04 \x01(\x03\x12\x11\n\tnot_after\x18\x05 \x01(\x03\x12\x12\n\nsigner_key\x18\x06 \x01(\t\x12\r\n\x05nonce\x18\x07 \x01(\x0c\"5\n\x0eSignedEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\t\"\x84\x01\n\x07Outcome\x12\x17\n\x0f\x65nvelope_sha256\x18\x01 \x01(\x0c\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\x0c\x12\x0f\n\x07replies\x18\x06 \x03(\x0c\x12\x0f\n\x07\x65xpired\x18\x07 \x01(\x08\"3\n\rSignedOutcome\x12\x0f\n\x07outcome\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\t\"X\n\x08WorkItem\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12*\n\x08\x65nvelope\x18\x03 \x01(\x0b\x32\x18.tiaki.v1.SignedEnvelope\"_\n\x0bPullRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\r\x12\x11\n\tmax_items\x18\x02 \x01(\r\x12\'\n\x08outcomes\x18\x03 \x03(\x0b\x32\x15.tiaki.v1.PushRequest\"1\n\x0cPullResponse\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.tiaki.v1.WorkItem\"H\n\x0bPushRequest\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12(\n\x07outcome\x18\x02 \x01(\x0b\x32\x17.tiaki.v1.SignedOutcome\"\x0e\n\x0cPushResponse\"<\n\rSubmitRequest\x12+\n\tenvelopes\x18\x01 \x03(\x0b\x32\x18.tiaki.v1.SignedEnvelope\"\"\n\x0eSubmitResponse\x12\x10\n\x08work_ids\x18\x01 \x03(\t\"8\n\x0e\x43ollectRequest\x12\x10\n\x08work_ids\x18\x01 \x03(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"h\n\tCollected\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12(\n\x07outcome\x18\x02 \x01(\x0b\x32\x17.tiaki.v1.SignedOutcome\x12\x0f\n\x07\x65xpired\x18\x03 \x01(\x08\x12\x0f\n\x07unknown\x18\x04 \x01(\x08\"5\n\x0f\x43ollectResponse\x12\"\n\x05ready\x18\x01 \x03(\x0b\x32\x13.tiaki.v1.Collected\"\x12\n\x10ListNodesRequest\"N\n\x07HubNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tlast_pull\x18\x02 \x01(\x03\x12\x0f\n\x07polling\x18\x03 \x01(\x08\x12\x0e\n\x06queued\x18\x04 \x01(\r\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.tiaki.v1.HubNode2\xb6\x02\n\x03Hub\x12\x35\n\x04Pull\x12\x15.tiaki.v1.PullRequest\x1a\x16.tiaki.v1.PullResponse\x12\x35\n\x04Push\x12\x15.tiaki.v1.PushRequest\x1a\x16.tiaki.v1.PushResponse\x12;\n\x06Submit\x12\x17.tiaki.v1.SubmitRequest\x1a\x18.tiaki.v1.SubmitResponse\x12>\n\x07\x43ollect\x12\x18.tiaki.v1.CollectRequest\x1a\x19.tiaki.v1.CollectResponse\x12\x44\n\tListNodes\x12\x1a.tiaki.v1.ListNodesRequest\x1a\x1b.tiaki.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tiaki/v1/hub.proto\x12\x08tiaki.v1\"\x85\x01\n\x08\x45nvelope\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\tissued_at\x18\x04 \x01(\x03\x12\x11\n\tnot_after\x18\x05 \x01(\x03\x12\x12\n\nsigner_key\x18\x06 \x01(\t\x12\r\n\x05nonce\x18\x07 \x01(\x0c\"5\n\x0eSignedEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\t\"\x84\x01\n\x07Outcome\x12\x17\n\x0f\x65nvelope_sha256\x18\x01 \x01(\x0c\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\x0c\x12\x0f\n\x07replies\x18\x06 \x03(\x0c\x12\x0f\n\x07\x65xpired\x18\x07 \x01(\x08\"3\n\rSignedOutcome\x12\x0f\n\x07outcome\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\t\"X\n\x08WorkItem\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12*\n\x08\x65nvelope\x18\x03 \x01(\x0b\x32\x18.tiaki.v1.SignedEnvelope\"H\n\x0bNodeOutcome\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12(\n\x07outcome\x18\x02 \x01(\x0b\x32\x17.tiaki.v1.SignedOutcome\"a\n\x0bNodeMessage\x12\x0e\n\x06\x63redit\x18\x01 \x01(\r\x12\'\n\x08outcomes\x18\x02 \x03(\x0b\x32\x15.tiaki.v1.NodeOutcome\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\r\"?\n\nHubMessage\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.tiaki.v1.WorkItem\x12\x0e\n\x06stored\x18\x02 \x03(\t\"<\n\rSubmitRequest\x12+\n\tenvelopes\x18\x01 \x03(\x0b\x32\x18.tiaki.v1.SignedEnvelope\"\"\n\x0eSubmitResponse\x12\x10\n\x08work_ids\x18\x01 \x03(\t\"8\n\x0e\x43ollectRequest\x12\x10\n\x08work_ids\x18\x01 \x03(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"h\n\tCollected\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12(\n\x07outcome\x18\x02 \x01(\x0b\x32\x17.tiaki.v1.SignedOutcome\x12\x0f\n\x07\x65xpired\x18\x03 \x01(\x08\x12\x0f\n\x07unknown\x18\x04 \x01(\x08\"5\n\x0f\x43ollectResponse\x12\"\n\x05ready\x18\x01 \x03(\x0b\x32\x13.tiaki.v1.Collected\"\x12\n\x10ListNodesRequest\"P\n\x07HubNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tlast_seen\x18\x02 \x01(\x03\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06queued\x18\x04 \x01(\r\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.tiaki.v1.HubNode2\x84\x02\n\x03Hub\x12:\n\x07\x43onnect\x12\x15.tiaki.v1.NodeMessage\x1a\x14.tiaki.v1.HubMessage(\x01\x30\x01\x12;\n\x06Submit\x12\x17.tiaki.v1.SubmitRequest\x1a\x18.tiaki.v1.SubmitResponse\x12>\n\x07\x43ollect\x12\x18.tiaki.v1.CollectRequest\x1a\x19.tiaki.v1.CollectResponse\x12\x44\n\tListNodes\x12\x1a.tiaki.v1.ListNodesRequest\x1a\x1b.tiaki.v1.ListNodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,14 +41,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDOUTCOME']._serialized_end=409
   _globals['_WORKITEM']._serialized_start=411
   _globals['_WORKITEM']._serialized_end=499
-  _globals['_PULLREQUEST']._serialized_start=501
-  _globals['_PULLREQUEST']._serialized_end=596
-  _globals['_PULLRESPONSE']._serialized_start=598
-  _globals['_PULLRESPONSE']._serialized_end=647
-  _globals['_PUSHREQUEST']._serialized_start=649
-  _globals['_PUSHREQUEST']._serialized_end=721
-  _globals['_PUSHRESPONSE']._serialized_start=723
-  _globals['_PUSHRESPONSE']._serialized_end=737
+  _globals['_NODEOUTCOME']._serialized_start=501
+  _globals['_NODEOUTCOME']._serialized_end=573
+  _globals['_NODEMESSAGE']._serialized_start=575
+  _globals['_NODEMESSAGE']._serialized_end=672
+  _globals['_HUBMESSAGE']._serialized_start=674
+  _globals['_HUBMESSAGE']._serialized_end=737
   _globals['_SUBMITREQUEST']._serialized_start=739
   _globals['_SUBMITREQUEST']._serialized_end=799
   _globals['_SUBMITRESPONSE']._serialized_start=801
@@ -62,9 +60,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTNODESREQUEST']._serialized_start=1056
   _globals['_LISTNODESREQUEST']._serialized_end=1074
   _globals['_HUBNODE']._serialized_start=1076
-  _globals['_HUBNODE']._serialized_end=1154
-  _globals['_LISTNODESRESPONSE']._serialized_start=1156
-  _globals['_LISTNODESRESPONSE']._serialized_end=1209
-  _globals['_HUB']._serialized_start=1212
-  _globals['_HUB']._serialized_end=1522
+  _globals['_HUBNODE']._serialized_end=1156
+  _globals['_LISTNODESRESPONSE']._serialized_start=1158
+  _globals['_LISTNODESRESPONSE']._serialized_end=1211
+  _globals['_HUB']._serialized_start=1214
+  _globals['_HUB']._serialized_end=1474
 # @@protoc_insertion_point(module_scope)

@@ -68,23 +68,7 @@ class WorkItem(_message.Message):
     envelope: SignedEnvelope
     def __init__(self, work_id: _Optional[str] = ..., attempt: _Optional[int] = ..., envelope: _Optional[_Union[SignedEnvelope, _Mapping]] = ...) -> None: ...
 
-class PullRequest(_message.Message):
-    __slots__ = ("wait_seconds", "max_items", "outcomes")
-    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
-    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
-    wait_seconds: int
-    max_items: int
-    outcomes: _containers.RepeatedCompositeFieldContainer[PushRequest]
-    def __init__(self, wait_seconds: _Optional[int] = ..., max_items: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[PushRequest, _Mapping]]] = ...) -> None: ...
-
-class PullResponse(_message.Message):
-    __slots__ = ("items",)
-    ITEMS_FIELD_NUMBER: _ClassVar[int]
-    items: _containers.RepeatedCompositeFieldContainer[WorkItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[WorkItem, _Mapping]]] = ...) -> None: ...
-
-class PushRequest(_message.Message):
+class NodeOutcome(_message.Message):
     __slots__ = ("work_id", "outcome")
     WORK_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -92,9 +76,23 @@ class PushRequest(_message.Message):
     outcome: SignedOutcome
     def __init__(self, work_id: _Optional[str] = ..., outcome: _Optional[_Union[SignedOutcome, _Mapping]] = ...) -> None: ...
 
-class PushResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+class NodeMessage(_message.Message):
+    __slots__ = ("credit", "outcomes", "heartbeat_seconds")
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    credit: int
+    outcomes: _containers.RepeatedCompositeFieldContainer[NodeOutcome]
+    heartbeat_seconds: int
+    def __init__(self, credit: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[NodeOutcome, _Mapping]]] = ..., heartbeat_seconds: _Optional[int] = ...) -> None: ...
+
+class HubMessage(_message.Message):
+    __slots__ = ("items", "stored")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[WorkItem]
+    stored: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[WorkItem, _Mapping]]] = ..., stored: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("envelopes",)
@@ -139,16 +137,16 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HubNode(_message.Message):
-    __slots__ = ("node_id", "last_pull", "polling", "queued")
+    __slots__ = ("node_id", "last_seen", "connected", "queued")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    LAST_PULL_FIELD_NUMBER: _ClassVar[int]
-    POLLING_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    last_pull: int
-    polling: bool
+    last_seen: int
+    connected: bool
     queued: int
-    def __init__(self, node_id: _Optional[str] = ..., last_pull: _Optional[int] = ..., polling: _Optional[bool] = ..., queued: _Optional[int] = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., last_seen: _Optional[int] = ..., connected: _Optional[bool] = ..., queued: _Optional[int] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

@@ -34,15 +34,10 @@ class HubStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Pull = channel.unary_unary(
-                '/tiaki.v1.Hub/Pull',
-                request_serializer=tiaki_dot_v1_dot_hub__pb2.PullRequest.SerializeToString,
-                response_deserializer=tiaki_dot_v1_dot_hub__pb2.PullResponse.FromString,
-                _registered_method=True)
-        self.Push = channel.unary_unary(
-                '/tiaki.v1.Hub/Push',
-                request_serializer=tiaki_dot_v1_dot_hub__pb2.PushRequest.SerializeToString,
-                response_deserializer=tiaki_dot_v1_dot_hub__pb2.PushResponse.FromString,
+        self.Connect = channel.stream_stream(
+                '/tiaki.v1.Hub/Connect',
+                request_serializer=tiaki_dot_v1_dot_hub__pb2.NodeMessage.SerializeToString,
+                response_deserializer=tiaki_dot_v1_dot_hub__pb2.HubMessage.FromString,
                 _registered_method=True)
         self.Submit = channel.unary_unary(
                 '/tiaki.v1.Hub/Submit',
@@ -64,15 +59,12 @@ class HubStub:
 class HubServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Pull(self, request, context):
-        """Nodes: work for the caller's node id, waiting up to wait_seconds (at most 25).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Push(self, request, context):
-        """Nodes: the outcome of one work item (idempotent: a repeat is accepted and ignored).
+    def Connect(self, request_iterator, context):
+        """Nodes: one long-lived call per node, for the node id its certificate names.
+        The node says how many items it will take (credit) and hands in outcomes; the
+        hub sends work as it arrives, says which outcomes it has stored, and sends an
+        empty message whenever the call has been quiet for heartbeat_seconds, so the
+        node notices a connection gone silent and no proxy sees it idle.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,15 +95,10 @@ class HubServicer:
 
 def add_HubServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Pull': grpc.unary_unary_rpc_method_handler(
-                    servicer.Pull,
-                    request_deserializer=tiaki_dot_v1_dot_hub__pb2.PullRequest.FromString,
-                    response_serializer=tiaki_dot_v1_dot_hub__pb2.PullResponse.SerializeToString,
-            ),
-            'Push': grpc.unary_unary_rpc_method_handler(
-                    servicer.Push,
-                    request_deserializer=tiaki_dot_v1_dot_hub__pb2.PushRequest.FromString,
-                    response_serializer=tiaki_dot_v1_dot_hub__pb2.PushResponse.SerializeToString,
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=tiaki_dot_v1_dot_hub__pb2.NodeMessage.FromString,
+                    response_serializer=tiaki_dot_v1_dot_hub__pb2.HubMessage.SerializeToString,
             ),
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
@@ -140,7 +127,7 @@ class Hub:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Pull(request,
+    def Connect(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -150,39 +137,12 @@ class Hub:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/tiaki.v1.Hub/Pull',
-            tiaki_dot_v1_dot_hub__pb2.PullRequest.SerializeToString,
-            tiaki_dot_v1_dot_hub__pb2.PullResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Push(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/tiaki.v1.Hub/Push',
-            tiaki_dot_v1_dot_hub__pb2.PushRequest.SerializeToString,
-            tiaki_dot_v1_dot_hub__pb2.PushResponse.FromString,
+            '/tiaki.v1.Hub/Connect',
+            tiaki_dot_v1_dot_hub__pb2.NodeMessage.SerializeToString,
+            tiaki_dot_v1_dot_hub__pb2.HubMessage.FromString,
             options,
             channel_credentials,
             insecure,
