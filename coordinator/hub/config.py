@@ -1,7 +1,7 @@
 """The hub's file (``hub.yaml``): where it listens, whom it admits, where its queue lives.
 
 Paths are relative to the file's folder. The roster names the node ids that
-may pull (a node's TLS certificate must name its node id) and the
+may connect (a node's TLS certificate must name its node id) and the
 coordinator identities that may submit; nobody else gets past the handshake's
 identity check.
 """
@@ -40,7 +40,7 @@ class HubConfig(_Strict):
     queue: Path = Path("hub-queue.sqlite")
     tls: HubTls | None = None
     insecure: bool = False  # development only: plaintext on loopback, identities claimed
-    nodes: tuple[str, ...] = ()  # node ids that may pull: each certificate's name
+    nodes: tuple[str, ...] = ()  # node ids that may connect: each certificate's name
     coordinators: tuple[str, ...] = ()  # coordinator identities that may submit
     lease_seconds: float = Field(default=60.0, ge=5, le=3600)
     max_items: int = Field(default=16, ge=1, le=1000)

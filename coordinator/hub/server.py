@@ -1,9 +1,9 @@
-"""The hub's gRPC face, on ``grpc.aio``: thousands of held Pull and Collect calls, no thread each.
+"""The hub's gRPC face, on ``grpc.aio``: thousands of open node calls, no thread each.
 
 Every call is admitted by the caller's verified certificate alone (under
 ``insecure``, by the claim in the ``tiaki-coordinator`` metadata): a node may
-pull and push only for the node id its certificate names, and only if that id
-is on the roster; a coordinator may submit and collect only if it is listed.
+connect only as the node id its certificate names, and only if that id is on
+the roster; a coordinator may submit and collect only if it is listed.
 The hub reads of an envelope only which node it is for and when it expires;
 it never checks a signature (it holds no keys) because it trusts nothing it
 relays: the node and the coordinator check each other's.
@@ -115,6 +115,7 @@ class _NodeLink:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     credit: int = 0  # items the node will take, beyond those on their way
     ready: list[hub.WorkItem] = field(default_factory=list)  # leased, not yet written
+    sent: set[str] = field(default_factory=set)  # written to the node, no outcome yet
     stored: list[str] = field(default_factory=list)  # outcomes stored, not yet acknowledged
     look: bool = True  # the queue may hold items for the node
     closed: bool = False
@@ -172,20 +173,35 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
             return
         heartbeat = min(first.heartbeat_seconds or MAX_WAIT_SECONDS, MAX_WAIT_SECONDS)
         link = _NodeLink(node_id)
+        # A node holds one call: a new one means the old is dead (a connection that went
+        # silent, a restart). The old one is ended, and what it held goes out again now
+        # rather than when its lease runs out.
+        for old in self._links.get(node_id, ()):
+            old.closed = True
+            old.wake.set()
         self._links.setdefault(node_id, []).append(link)
         self._queue.seen([node_id])
         self._take(link, first)
         reader = asyncio.create_task(self._read(link, context))
         try:
             await self._send(link, context, heartbeat)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise  # the call was ended under us (the node went, or the hub stops)
+        except Exception:
+            log.exception("Connect for %s failed", node_id)
+            await context.abort(grpc.StatusCode.INTERNAL, "the hub failed; see its log")
         finally:
             reader.cancel()
             self._links[node_id].remove(link)
             if not self._links[node_id]:
                 del self._links[node_id]
-            unsent = [item.work_id for item in link.ready]
-            if unsent:
-                self._queue.release(unsent)
+            # Items it was given and never answered go back in the queue at once. Safe: the
+            # node runs items one at a time on its one call, so one it got before the call
+            # ended has its outcome in the node's inbox (sent when it is back), and a
+            # repeat is answered from there.
+            unanswered = [item.work_id for item in link.ready] + sorted(link.sent)
+            if unanswered:
+                self._queue.release(unanswered)
             self._queue.seen([node_id])
 
     async def tick(self) -> None:
@@ -235,6 +251,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
         )
         for (link, outcome), result in zip(batch, results, strict=True):
             link.stored.append(outcome.work_id)
+            link.sent.discard(outcome.work_id)
             if result == "stored":
                 ready = hub.Collected(work_id=outcome.work_id, outcome=outcome.outcome)
                 for collector in self._collectors.get(outcome.work_id, ()):
@@ -270,6 +287,7 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
             # never comes costs only a repeat, which the node sends and the hub ignores.
             if link.ready or now >= link.heartbeat_due:
                 message = hub.HubMessage(items=link.ready, stored=link.stored)
+                link.sent.update(item.work_id for item in link.ready)
                 link.ready, link.stored = [], []
                 await context.write(message)
                 link.heartbeat_due = time.monotonic() + every
@@ -307,7 +325,8 @@ class HubServicer(hub_pb2_grpc.HubServicer):  # type: ignore[misc]
         unique = list({item[0]: item for item in items}.values())
         handed: dict[str, _NodeLink] = {}
         for work_id, node_id, _, _ in unique:
-            link = next((k for k in self._links.get(node_id, ()) if k.credit > 0), None)
+            links = self._links.get(node_id, ())
+            link = next((k for k in links if k.credit > 0 and not k.closed), None)
             if link is not None:
                 link.credit -= 1
                 handed[work_id] = link

@@ -5,17 +5,24 @@ Run with::
     .venv/bin/python -m tests.bench.bench_hub [--nodes 1000] [--processes 4] [--questions 10]
 
 A real ``tiaki-hub serve`` process holds N mutual-TLS connections from
-simulated nodes: ``--processes`` processes, each holding N / processes nodes,
-one channel and one thread each, every node with its own client certificate
-and ledger key. A simulated node is only its link: it holds a Connect call
-open, and answers each item with a canned reply in a real, signed outcome (no records, no
-OpenDP: what is measured is the relay, not the nodes). The coordinator (this
-process) sends one question to every node at once: N envelopes, each signed,
-in one Submit; then Collects until every outcome is in, checking each
-outcome's signature and that it answers its envelope. Measured per question:
-the time from the first signature to the last outcome checked (p50, p99 over
-``--questions``), this process's CPU, and the hub process's CPU and resident
-memory (``/proc``).
+simulated nodes: ``--processes`` processes, each holding N / processes nodes
+on one event loop, every node with its own client certificate and ledger key.
+A simulated node is only its link: it holds a Connect call open, and answers
+each item with a canned reply in a real, signed outcome (no records, no
+OpenDP: what is measured is the relay, not the nodes). One question goes to
+every node at once, three ways in the same run:
+
+- through the hub, in batches: N envelopes, each signed, in one Submit, then
+  Collects until every outcome is in, each outcome's signature checked and
+  matched to its envelope;
+- through the hub, the fan-out's way: ``Federation.start`` for every node of a
+  real federation file (what ``tiaki nodes`` and a query's fan-out do);
+- dialled direct, the fan-out's way: the same, to N simulated nodes each on
+  its own mutual-TLS port (a few server processes), no hub.
+
+Measured per question: the time from the first signature to the last outcome
+checked (p50, p99 over ``--questions``), this process's CPU, the hub
+process's CPU and resident memory, and the simulated nodes' CPU (``/proc``).
 """
 
 from __future__ import annotations
@@ -25,13 +32,17 @@ import asyncio
 import hashlib
 import multiprocessing
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -45,7 +56,7 @@ from tiaki import certs
 from tiaki.envelopes import open_outcome, seal_envelope, seal_outcome, work_id_of
 from tiaki.signing import create_signing_key, load_signing_key
 from tiaki.v1 import hub_pb2 as hub
-from tiaki.v1 import hub_pb2_grpc
+from tiaki.v1 import hub_pb2_grpc, node_pb2_grpc
 from tiaki.v1 import node_pb2 as pb
 
 BIN = Path(sys.executable).parent
@@ -210,18 +221,56 @@ def federation_file(root: Path, address: str, keys: dict[str, str]) -> Path:
     return path
 
 
+@dataclass
+class Row:
+    way: str
+    latencies: list[float]
+    hub_cpu: float  # seconds, over all questions
+    own_cpu: float
+    sims_cpu: float
+    rss: str = "-"
+
+
+def measure(way: str, ask: Callable[[], float], questions: int, hub_pid: int | None,
+            sims: list[Any]) -> Row:  # fmt: skip
+    """``ask`` once to warm up, then ``questions`` times, with each process's CPU."""
+    ask()
+    hub0 = cpu_seconds(hub_pid) if hub_pid else 0.0
+    own0 = time.process_time()
+    sims0 = sum(cpu_seconds(p.pid) for p in sims)
+    latencies = [ask() for _ in range(questions)]
+    return Row(
+        way,
+        latencies,
+        (cpu_seconds(hub_pid) - hub0) if hub_pid else 0.0,
+        time.process_time() - own0,
+        sum(cpu_seconds(p.pid) for p in sims) - sims0,
+    )
+
+
+def start_sims(target: Callable[..., None], root: Path, names: list[str], processes: int,
+               where: Any) -> list[Any]:  # fmt: skip
+    ctx = multiprocessing.get_context("spawn")
+    share = [names[i::processes] for i in range(processes)]
+    events = [ctx.Event() for _ in share]
+    procs = [
+        ctx.Process(target=target, args=(root, part, where, ev), daemon=True)
+        for part, ev in zip(share, events, strict=True)
+    ]
+    for proc in procs:
+        proc.start()
+    for ev in events:
+        ev.wait(300)
+    return procs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--questions", type=int, default=10)
-    parser.add_argument(
-        "--through-client",
-        action="store_true",
-        help="ask as the fan-out does (Federation.start for each node of a federation file) "
-        "instead of in batches",
-    )
     args = parser.parse_args(argv)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="tiaki-hub-bench-") as tmp:
         root = Path(tmp)
         t = time.monotonic()
@@ -245,19 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         output = hub_proc.stdout
         threading.Thread(target=lambda: hub_log.extend(output), daemon=True).start()
         rss_idle = rss_mb(hub_proc.pid)
-        ctx = multiprocessing.get_context("spawn")
         names = node_names(args.nodes)
-        share = [names[i :: args.processes] for i in range(args.processes)]
-        events = [ctx.Event() for _ in share]
-        procs = [
-            ctx.Process(target=simulate, args=(root, part, address, ev), daemon=True)
-            for part, ev in zip(share, events, strict=True)
-        ]
         t = time.monotonic()
-        for p in procs:
-            p.start()
-        for ev in events:
-            ev.wait(300)
+        procs = start_sims(simulate, root, names, args.processes, address)
         print(f"{args.nodes} nodes connected in {time.monotonic() - t:.1f} s", flush=True)
         time.sleep(2)
         rss_connected = rss_mb(hub_proc.pid)
@@ -272,51 +311,130 @@ def main(argv: list[str] | None = None) -> int:
             ),
             server_name="tiaki-hub",
         )
-        federation = Federation(load_federation(federation_file(root, address, keys)))
-
-        def one() -> float:
-            if args.through_client:
-                return ask_all_as_the_product_does(federation)
-            return ask_all(channel, signer, keys)
-
-        one()  # warm-up
-        latencies = []
-        hub_cpu0, own_cpu0 = cpu_seconds(hub_proc.pid), time.process_time()
-        sims_cpu0 = sum(cpu_seconds(p.pid) for p in procs if p.pid is not None)
-        for _ in range(args.questions):
-            latencies.append(one())
-        hub_cpu = cpu_seconds(hub_proc.pid) - hub_cpu0
-        own_cpu = time.process_time() - own_cpu0
-        sims_cpu = sum(cpu_seconds(p.pid) for p in procs if p.pid is not None) - sims_cpu0
-        rss_busy = rss_mb(hub_proc.pid)
-        federation.close()
+        batched = measure(
+            "through the hub, in batches",
+            lambda: ask_all(channel, signer, keys), args.questions, hub_proc.pid, procs,
+        )  # fmt: skip
+        batched.rss = f"{rss_idle:.0f} / {rss_connected:.0f} / {rss_mb(hub_proc.pid):.0f}"
+        rows.append(batched)
+        with Federation(load_federation(federation_file(root, address, keys))) as federation:
+            rows.append(
+                measure(
+                    "through the hub, the fan-out's way",
+                    lambda: ask_all_as_the_product_does(federation),
+                    args.questions,
+                    hub_proc.pid,
+                    procs,
+                )
+            )
         channel.close()
         hub_proc.terminate()
         hub_proc.wait(60)
         if os.environ.get("TIAKI_HUB_LOG"):
             print("".join(hub_log[-40:]))
-        for p in procs:
-            p.kill()
-        per_node = 1000 * (hub_cpu + own_cpu) / (args.questions * args.nodes)
-        latencies.sort()
-        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-        print()
-        print("asked", "through NodeClient (the fan-out's way)" if args.through_client else
-              "in batches")  # fmt: skip
+        for proc in procs:
+            proc.kill()
+        # The same question to the same number of nodes, each dialled direct.
+        ports = free_ports(args.nodes)
+        direct = start_sims(serve_direct, root, names, args.processes, ports)
+        path = direct_federation_file(root, dict(zip(names, ports, strict=True)))
+        with Federation(load_federation(path)) as federation:
+            rows.append(
+                measure(
+                    "dialled direct, the fan-out's way",
+                    lambda: ask_all_as_the_product_does(federation),
+                    args.questions,
+                    None,
+                    direct,
+                )
+            )
+        for proc in direct:
+            proc.kill()
+    print()
+    print(
+        "| way | dispatch p50 / p99 ms | hub CPU ms / question | coordinator CPU ms / question "
+        "| coordinator + hub CPU ms / node | hub RSS MB: idle / connected / busy "
+        "| simulated nodes' CPU ms / question |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        ordered = sorted(row.latencies)
+        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        per_node = 1000 * (row.hub_cpu + row.own_cpu) / (args.questions * args.nodes)
         print(
-            "| nodes connected | questions | dispatch p50 ms | dispatch p99 ms | hub CPU ms / "
-            "question | coordinator CPU ms / question | coordinator + hub CPU ms / node | "
-            "hub RSS MB: idle / connected / busy | simulated nodes' CPU ms / question |"
+            f"| {row.way} | {1000 * statistics.median(ordered):,.0f} / {1000 * p99:,.0f} | "
+            f"{1000 * row.hub_cpu / args.questions:,.0f} | "
+            f"{1000 * row.own_cpu / args.questions:,.0f} | {per_node:.2f} | {row.rss} | "
+            f"{1000 * row.sims_cpu / args.questions:,.0f} |"
         )
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        print(
-            f"| {args.nodes:,} | {args.questions} | {1000 * statistics.median(latencies):,.0f} | "
-            f"{1000 * p99:,.0f} | {1000 * hub_cpu / args.questions:,.0f} | "
-            f"{1000 * own_cpu / args.questions:,.0f} | {per_node:.2f} | "
-            f"{rss_idle:.0f} / {rss_connected:.0f} / {rss_busy:.0f} | "
-            f"{1000 * sims_cpu / args.questions:,.0f} |"
-        )
+    print(f"\n{args.nodes:,} nodes, {args.questions} questions each way")
     return 0
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free now on loopback (bound and let go; the simulated servers bind them)."""
+    held = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        held.append(sock)
+    ports = [sock.getsockname()[1] for sock in held]
+    for sock in held:
+        sock.close()
+    return ports
+
+
+def serve_direct(root: Path, names: list[str], ports: list[int], ready: object) -> None:
+    """One process serving many simulated nodes, each on its own port (mutual TLS),
+    answering GetInfo with the same canned reply the hub's simulated nodes give."""
+    asyncio.run(_serve_direct(root, names, ports, ready))
+
+
+class _CannedNode(node_pb2_grpc.NodeServicer):  # type: ignore[misc]
+    reply = pb.NodeInfo(node_id="sim", definition=pb.PURE_DP, per_query_max="1")
+
+    async def GetInfo(self, request: Any, context: Any) -> pb.NodeInfo:
+        return self.reply
+
+
+async def _serve_direct(root: Path, names: list[str], ports: list[int], ready: object) -> None:
+    credentials = grpc.ssl_server_credentials(
+        [((root / "hub" / "tiaki-hub.key").read_bytes(),
+          (root / "hub" / "tiaki-hub.crt").read_bytes())],
+        root_certificates=(root / "ca" / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )  # fmt: skip
+    server = grpc.aio.server()
+    node_pb2_grpc.add_NodeServicer_to_server(_CannedNode(), server)
+    mine = set(names)
+    for name, port in zip(node_names(len(ports)), ports, strict=True):
+        if name in mine:
+            server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    await server.start()
+    ready.set()  # type: ignore[attr-defined]
+    await server.wait_for_termination()
+
+
+def direct_federation_file(root: Path, ports: dict[str, int]) -> Path:
+    path = root / "federation-direct.yaml"
+    raw = {
+        "version": 1,
+        "analyst": "bench",
+        "identity": COORDINATOR,
+        "ledger": str(root / "coordinator-ledger.sqlite"),
+        "tls": {
+            "ca": str(root / "ca" / "ca.crt"),
+            "cert": str(root / "coordinator" / f"{COORDINATOR}.crt"),
+            "key": str(root / "coordinator" / f"{COORDINATOR}.key"),
+        },
+        "defaults": {"timeout_seconds": 60},
+        "nodes": [
+            {"name": name, "address": f"127.0.0.1:{port}", "server_name": "tiaki-hub"}
+            for name, port in ports.items()
+        ],
+    }
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ coordinator reaches it with the same NodeClient calls as a direct node.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -298,7 +300,6 @@ def test_a_secure_sum_runs_through_the_hub_as_it_does_direct(
 def test_the_hub_answers_the_standard_health_check_and_refuses_strangers(
     pki: FederationPki, hub_factory: Callable[..., HubThread], tmp_path: Path
 ) -> None:
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from coordinator.hub_client import HubChannel
@@ -495,3 +496,42 @@ def test_budget_and_ledger_fetch_through_the_hub_as_for_a_direct_node(
         tmp_path / "audit" / "coordinator.jsonl",
     )  # fmt: skip
     assert verified.code == 0, verified.out + verified.err
+
+
+def test_a_second_call_for_a_node_ends_the_first_and_a_node_going_away_is_no_error(
+    pki: FederationPki, hub_factory: Callable[..., HubThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    hub_thread = hub_factory(("ngo-nat",))
+    cert, key = pki.coordinator("ngo-nat")
+    credentials = grpc.ssl_channel_credentials(
+        pki.ca_cert.read_bytes(), key.read_bytes(), cert.read_bytes()
+    )
+    options = [("grpc.ssl_target_name_override", "tiaki-hub")]
+
+    def connect(channel: grpc.Channel, hold: Any) -> Any:
+        def requests() -> Iterator[hub.NodeMessage]:
+            yield hub.NodeMessage(credit=1, heartbeat_seconds=2)
+            hold.wait(30)
+
+        return hub_pb2_grpc.HubStub(channel).Connect(requests(), timeout=30)
+
+    caplog.set_level(logging.INFO, logger="tiaki.hub")
+    first_hold, second_hold = threading.Event(), threading.Event()
+    with (
+        grpc.secure_channel(hub_thread.address, credentials, options=options) as one,
+        grpc.secure_channel(hub_thread.address, credentials, options=options) as two,
+    ):
+        first = connect(one, first_hold)
+        next(first)  # admitted
+        second = connect(two, second_hold)
+        next(second)
+        # The node has one call at a time: the newer one stands, the older is ended.
+        ended = list(first)  # heartbeats, if any, and then the end of the call
+        assert all(not m.items for m in ended)
+        listed = hub_thread.running.queue.nodes(["ngo-nat"])
+        assert listed[0].last_seen is not None
+        second.cancel()  # the node goes away mid-call
+        first_hold.set()
+        second_hold.set()
+        time.sleep(0.5)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -269,7 +269,8 @@ def test_a_lease_that_runs_out_is_delivered_again_and_answered_from_the_inbox(
     try:
         signed = query_envelope(signer, "q-lease")
         (work_id,) = channel.call("Submit", hub.SubmitRequest(envelopes=[signed]), 10).work_ids
-        # A node that pulls the item, runs it, and dies before pushing: the lease runs out.
+        # A node that takes the item, runs it, and then hangs without answering: its
+        # call stays open, so only the lease running out sends the item again.
         inbox = Inbox(node.service.config.paths.hub_inbox)
         worker = HubWorker(
             lambda: node.service.config,
@@ -277,51 +278,97 @@ def test_a_lease_that_runs_out_is_delivered_again_and_answered_from_the_inbox(
             node.service.signing_key,
             inbox,
         )
-        pulled = node_stub_pull(pki, hub_process.address)
-        (item,) = pulled.items
-        assert item.attempt == 1
-        worker.handle(item)
-        inbox.pushed(item.work_id)  # as if pushed: the hub never got it, so its lease runs out
+        with StubNodeCall(pki, hub_process.address, credit=2) as stub:
+            (item,) = stub.items(timeout=10)
+            assert item.attempt == 1
+            taken = time.monotonic()
+            worker.handle(item)
+            assert node.budget_spent() == Fraction(1, 2)
+            (again,) = stub.items(timeout=20)
+            assert again.work_id == work_id and again.attempt == 2
+            assert time.monotonic() - taken >= 4  # after the lease (5 s from the first)
         inbox.close()
-        assert node.budget_spent() == Fraction(1, 2)
-        started = time.monotonic()
-        node.link = relink(node, settings)  # restarted: the item comes again after the lease
+        node.link = relink(node, settings)  # back: the item comes again, its outcome kept
         ready = collect(channel, work_id, seconds=30)
         answer = answer_of(
             open_outcome(ready.outcome, node.service.signing_key.public_text, signed)
         )
         assert not answer.replayed  # the outcome stored the first time, not a replay
-        assert time.monotonic() - started >= 2  # it waited for the lease (5 s from the pull)
         assert node.budget_spent() == Fraction(1, 2) and len(node.service.ledger.entries()) == 1
     finally:
         channel.close()
 
 
-def node_stub_pull(pki: FederationPki, address: str) -> hub.HubMessage:
-    """Connect as the node, take one item, and go (no outcome): the lease is left to run out."""
-    import grpc
+def test_an_item_whose_call_ended_unanswered_goes_out_again_at_once_not_after_its_lease(
+    far: tuple[HubNode, SigningKey], hub_process: HubProcess, pki: FederationPki
+) -> None:
+    node, signer = far
+    settings = node.service.config.server.hub
+    node.link.stop(timeout=2)
+    channel = coordinator_channel(pki, hub_process.address)
+    try:
+        signed = query_envelope(signer, "q-gone")
+        (work_id,) = channel.call("Submit", hub.SubmitRequest(envelopes=[signed]), 10).work_ids
+        inbox = Inbox(node.service.config.paths.hub_inbox)
+        worker = HubWorker(
+            lambda: node.service.config,
+            NodeServicer(node.service, gatekeeper_for(node.service)),
+            node.service.signing_key,
+            inbox,
+        )
+        with StubNodeCall(pki, hub_process.address, credit=1) as stub:
+            (item,) = stub.items(timeout=10)
+            worker.handle(item)  # run and kept; then the connection drops before the outcome
+        inbox.close()
+        dropped = time.monotonic()
+        node.link = relink(node, settings)
+        ready = collect(channel, work_id, seconds=30)
+        assert time.monotonic() - dropped < 4  # well before the 5 s lease would have ended
+        answer = answer_of(
+            open_outcome(ready.outcome, node.service.signing_key.public_text, signed)
+        )
+        assert not answer.replayed
+        assert node.budget_spent() == Fraction(1, 2) and len(node.service.ledger.entries()) == 1
+    finally:
+        channel.close()
 
-    from tiaki.v1 import hub_pb2_grpc
 
-    cert, key = pki.coordinator(NODE)
-    credentials = grpc.ssl_channel_credentials(
-        pki.ca_cert.read_bytes(), key.read_bytes(), cert.read_bytes()
-    )
-    with grpc.secure_channel(
-        address, credentials, options=[("grpc.ssl_target_name_override", HUB_NAME)]
-    ) as chan:
-        gone = threading.Event()
+class StubNodeCall:
+    """A Connect call made as the node, by hand: it takes items and never answers them."""
+
+    def __init__(self, pki: FederationPki, address: str, credit: int) -> None:
+        import grpc
+
+        from tiaki.v1 import hub_pb2_grpc
+
+        cert, key = pki.coordinator(NODE)
+        credentials = grpc.ssl_channel_credentials(
+            pki.ca_cert.read_bytes(), key.read_bytes(), cert.read_bytes()
+        )
+        self._channel = grpc.secure_channel(
+            address, credentials, options=[("grpc.ssl_target_name_override", HUB_NAME)]
+        )
+        self._gone = threading.Event()
 
         def requests() -> Iterator[hub.NodeMessage]:
-            yield hub.NodeMessage(credit=1, heartbeat_seconds=5)
-            gone.wait(15)
+            yield hub.NodeMessage(credit=credit, heartbeat_seconds=2)
+            self._gone.wait(60)
 
-        call = hub_pb2_grpc.HubStub(chan).Connect(requests(), timeout=15)
-        try:
-            for message in call:
-                if message.items:
-                    return message
-        finally:
-            gone.set()
-            call.cancel()
-    raise AssertionError("the hub sent no item")
+        self._call = hub_pb2_grpc.HubStub(self._channel).Connect(requests(), timeout=60)
+
+    def items(self, timeout: float) -> list[hub.WorkItem]:
+        """The next message's items (heartbeats skipped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = next(self._call)
+            if message.items:
+                return list(message.items)
+        raise AssertionError("the hub sent no item")
+
+    def __enter__(self) -> StubNodeCall:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._gone.set()
+        self._call.cancel()
+        self._channel.close()
