@@ -236,6 +236,8 @@ class HubLinkSettings(StrictModel):
     ca: Path
     cert: Path
     key: Path
+    # The longest the hub may leave this node's call quiet (it then sends a heartbeat);
+    # a call quiet this long and 10 s more is given up and made again.
     wait_seconds: int = Field(default=25, ge=1, le=25)
     # How far this node's clock may be from a coordinator's: an envelope is acted on
     # up to this long after its not_after, and refused if issued this far ahead.
