@@ -201,21 +201,31 @@ def ask_all_as_the_product_does(federation: Federation) -> float:
 
 
 def federation_file(root: Path, address: str, keys: dict[str, str]) -> Path:
-    path = root / "federation.yaml"
+    """The simulated nodes, reached through the hub."""
+    nodes = [{"name": name, "via": "hub", "signing_key": key} for name, key in keys.items()]
+    return write_federation(
+        root / "federation.yaml",
+        root,
+        nodes,
+        hub={"address": address, "server_name": "tiaki-hub"},
+        signing_key=str(root / "keys" / "sim-0000.key"),  # any Ed25519 key
+    )
+
+
+def write_federation(path: Path, root: Path, nodes: list[dict[str, str]], **more: Any) -> Path:
     raw = {
         "version": 1,
         "analyst": "bench",
         "identity": COORDINATOR,
         "ledger": str(root / "coordinator-ledger.sqlite"),
-        "signing_key": str(root / "keys" / "sim-0000.key"),  # any Ed25519 key
         "tls": {
             "ca": str(root / "ca" / "ca.crt"),
             "cert": str(root / "coordinator" / f"{COORDINATOR}.crt"),
             "key": str(root / "coordinator" / f"{COORDINATOR}.key"),
         },
         "defaults": {"timeout_seconds": 60},
-        "hub": {"address": address, "server_name": "tiaki-hub"},
-        "nodes": [{"name": name, "via": "hub", "signing_key": key} for name, key in keys.items()],
+        **more,
+        "nodes": nodes,
     }
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
@@ -416,25 +426,12 @@ async def _serve_direct(root: Path, names: list[str], ports: list[int], ready: o
 
 
 def direct_federation_file(root: Path, ports: dict[str, int]) -> Path:
-    path = root / "federation-direct.yaml"
-    raw = {
-        "version": 1,
-        "analyst": "bench",
-        "identity": COORDINATOR,
-        "ledger": str(root / "coordinator-ledger.sqlite"),
-        "tls": {
-            "ca": str(root / "ca" / "ca.crt"),
-            "cert": str(root / "coordinator" / f"{COORDINATOR}.crt"),
-            "key": str(root / "coordinator" / f"{COORDINATOR}.key"),
-        },
-        "defaults": {"timeout_seconds": 60},
-        "nodes": [
-            {"name": name, "address": f"127.0.0.1:{port}", "server_name": "tiaki-hub"}
-            for name, port in ports.items()
-        ],
-    }
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return path
+    """The same simulated nodes, each dialled at its own port."""
+    nodes = [
+        {"name": name, "address": f"127.0.0.1:{port}", "server_name": "tiaki-hub"}
+        for name, port in ports.items()
+    ]
+    return write_federation(root / "federation-direct.yaml", root, nodes)
 
 
 if __name__ == "__main__":

@@ -167,15 +167,19 @@ def answer_of(outcome: hub.Outcome) -> pb.QueryResponse:
     return pb.QueryResponse.FromString(outcome.replies[0])
 
 
-def relink(node: HubNode, settings: Any) -> HubLink:
-    """The node's link again, on the same inbox and servicer (a reconnect or a restart)."""
-    worker = HubWorker(
+def node_worker(node: HubNode) -> HubWorker:
+    """The node's worker, on its inbox and servicer, as its link would make it."""
+    return HubWorker(
         lambda: node.service.config,
         NodeServicer(node.service, gatekeeper_for(node.service)),
         node.service.signing_key,
         Inbox(node.service.config.paths.hub_inbox),
     )
-    link = HubLink(settings, worker)
+
+
+def relink(node: HubNode, settings: Any) -> HubLink:
+    """The node's link again, on the same inbox and servicer (a reconnect or a restart)."""
+    link = HubLink(settings, node_worker(node))
     link.start()
     return link
 
@@ -222,12 +226,7 @@ def test_a_cut_after_the_charge_is_pushed_again_on_return_charged_once_same_nois
     node.link.stop(timeout=2)
     # This link's worker runs the question (the ledger commits), then the hub dies
     # before the outcome can be pushed.
-    worker = HubWorker(
-        lambda: node.service.config,
-        NodeServicer(node.service, gatekeeper_for(node.service)),
-        node.service.signing_key,
-        Inbox(node.service.config.paths.hub_inbox),
-    )
+    worker = node_worker(node)
     honest = worker.handle
 
     def handle_then_cut(item: hub.WorkItem) -> hub.SignedOutcome:
@@ -271,13 +270,7 @@ def test_a_lease_that_runs_out_is_delivered_again_and_answered_from_the_inbox(
         (work_id,) = channel.call("Submit", hub.SubmitRequest(envelopes=[signed]), 10).work_ids
         # A node that takes the item, runs it, and then hangs without answering: its
         # call stays open, so only the lease running out sends the item again.
-        inbox = Inbox(node.service.config.paths.hub_inbox)
-        worker = HubWorker(
-            lambda: node.service.config,
-            NodeServicer(node.service, gatekeeper_for(node.service)),
-            node.service.signing_key,
-            inbox,
-        )
+        worker = node_worker(node)
         with StubNodeCall(pki, hub_process.address, credit=2) as stub:
             (item,) = stub.items(timeout=10)
             assert item.attempt == 1
@@ -287,7 +280,7 @@ def test_a_lease_that_runs_out_is_delivered_again_and_answered_from_the_inbox(
             (again,) = stub.items(timeout=20)
             assert again.work_id == work_id and again.attempt == 2
             assert time.monotonic() - taken >= 4  # after the lease (5 s from the first)
-        inbox.close()
+        worker.inbox.close()
         node.link = relink(node, settings)  # back: the item comes again, its outcome kept
         ready = collect(channel, work_id, seconds=30)
         answer = answer_of(
@@ -309,17 +302,11 @@ def test_an_item_whose_call_ended_unanswered_goes_out_again_at_once_not_after_it
     try:
         signed = query_envelope(signer, "q-gone")
         (work_id,) = channel.call("Submit", hub.SubmitRequest(envelopes=[signed]), 10).work_ids
-        inbox = Inbox(node.service.config.paths.hub_inbox)
-        worker = HubWorker(
-            lambda: node.service.config,
-            NodeServicer(node.service, gatekeeper_for(node.service)),
-            node.service.signing_key,
-            inbox,
-        )
+        worker = node_worker(node)
         with StubNodeCall(pki, hub_process.address, credit=1) as stub:
             (item,) = stub.items(timeout=10)
             worker.handle(item)  # run and kept; then the connection drops before the outcome
-        inbox.close()
+        worker.inbox.close()
         dropped = time.monotonic()
         node.link = relink(node, settings)
         ready = collect(channel, work_id, seconds=30)
