@@ -36,6 +36,10 @@ from tiaki.v1 import hub_pb2_grpc
 from tiaki.wire_errors import from_rpc_error
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+# The dispatcher fails a wait at its deadline; this is a backstop beyond it, never reached
+# unless the dispatcher itself has stopped.
+SETTLE_SLACK_SECONDS = 5.0
 
 
 class RelayedStatus(grpc.RpcError):  # type: ignore[misc]
@@ -125,12 +129,12 @@ class HubTransport:
     def unary(self, method: str, request: Message, reply: type[M], timeout: float) -> M:
         done: Future[M] = Future()
         self.begin(method, request, reply, timeout, lambda r: _settle(done, r))
-        return done.result()
+        return self._waited(done, timeout)
 
     def stream(self, method: str, request: Message, reply: type[M], timeout: float) -> Iterator[M]:
         done: Future[hub.Outcome] = Future()
         self._begin(method, request, timeout, lambda o: o, lambda r: _settle(done, r))
-        outcome = done.result()
+        outcome = self._waited(done, timeout)
         if outcome.code != 0:
             raise RelayedStatus(outcome)
         for data in outcome.replies:
@@ -181,6 +185,12 @@ class HubTransport:
             then(converted)
 
         ask()
+
+    def _waited(self, done: Future[T], timeout: float) -> T:
+        try:
+            return done.result(timeout + SETTLE_SLACK_SECONDS)
+        except TimeoutError:
+            raise self._no_outcome() from None
 
     def _no_outcome(self) -> DeadlineExceededError:
         return DeadlineExceededError(

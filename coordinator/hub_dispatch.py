@@ -113,7 +113,9 @@ class HubDispatcher:
             ids = [work_id_of(signed) for signed in batch]
             try:
                 self._call("Submit", hub.SubmitRequest(envelopes=batch), 30.0)
-            except TiakiError as exc:
+            except Exception as exc:  # refused, unreachable, or the channel closed
+                if not isinstance(exc, TiakiError):
+                    exc = NodeUnreachableError(f"the hub could not be reached ({exc})")
                 with self._lock:
                     failed = _taken([w for i in ids for w in self._waiting.pop(i, [])])
                 _tell(failed, exc)
@@ -139,7 +141,7 @@ class HubDispatcher:
             request = hub.CollectRequest(work_ids=work_ids, wait_seconds=COLLECT_WAIT_SECONDS)
             try:
                 pending = self._future(request, COLLECT_WAIT_SECONDS + 10.0)
-            except TiakiError:
+            except Exception:  # the channel closed under us: the same as a failed Collect
                 self._collected(work_ids, None)
                 continue
             pending.add_done_callback(lambda done, ids=work_ids: self._collected(ids, done))
