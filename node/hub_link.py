@@ -314,13 +314,13 @@ class HubLink:
     def _run(self) -> None:
         backoff = BACKOFF_FIRST
         while not self._stop.is_set():
+            self.connected.clear()
             try:
                 with self._channel() as channel:
                     self._open_channel = channel
                     if self._stop.is_set():
                         break
-                    if self._connect(hub_pb2_grpc.HubStub(channel)):
-                        backoff = BACKOFF_FIRST
+                    self._connect(hub_pb2_grpc.HubStub(channel))
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 if not self._stop.is_set():
@@ -335,6 +335,8 @@ class HubLink:
                 log.error("cannot read the hub's TLS files: %s", exc)
             except Exception:  # a fault of ours must not end the node's only way in
                 log.exception("the hub link failed; reconnecting")
+            if self.connected.is_set():  # the hub was heard: this is a new run of failures
+                backoff = BACKOFF_FIRST
             self.connected.clear()
             if self._stop.is_set():
                 break
@@ -342,8 +344,9 @@ class HubLink:
             self._stop.wait(self._jitter.uniform(0, backoff))
             backoff = min(BACKOFF_MOST, backoff * 2)
 
-    def _connect(self, stub: Any) -> bool:
-        """One Connect call, until it fails or the node stops; True if the hub was heard.
+    def _connect(self, stub: Any) -> None:
+        """One Connect call, until it fails or the node stops (``connected`` is set once the
+        hub is heard).
 
         The first message offers :data:`CREDIT` items and carries the outcomes
         the hub may not have (sent before a call that failed). Each outcome
@@ -363,9 +366,7 @@ class HubLink:
         watch = _Silence(heartbeat + SILENCE_GRACE_SECONDS)
         call = stub.Connect(watch.requests(outbox, self._stop))
         watch.call = call
-        heard = False
         for message in call:
-            heard = True
             watch.heard()
             self.last_heard = time.time()
             self.connected.set()
@@ -379,7 +380,7 @@ class HubLink:
                         credit=1, outcomes=[hub.NodeOutcome(work_id=item.work_id, outcome=outcome)]
                     )
                 )
-        return heard  # the hub ended the call (it is stopping): connect again
+        # The hub ended the call (it is stopping, or a newer call replaced it): again.
 
 
 class _Silence:
