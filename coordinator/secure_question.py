@@ -42,7 +42,27 @@ from tiaki.budget import display_amount
 from tiaki.convert import query_to_bytes
 from tiaki.errors import TiakiError
 from tiaki.query import Query
-from tiaki.secagg.session import Member
+from tiaki.secagg.session import Member, SessionParameters
+
+
+def session_of(
+    plan: SecurePlan, query_id: str, query: Query, analyst: str, seconds: float
+) -> SessionParameters:
+    """The session a plan stands for: its members numbered from 1, valid ``seconds``."""
+    return new_session(
+        query_id,
+        query,
+        [
+            Member(i, m.info.node_id, m.info.signing_key)
+            for i, m in enumerate(plan.members, start=1)
+        ],
+        threshold=plan.threshold,
+        colluders=plan.colluders,
+        scale_factors=plan.scale_factors,
+        share_scales=plan.share_scales,
+        not_after=int(time.time() + seconds),
+        analyst=analyst,
+    )
 
 
 def ask_secure(
@@ -78,20 +98,7 @@ def ask_secure(
     skipped = [NodeOutcome(name, status, why) for name, (status, why) in plan.excluded.items()]
     if skipped:
         mirror.record_outcomes(query_id, skipped)
-    params = new_session(
-        query_id,
-        query,
-        [
-            Member(i, m.info.node_id, m.info.signing_key)
-            for i, m in enumerate(plan.members, start=1)
-        ],
-        threshold=plan.threshold,
-        colluders=plan.colluders,
-        scale_factors=plan.scale_factors,
-        share_scales=plan.share_scales,
-        not_after=int(time.time() + session_seconds),
-        analyst=analyst,
-    )
+    params = session_of(plan, query_id, query, analyst, session_seconds)
     names = {i: m.name for i, m in enumerate(plan.members, start=1)}
     links = {i: federation.clients[name] for i, name in names.items()}
     started = time.monotonic()

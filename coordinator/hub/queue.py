@@ -167,9 +167,6 @@ class WorkQueue:
             found[str(work_id)] = ItemState(str(state), None if outcome is None else bytes(outcome))
         return {w: found.get(w, ItemState("unknown")) for w in work_ids}
 
-    def state(self, work_id: str) -> ItemState:
-        return self.states([work_id])[work_id]
-
     # ------------------------------------------------------------ nodes
 
     def seen(self, node_ids: Collection[str]) -> None:

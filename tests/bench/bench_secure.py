@@ -69,8 +69,8 @@ from coordinator.fanout import Federation
 from coordinator.federated import ask_federation
 from coordinator.mirror import MirrorLedger
 from coordinator.results import FederatedAnswer
-from coordinator.secure_question import SecurePlan, ask_secure, plan_secure
-from coordinator.secure_sum import new_session, run_session
+from coordinator.secure_question import SecurePlan, ask_secure, plan_secure, session_of
+from coordinator.secure_sum import run_session
 from deploy import local_federation
 from deploy.local_federation import NgoSpec, RunningNgo
 from node.config import load_config
@@ -80,7 +80,6 @@ from tiaki.query import PrivacyCost, Query, QueryKind
 from tiaki.secagg.session import (
     KeyAdvert,
     MaskedInput,
-    Member,
     Reveal,
     SealedShares,
     SessionParameters,
@@ -306,20 +305,7 @@ def counted_session(federation: Federation, query: Query) -> tuple[Traffic, floa
     """
     query_id = new_query_id()
     plan = plan_secure(federation, query, query_id)
-    params = new_session(
-        query_id,
-        query,
-        [
-            Member(i, m.info.node_id, m.info.signing_key)
-            for i, m in enumerate(plan.members, start=1)
-        ],
-        threshold=plan.threshold,
-        colluders=plan.colluders,
-        scale_factors=plan.scale_factors,
-        share_scales=plan.share_scales,
-        not_after=int(time.time() + 300),
-        analyst=ANALYST,
-    )
+    params = session_of(plan, query_id, query, ANALYST, 300)
     traffic = Traffic()
     links = {
         i: CountingLink(i, federation.clients[m.name], traffic)
